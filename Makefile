@@ -1,0 +1,39 @@
+# Two commands from a fresh clone: `make test` and `make demo`. Both create .venv when it
+# is missing and install the project editable, pinned by constraints.txt; a stamp file
+# makes the second run quick.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.gridlab-installed
+PROTOS := $(wildcard proto/gridlab/v1/*.proto)
+
+.PHONY: test test-all demo proto lint typecheck bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+# Every test that can run here; `gpu` tests skip themselves without CUDA.
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
+proto: $(STAMP)
+	$(PY) proto/generate.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy common scheduler agent client
+
+bench: $(STAMP)
+	$(PY) bench/submit_latency.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,1 @@
+"""The machine daemon: inventory, launcher, log shipping, heartbeats."""

@@ -1,0 +1,1 @@
+"""The Python SDK (`submit`, `Run`) and the `schedctl` CLI."""

@@ -1,0 +1,1 @@
+"""What two daemons share: config, logging, auth metadata, ids, clocks. Kept small."""

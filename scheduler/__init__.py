@@ -1,0 +1,1 @@
+"""The central daemon: API servicers, SQLite store, queue and placement, liveness."""
