@@ -1,0 +1,149 @@
+"""Daemon configuration: defaults, then a TOML file, then GRIDLAB_* variables, then flags.
+
+Each daemon describes its keys as a dataclass whose defaults are the documented defaults;
+`load` layers the sources in that order, so every key can be set in every way and a
+typo in the file is an error, not a silently ignored key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file, variable or flag has a value that cannot be used."""
+
+
+def default_state_dir(component: str) -> str:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "gridlab" / component)
+
+
+@dataclasses.dataclass
+class SchedulerConfig:
+    """Keys of `gridlab-scheduler`'s TOML file (env: GRIDLAB_SCHEDULER_<KEY>)."""
+
+    listen: str = "127.0.0.1:7070"
+    state_dir: str = dataclasses.field(default_factory=lambda: default_state_dir("scheduler"))
+    heartbeat_interval: float = 5.0  # seconds between agent heartbeats
+    heartbeat_timeout: float = 30.0  # an agent silent this long is lost
+    placement_interval: float = 1.0  # the queue is also retried at least this often
+    log_format: str = "auto"  # auto (pretty on a terminal, else JSON), json, console
+    log_level: str = "info"
+
+
+@dataclasses.dataclass
+class AgentConfig:
+    """Keys of `gridlab-agent`'s TOML file (env: GRIDLAB_AGENT_<KEY>)."""
+
+    scheduler: str = "127.0.0.1:7070"
+    token_file: str = ""  # file holding the join token; else GRIDLAB_AGENT_TOKEN
+    token: str = ""
+    name: str = dataclasses.field(default_factory=socket.gethostname)
+    pool: str = "onprem"
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    state_dir: str = dataclasses.field(default_factory=lambda: default_state_dir("agent"))
+    address: str = ""  # how peers reach this machine; default: its hostname's address
+    grace_period: float = 60.0  # SIGTERM to SIGKILL when stopping an attempt
+    reconnect_min: float = 0.2  # first retry delay after the scheduler is unreachable
+    reconnect_max: float = 10.0  # retry delay cap (exponential backoff with jitter)
+    log_format: str = "auto"
+    log_level: str = "info"
+
+
+def _coerce(value: str, typ: Any, key: str) -> Any:
+    """Turn an environment variable's text into the field's type."""
+    origin = typing.get_origin(typ)
+    try:
+        if typ is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        if typ is int:
+            return int(value)
+        if typ is float:
+            return float(value)
+        if origin is dict:
+            pairs = [p for p in value.split(",") if p.strip()]
+            out: dict[str, str] = {}
+            for pair in pairs:
+                k, sep, v = pair.partition("=")
+                if not sep or not k.strip():
+                    raise ValueError(pair)
+                out[k.strip()] = v.strip()
+            return out
+    except ValueError as exc:
+        raise ConfigError(f"{key}={value!r} is not a valid {typ}: {exc}") from None
+    return value
+
+
+def _check_type(key: str, value: Any, typ: Any) -> Any:
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    expected = typing.get_origin(typ) or typ
+    if isinstance(expected, types.UnionType):
+        return value
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        kind = getattr(expected, "__name__", expected)
+        raise ConfigError(f"{key} must be a {kind}, got {value!r}")
+    return value
+
+
+def load(
+    cls: type[T],
+    *,
+    config_file: str | None = None,
+    env_prefix: str,
+    overrides: dict[str, Any] | None = None,
+    environ: typing.Mapping[str, str] | None = None,
+) -> T:
+    """Build `cls` from its defaults, a TOML file, `<env_prefix><KEY>` variables and flags.
+
+    Flags (`overrides`) whose value is None are treated as not given.
+    """
+    environ = os.environ if environ is None else environ
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    if config_file:
+        path = Path(config_file).expanduser()
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(
+                f"config file {path}: unknown key(s) {', '.join(unknown)}; "
+                f"known keys are {', '.join(sorted(names))}"
+            )
+        for key, value in data.items():
+            values[key] = _check_type(key, value, hints[key])
+    for name in names:
+        var = f"{env_prefix}{name.upper()}"
+        if var in environ:
+            values[name] = _coerce(environ[var], hints[name], var)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            if key not in names:
+                raise ConfigError(f"unknown setting {key}")
+            values[key] = value
+    return cls(**values)
