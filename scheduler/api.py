@@ -1,0 +1,160 @@
+"""The `Scheduler` service: the thin gRPC shell over the engine for people and tools."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from gridlab.common.timeutil import from_duration
+from gridlab.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2
+
+from . import auth
+from .convert import event_pb, log_pb
+from .engine import Engine
+from .errors import ApiError, invalid
+from .state import RunState
+
+T = TypeVar("T")
+_POLL = 1.0  # seconds between checks when nothing woke a waiting stream
+_LOG_BATCH = 500
+
+
+async def call(context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any) -> T:
+    """Run `fn(*args)`, turning an ApiError into the call's status."""
+    try:
+        return fn(*args)
+    except ApiError as exc:
+        await context.abort(exc.code, exc.message)
+        raise  # unreachable: abort raises
+
+
+def _state_word(value: int) -> str:
+    name = types_pb2.RunState.Name(value) if value in types_pb2.RunState.values() else ""
+    if not name or value == types_pb2.RUN_STATE_UNSPECIFIED:
+        raise invalid(f"states: {value} is not a run state")
+    return name.removeprefix("RUN_STATE_")
+
+
+class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def SubmitRun(self, request: Any, context: Any) -> scheduler_pb2.SubmitRunResponse:
+        who = auth.current()
+
+        def submit() -> scheduler_pb2.SubmitRunResponse:
+            run_id, existed = self.engine.submit(who, request.spec, request.idempotency_key)
+            return scheduler_pb2.SubmitRunResponse(run=self.engine.run_message(run_id), existed=existed)
+
+        return await call(context, submit)
+
+    async def GetRun(self, request: Any, context: Any) -> scheduler_pb2.GetRunResponse:
+        who = auth.current()
+
+        def get() -> scheduler_pb2.GetRunResponse:
+            row = self.engine.visible_run(who, request.run_id)
+            return scheduler_pb2.GetRunResponse(run=self.engine.run_message(row["id"]))
+
+        return await call(context, get)
+
+    async def ListRuns(self, request: Any, context: Any) -> scheduler_pb2.ListRunsResponse:
+        who = auth.current()
+
+        def list_runs() -> scheduler_pb2.ListRunsResponse:
+            states = [_state_word(s) for s in request.states]
+            runs, token = self.engine.list_runs(who, states, request.user, request.limit, request.page_token)
+            return scheduler_pb2.ListRunsResponse(runs=runs, next_page_token=token)
+
+        return await call(context, list_runs)
+
+    async def CancelRun(self, request: Any, context: Any) -> scheduler_pb2.CancelRunResponse:
+        who = auth.current()
+
+        def cancel() -> scheduler_pb2.CancelRunResponse:
+            grace = from_duration(request.grace) if request.HasField("grace") else None
+            if grace is not None and grace < 0:
+                raise invalid("grace is negative")
+            self.engine.cancel(who, request.run_id, grace, request.reason)
+            return scheduler_pb2.CancelRunResponse(run=self.engine.run_message(request.run_id))
+
+        return await call(context, cancel)
+
+    async def WatchRuns(self, request: Any, context: Any) -> AsyncIterator[types_pb2.RunEvent]:
+        who = auth.current()
+        engine = self.engine
+        run_ids = list(dict.fromkeys(request.run_ids))
+
+        def check_visible() -> None:
+            for run_id in run_ids:
+                engine.visible_run(who, run_id)
+
+        await call(context, check_visible)
+        after = request.after_event_id
+        while True:
+            waiter = engine.events_changed
+            if run_ids:
+                marks = ",".join("?" * len(run_ids))
+                rows = engine.store.all(
+                    f"SELECT * FROM events WHERE id > ? AND run_id IN ({marks}) ORDER BY id LIMIT 1000",
+                    (after, *run_ids),
+                )
+            elif who.admin:
+                rows = engine.store.all("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT 1000", (after,))
+            else:
+                rows = engine.store.all(
+                    "SELECT e.* FROM events e JOIN runs r ON r.id = e.run_id "
+                    "WHERE e.id > ? AND r.user = ? ORDER BY e.id LIMIT 1000",
+                    (after, who.user),
+                )
+            for row in rows:
+                after = row["id"]
+                yield event_pb(row)
+            if rows:
+                continue
+            if run_ids:
+                marks = ",".join("?" * len(run_ids))
+                states = engine.store.all(f"SELECT state FROM runs WHERE id IN ({marks})", run_ids)
+                if all(RunState(r["state"]).terminal for r in states):
+                    return
+            await waiter.wait(_POLL)
+
+    async def StreamLogs(self, request: Any, context: Any) -> AsyncIterator[scheduler_pb2.StreamLogsResponse]:
+        who = auth.current()
+        engine = self.engine
+        await call(context, lambda: engine.visible_run(who, request.run_id))
+        where = ["run_id = ?", "cursor > ?"]
+        extra: list[Any] = []
+        if request.attempt_number:
+            where.append("attempt_number = ?")
+            extra.append(request.attempt_number)
+        if request.has_rank:
+            where.append("rank = ?")
+            extra.append(request.rank)
+        sql = f"SELECT * FROM logs WHERE {' AND '.join(where)} ORDER BY cursor LIMIT {_LOG_BATCH}"
+        after = request.after_cursor
+        while True:
+            waiter = engine.logs_changed
+            # Read the run's state before the lines: a run that has ended has every line
+            # stored already (agents flush logs before reporting the end).
+            run = engine.store.one("SELECT state FROM runs WHERE id = ?", (request.run_id,))
+            ended = run is not None and RunState(run["state"]).terminal
+            rows = engine.store.all(sql, (request.run_id, after, *extra))
+            if rows:
+                after = rows[-1]["cursor"]
+                yield scheduler_pb2.StreamLogsResponse(lines=[log_pb(r) for r in rows])
+                continue
+            if not request.follow or ended:
+                return
+            await waiter.wait(_POLL)
+
+    async def ListAgents(self, request: Any, context: Any) -> scheduler_pb2.ListAgentsResponse:
+        return scheduler_pb2.ListAgentsResponse(agents=self.engine.list_agents(request.pool))
+
+    async def CreateToken(self, request: Any, context: Any) -> scheduler_pb2.CreateTokenResponse:
+        token = await call(
+            context,
+            lambda: self.engine.create_token(request.user, request.role or "user", request.team),
+        )
+        return scheduler_pb2.CreateTokenResponse(token=token)

@@ -1,0 +1,69 @@
+"""The `AgentGateway` service: each agent's control stream and its log uploads.
+
+One reader task and one writer per Connect stream: the reader hands agent messages to the
+engine; the writer drains the session's outbox. Log bytes come on PushLogs, never here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import structlog
+
+from gridlab.v1 import agent_pb2, agent_pb2_grpc
+
+from .api import call
+from .engine import AgentSession, Engine
+
+log = structlog.get_logger("gridlab.scheduler.gateway")
+
+
+class AgentGatewayService(agent_pb2_grpc.AgentGatewayServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def _read(self, session: AgentSession, requests: AsyncIterator[agent_pb2.AgentMessage]) -> None:
+        try:
+            async for msg in requests:
+                kind = msg.WhichOneof("msg")
+                if kind == "heartbeat":
+                    self.engine.agent_heartbeat(session, msg.heartbeat)
+                elif kind == "update":
+                    self.engine.agent_update(session, msg.update)
+                elif kind == "hello":
+                    log.warning("second_hello_ignored", agent=session.name)
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            pass
+        except Exception:
+            log.exception("agent_stream_failed", agent=session.name)
+        finally:
+            session.close()
+
+    async def Connect(self, request_iterator: Any, context: Any) -> AsyncIterator[agent_pb2.SchedulerMessage]:
+        first = await anext(request_iterator, None)
+        if first is None or first.WhichOneof("msg") != "hello":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message on Connect must be a Hello")
+            return
+        session = await call(context, self.engine.agent_hello, first.hello)
+        structlog.contextvars.bind_contextvars(agent=session.name)
+        reader = asyncio.create_task(self._read(session, request_iterator))
+        try:
+            while True:
+                out = await session.outbox.get()
+                if out is None:
+                    break
+                yield out
+        finally:
+            reader.cancel()
+            self.engine.agent_disconnected(session)
+
+    async def PushLogs(self, request_iterator: Any, context: Any) -> agent_pb2.PushLogsResponse:
+        accepted = duplicates = 0
+        async for request in request_iterator:
+            a, d = await call(context, self.engine.push_logs, request.agent_name, request.lines)
+            accepted += a
+            duplicates += d
+        return agent_pb2.PushLogsResponse(accepted=accepted, duplicates=duplicates)

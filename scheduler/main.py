@@ -1,0 +1,115 @@
+"""`gridlab-scheduler`: start the central daemon.
+
+    gridlab-scheduler [--config F] [--state-dir D] [--listen HOST:PORT]
+
+On first start it writes an admin token and an agent join token (0600 files) into the
+state directory and logs where. The bound address is written to `scheduler.addr` there,
+which is how tools find a server started on port 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+import structlog
+
+from gridlab.common import logs
+from gridlab.common.config import ConfigError, SchedulerConfig, load
+from gridlab.common.grpcopts import SERVER_OPTIONS
+from gridlab.v1 import agent_pb2_grpc, scheduler_pb2_grpc
+
+from .api import SchedulerService
+from .auth import AuthInterceptor
+from .engine import Engine
+from .gateway import AgentGatewayService
+from .store import Store
+
+log = structlog.get_logger("gridlab.scheduler")
+ADDRESS_FILE = "scheduler.addr"
+
+
+async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> None:
+    """Run the scheduler until `stop` is set (or SIGTERM / SIGINT)."""
+    state_dir = Path(config.state_dir).expanduser()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(state_dir / "scheduler.db")
+    engine = Engine(store, config)
+    engine.bootstrap_tokens(state_dir)
+    server = grpc.aio.server(interceptors=[AuthInterceptor(engine.lookup_token)], options=SERVER_OPTIONS)
+    scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(engine), server)
+    agent_pb2_grpc.add_AgentGatewayServicer_to_server(AgentGatewayService(engine), server)
+    try:
+        port = server.add_insecure_port(config.listen)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        store.close()
+        raise ConfigError(f"cannot listen on {config.listen}: is the port in use or the host wrong?")
+    await server.start()
+    host = config.listen.rsplit(":", 1)[0]
+    address = f"{host}:{port}"
+    (state_dir / ADDRESS_FILE).write_text(address + "\n")
+    log.info("listening", address=address, state_dir=str(state_dir))
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(engine.placement_loop()), asyncio.create_task(engine.liveness_loop())]
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        for task in tasks:
+            task.cancel()
+        for session in list(engine.sessions.values()):
+            session.close()
+        await server.stop(grace=1.0)
+        store.close()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="gridlab-scheduler", description="gridlab's central scheduler daemon.")
+    p.add_argument("--config", help="TOML file (keys: see README 'Scheduler configuration')")
+    p.add_argument("--state-dir", help="where the SQLite file and tokens live")
+    p.add_argument("--listen", help="HOST:PORT to serve on (port 0 picks a free one)")
+    p.add_argument("--heartbeat-interval", type=float, help="seconds between agent heartbeats")
+    p.add_argument("--heartbeat-timeout", type=float, help="seconds of silence before an agent is lost")
+    p.add_argument("--log-format", choices=["auto", "json", "console"])
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load(
+            SchedulerConfig,
+            config_file=args.config,
+            env_prefix="GRIDLAB_SCHEDULER_",
+            overrides={
+                "state_dir": args.state_dir,
+                "listen": args.listen,
+                "heartbeat_interval": args.heartbeat_interval,
+                "heartbeat_timeout": args.heartbeat_timeout,
+                "log_format": args.log_format,
+                "log_level": args.log_level,
+            },
+        )
+        if config.heartbeat_interval <= 0 or config.heartbeat_timeout <= config.heartbeat_interval:
+            raise ConfigError("heartbeat_timeout must be greater than heartbeat_interval, both positive")
+        logs.configure(config.log_format, config.log_level)
+        asyncio.run(serve(config))
+    except ConfigError as exc:
+        print(f"gridlab-scheduler: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

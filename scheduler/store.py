@@ -1,0 +1,192 @@
+"""The scheduler's one SQLite file: schema, migrations, transactions.
+
+One connection, used only from the event loop's thread, is the single writer. WAL lets
+readers (an admin's `sqlite3` shell, backups) work beside it; `synchronous=FULL` makes an
+acknowledged submit survive power loss, not just a `kill -9`. Every state change is one
+`BEGIN IMMEDIATE` transaction that also appends to `events`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+SCHEMA_VERSION = 1
+
+
+def _migrate_1(db: sqlite_utils.Database) -> None:
+    db["runs"].create(  # type: ignore[union-attr]
+        {
+            "id": str,
+            "user": str,
+            "team": str,
+            "name": str,
+            "spec": bytes,  # serialized gridlab.v1.RunSpec, as submitted (with defaults filled)
+            "state": str,
+            "priority": int,
+            "pending_reason": str,
+            "exit_code": int,
+            "message": str,
+            "retries_used": int,
+            "max_retries": int,
+            "cancel_requested": int,
+            "idempotency_key": str,
+            "created_at": float,
+            "started_at": float,
+            "finished_at": float,
+        },
+        pk="id",
+        not_null={"user", "spec", "state", "created_at"},
+        defaults={"team": "", "retries_used": 0, "cancel_requested": 0, "pending_reason": ""},
+    )
+    db["runs"].create_index(["state"])  # type: ignore[union-attr]
+    db["runs"].create_index(["user", "idempotency_key"], unique=True)  # type: ignore[union-attr]
+    db["attempts"].create(  # type: ignore[union-attr]
+        {
+            "id": str,
+            "run_id": str,
+            "number": int,
+            "state": str,
+            "exit_code": int,
+            "reason": str,
+            "created_at": float,
+            "started_at": float,
+            "finished_at": float,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id")],
+        not_null={"run_id", "number", "state", "created_at"},
+    )
+    db["attempts"].create_index(["run_id", "number"], unique=True)  # type: ignore[union-attr]
+    db["attempts"].create_index(["state"])  # type: ignore[union-attr]
+    # One row per node of an attempt: what it holds on which agent.
+    db["attempt_nodes"].create(  # type: ignore[union-attr]
+        {
+            "attempt_id": str,
+            "node_rank": int,
+            "agent_name": str,
+            "gpu_uuids": str,  # JSON list
+            "cpus": float,
+            "memory_bytes": int,
+        },
+        pk=("attempt_id", "node_rank"),
+        foreign_keys=[("attempt_id", "attempts", "id")],
+    )
+    db["attempt_nodes"].create_index(["agent_name"])  # type: ignore[union-attr]
+    db["agents"].create(  # type: ignore[union-attr]
+        {
+            "name": str,
+            "id": str,
+            "pool": str,
+            "labels": str,  # JSON object
+            "state": str,
+            "inventory": bytes,  # serialized gridlab.v1.Inventory
+            "connected_at": float,
+            "last_seen": float,
+        },
+        pk="name",
+    )
+    db["events"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "run_id": str,
+            "attempt_id": str,
+            "kind": str,
+            "state": str,
+            "message": str,
+            "time": float,
+        },
+        pk="id",
+    )
+    db["events"].create_index(["run_id", "id"])  # type: ignore[union-attr]
+    db["logs"].create(  # type: ignore[union-attr]
+        {
+            "cursor": int,
+            "run_id": str,
+            "attempt_id": str,
+            "attempt_number": int,
+            "rank": int,
+            "seq": int,
+            "stream": int,
+            "text": str,
+            "time": float,
+        },
+        pk="cursor",
+    )
+    db["logs"].create_index(["attempt_id", "rank", "seq"], unique=True)  # type: ignore[union-attr]
+    db["logs"].create_index(["run_id", "cursor"])  # type: ignore[union-attr]
+    db["tokens"].create(  # type: ignore[union-attr]
+        {
+            "hash": str,
+            "user": str,
+            "role": str,
+            "team": str,
+            "created_at": float,
+            "revoked": int,
+        },
+        pk="hash",
+        defaults={"revoked": 0, "team": ""},
+    )
+
+
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _migrate_1}
+
+
+class Store:
+    """The SQLite file and its transactions. Not thread-safe by design: one loop owns it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path} has schema version {version}, newer than this gridlab "
+                f"({SCHEMA_VERSION}): upgrade gridlab, or point --state-dir elsewhere"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self.transaction():
+                MIGRATIONS[target](self.db)
+                self.conn.execute(f"PRAGMA user_version={target}")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """`BEGIN IMMEDIATE` ... `COMMIT`, rolled back on any exception."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def one(self, sql: str, params: Any = ()) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self.conn.execute(sql, params).fetchone()
+        return row
+
+    def all(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+        return list(self.conn.execute(sql, params).fetchall())
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
