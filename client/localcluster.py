@@ -1,0 +1,206 @@
+"""A whole gridlab cluster on this machine: one scheduler and any number of agents, each a
+real daemon process on loopback. Used by `make demo`, the benchmarks and the end-to-end
+tests; handy for trying gridlab on a laptop.
+
+    with LocalCluster(Path("/tmp/gl")) as cluster:
+        cluster.start_scheduler()
+        cluster.start_agent("ws1", fake_gpus="2xA100:80")
+        run = cluster.client().submit(["python", "train.py"])
+
+Daemons are started as `python -m gridlab.scheduler.main` / `gridlab.agent.main`, so this
+module imports neither (the client never depends on the daemons' code).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+
+from gridlab.common import auth
+from gridlab.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2
+
+
+class LocalCluster:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        heartbeat_interval: float = 0.5,
+        heartbeat_timeout: float = 5.0,
+        python: str = sys.executable,
+    ) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.logs = self.root / "logs"
+        self.logs.mkdir(exist_ok=True)
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.python = python
+        self.scheduler_dir = self.root / "scheduler"
+        self.scheduler: subprocess.Popen[bytes] | None = None
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self.address = ""
+
+    # ------------------------------------------------------------ scheduler
+
+    @property
+    def admin_token(self) -> str:
+        return auth.read_secret(self.scheduler_dir / "admin.token")
+
+    @property
+    def agent_token_file(self) -> Path:
+        return self.scheduler_dir / "agent.token"
+
+    def start_scheduler(self, port: int = 0, timeout: float = 30.0) -> str:
+        """Start the scheduler (again, after a kill: same state dir) and return its address."""
+        addr_file = self.scheduler_dir / "scheduler.addr"
+        addr_file.unlink(missing_ok=True)
+        self.scheduler_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.logs / "scheduler.log").open("ab")
+        self.scheduler = subprocess.Popen(
+            [
+                self.python,
+                "-m",
+                "gridlab.scheduler.main",
+                "--state-dir",
+                str(self.scheduler_dir),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--heartbeat-interval",
+                str(self.heartbeat_interval),
+                "--heartbeat-timeout",
+                str(self.heartbeat_timeout),
+                "--log-format",
+                "json",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not addr_file.exists():
+            if self.scheduler.poll() is not None:
+                raise RuntimeError(f"scheduler exited with {self.scheduler.returncode}: see {self.logs / 'scheduler.log'}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("scheduler did not start listening")
+            time.sleep(0.02)
+        self.address = addr_file.read_text().strip()
+        return self.address
+
+    def kill_scheduler(self, sig: int = signal.SIGKILL) -> None:
+        if self.scheduler is not None:
+            self.scheduler.send_signal(sig)
+            self.scheduler.wait(timeout=30)
+            self.scheduler = None
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+    # ------------------------------------------------------------ agents
+
+    def start_agent(
+        self,
+        name: str,
+        *,
+        fake_gpus: str | None = None,
+        pool: str | None = None,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+        timeout: float = 30.0,
+    ) -> subprocess.Popen[bytes]:
+        """Start an agent daemon and (by default) wait until the scheduler lists it READY."""
+        child_env = dict(os.environ)
+        child_env.pop("GRIDLAB_FAKE_GPUS", None)
+        if fake_gpus is not None:
+            child_env["GRIDLAB_FAKE_GPUS"] = fake_gpus
+        child_env.setdefault("GRIDLAB_AGENT_RECONNECT_MAX", "0.5")
+        child_env.update(env or {})
+        args = [
+            self.python,
+            "-m",
+            "gridlab.agent.main",
+            "--scheduler",
+            self.address,
+            "--token-file",
+            str(self.agent_token_file),
+            "--name",
+            name,
+            "--state-dir",
+            str(self.root / "agents" / name),
+            "--log-format",
+            "json",
+        ]
+        if pool:
+            args += ["--pool", pool]
+        log = (self.logs / f"agent-{name}.log").open("ab")
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=child_env)
+        log.close()
+        self.agents[name] = proc
+        if wait:
+            self.wait_for_agent(name, timeout=timeout, proc=proc)
+        return proc
+
+    def wait_for_agent(self, name: str, *, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"agent {name} exited with {proc.returncode}: see {self.logs}/agent-{name}.log")
+            try:
+                agents = self.list_agents()
+            except grpc.RpcError:
+                agents = []
+            if any(a.name == name and a.state == types_pb2.AGENT_STATE_READY for a in agents):
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"agent {name} did not become ready")
+
+    def kill_agent(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.agents.pop(name)
+        proc.send_signal(sig)
+        proc.wait(timeout=90)
+
+    def list_agents(self) -> list[types_pb2.Agent]:
+        with grpc.insecure_channel(self.address) as channel:
+            stub = scheduler_pb2_grpc.SchedulerStub(channel)
+            reply = stub.ListAgents(scheduler_pb2.ListAgentsRequest(), metadata=auth.metadata(self.admin_token), timeout=5)
+            return list(reply.agents)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def client(self):  # type: ignore[no-untyped-def]
+        """An SDK client for the admin token."""
+        from gridlab.client.sdk import Client
+
+        return Client(self.address, self.admin_token)
+
+    def close(self) -> None:
+        """Stop every daemon: SIGTERM, then SIGKILL after a few seconds."""
+        procs = list(self.agents.values()) + ([self.scheduler] if self.scheduler else [])
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 15
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.agents.clear()
+        self.scheduler = None
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
