@@ -87,7 +87,9 @@ class LocalCluster:
         deadline = time.monotonic() + timeout
         while not addr_file.exists():
             if self.scheduler.poll() is not None:
-                raise RuntimeError(f"scheduler exited with {self.scheduler.returncode}: see {self.logs / 'scheduler.log'}")
+                raise RuntimeError(
+                    f"scheduler exited with {self.scheduler.returncode}: see {self.logs / 'scheduler.log'}"
+                )
             if time.monotonic() > deadline:
                 raise TimeoutError("scheduler did not start listening")
             time.sleep(0.02)
@@ -170,7 +172,9 @@ class LocalCluster:
     def list_agents(self) -> list[types_pb2.Agent]:
         with grpc.insecure_channel(self.address) as channel:
             stub = scheduler_pb2_grpc.SchedulerStub(channel)
-            reply = stub.ListAgents(scheduler_pb2.ListAgentsRequest(), metadata=auth.metadata(self.admin_token), timeout=5)
+            reply = stub.ListAgents(
+                scheduler_pb2.ListAgentsRequest(), metadata=auth.metadata(self.admin_token), timeout=5
+            )
             return list(reply.agents)
 
     # ------------------------------------------------------------ lifecycle

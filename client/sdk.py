@@ -1,0 +1,928 @@
+"""The Python SDK: `Client`, `Run` and `RunStatus` over the scheduler's gRPC API.
+
+A thin, synchronous layer: each method is one RPC (or one stream), every unary call has
+a deadline, every failure is a typed `GridlabError` with the server's message, and the
+two long streams (logs, run events) resume where they broke when the scheduler restarts,
+so a user sees every log line and every event once, in order.
+
+    from gridlab.client import submit
+    run = submit(["python", "train.py"], gpus=2)
+    for line in run.logs(follow=True):
+        print(line)
+    print(run.wait().state)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import random
+import shlex
+import sys
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from datetime import timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+
+from gridlab.client.errors import (
+    ClientConfigError,
+    DeadlineExceeded,
+    GridlabError,
+    Unauthenticated,
+    Unavailable,
+    from_rpc_error,
+)
+from gridlab.common import auth, grpcopts, timeutil
+from gridlab.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+T = TypeVar("T")
+
+ADDRESS_ENV = "GRIDLAB_ADDRESS"
+TOKEN_ENV = "GRIDLAB_TOKEN"  # noqa: S105 - a variable name, not a secret
+CONFIG_KEYS = ("address", "token", "token_file")
+
+# State words as users read and type them (the enum names without their prefix).
+STATES = ("QUEUED", "STARTING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+
+# A broken stream is reopened with backoff for this long before the error is raised;
+# long enough to ride out a scheduler restart.
+RECONNECT_WINDOW = 60.0
+_BACKOFF_MIN = 0.1
+_BACKOFF_MAX = 2.0
+# The channel retries a lost connection on its own schedule; capped here so a stream
+# resumes within seconds of a scheduler restart rather than gRPC's default two minutes.
+_CHANNEL_OPTIONS = [*grpcopts.CLIENT_CHANNEL_OPTIONS, ("grpc.max_reconnect_backoff_ms", 5_000)]
+# A first stream that fails sooner than this, having received nothing, never connected:
+# the address is wrong or the scheduler is down, and the user should hear so at once.
+_CONNECTED_AFTER = 1.0
+
+
+# --- settings -------------------------------------------------------------------------
+
+
+def config_path(environ: Mapping[str, str] | None = None) -> Path:
+    """The client config file: `$XDG_CONFIG_HOME/gridlab/config.toml`, by default
+    `~/.config/gridlab/config.toml`."""
+    environ = os.environ if environ is None else environ
+    base = environ.get("XDG_CONFIG_HOME")
+    if not base:
+        base = str(Path(environ.get("HOME") or Path.home()) / ".config")
+    return Path(base) / "gridlab" / "config.toml"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Where to connect and as whom, with where each value came from (for messages)."""
+
+    address: str
+    token: str = dataclasses.field(repr=False)
+    address_source: str
+    token_source: str
+
+
+def _read_config(path: Path) -> dict[str, str]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ClientConfigError(f"cannot read config file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ClientConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(CONFIG_KEYS))
+    if unknown:
+        raise ClientConfigError(
+            f"config file {path}: unknown key(s) {', '.join(unknown)}; known keys are {', '.join(CONFIG_KEYS)}"
+        )
+    for key, value in data.items():
+        if not isinstance(value, str):
+            raise ClientConfigError(f"config file {path}: {key} must be a string, got {value!r}")
+    if data.get("token") and data.get("token_file"):
+        raise ClientConfigError(f"config file {path}: set token or token_file, not both")
+    return data
+
+
+def resolve_settings(
+    address: str | None = None,
+    token: str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Find the scheduler address and token: arguments, then `GRIDLAB_ADDRESS` /
+    `GRIDLAB_TOKEN`, then the config file (keys `address`, `token`, `token_file`).
+
+    Each value is resolved on its own, and the file is read only when a value is still
+    missing, so a broken file never gets in the way of explicit settings.
+
+    Example:
+        >>> resolve_settings("head:7070", "glt_...").address
+        'head:7070'
+
+    Args:
+        address: `host:port` of the scheduler; empty or None means "look further".
+        token: A bearer token; empty or None means "look further".
+        environ: The environment to read; `os.environ` by default.
+
+    Returns:
+        The resolved `Settings`.
+
+    Raises:
+        ClientConfigError: A value is missing everywhere, or the config file is invalid
+            or names a token file that cannot be read.
+    """
+    environ = os.environ if environ is None else environ
+    found: dict[str, tuple[str, str]] = {}
+    if address:
+        found["address"] = (address.strip(), "the address argument")
+    elif environ.get(ADDRESS_ENV, "").strip():
+        found["address"] = (environ[ADDRESS_ENV].strip(), f"${ADDRESS_ENV}")
+    if token:
+        found["token"] = (token.strip(), "the token argument")
+    elif environ.get(TOKEN_ENV, "").strip():
+        found["token"] = (environ[TOKEN_ENV].strip(), f"${TOKEN_ENV}")
+
+    path = config_path(environ)
+    if len(found) < 2:
+        data = _read_config(path)
+        if "address" not in found and data.get("address", "").strip():
+            found["address"] = (data["address"].strip(), f"address in {path}")
+        if "token" not in found and data.get("token", "").strip():
+            found["token"] = (data["token"].strip(), f"token in {path}")
+        elif "token" not in found and data.get("token_file", "").strip():
+            token_file = Path(data["token_file"]).expanduser()
+            if not token_file.is_absolute():
+                token_file = path.parent / token_file
+            try:
+                value = auth.read_secret(token_file)
+            except (OSError, ValueError) as exc:
+                raise ClientConfigError(f"cannot read token_file {token_file} (named in {path}): {exc}") from None
+            found["token"] = (value, f"token_file {token_file}")
+
+    if "address" not in found:
+        raise ClientConfigError(
+            "no scheduler address: pass --address (or Client(address=...)), "
+            f'set {ADDRESS_ENV}=host:7070, or add address = "host:7070" to {path}'
+        )
+    if "token" not in found:
+        raise ClientConfigError(
+            "no token: pass --token (or Client(token=...)), "
+            f'set {TOKEN_ENV}, or add token_file = "/path/to/token" to {path} '
+            "(an admin creates tokens with `schedctl token create --user NAME`)"
+        )
+    return Settings(
+        address=found["address"][0],
+        token=found["token"][0],
+        address_source=found["address"][1],
+        token_source=found["token"][1],
+    )
+
+
+# --- small conversions ----------------------------------------------------------------
+
+
+def state_word(state: int) -> str:
+    """`RUN_STATE_RUNNING` (or its number) as the word users read: "RUNNING"."""
+    try:
+        name = str(types_pb2.RunState.Name(state))  # type: ignore[arg-type, unused-ignore]
+    except ValueError:  # a state from a newer scheduler
+        return f"UNKNOWN({state})"
+    return name.removeprefix("RUN_STATE_")
+
+
+def parse_state(word: str | int) -> types_pb2.RunState.ValueType:
+    """ "running", "RUNNING" or "RUN_STATE_RUNNING" as the enum value.
+
+    Raises:
+        ValueError: Not a run state; the message lists the valid words.
+    """
+    if isinstance(word, int) and not isinstance(word, bool):
+        return types_pb2.RunState.ValueType(word)
+    if not isinstance(word, str):
+        raise TypeError(f"a run state is a word like 'RUNNING', got {word!r}")
+    key = word.strip().upper().removeprefix("RUN_STATE_")
+    if key not in STATES:
+        raise ValueError(f"unknown run state {word!r}; use one of {', '.join(STATES)}")
+    return types_pb2.RunState.Value("RUN_STATE_" + key)
+
+
+def _check(name: str, value: Any, types: type | tuple[type, ...], what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, types):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
+
+
+def _argv(command: str | Iterable[str]) -> list[str]:
+    if isinstance(command, str):
+        return shlex.split(command)
+    if isinstance(command, bytes | Mapping) or not isinstance(command, Iterable):
+        raise TypeError(f"command must be a string or a list of strings, got {command!r}")
+    argv = list(command)
+    for arg in argv:
+        if not isinstance(arg, str):
+            raise TypeError(f"command arguments must be strings, got {arg!r} in {argv!r}")
+    return argv
+
+
+def _seconds(name: str, value: float | timedelta) -> float:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    _check(name, value, (int, float), "seconds (a number) or a timedelta")
+    return float(value)
+
+
+def build_spec(
+    command: str | Iterable[str],
+    *,
+    gpus: int = 0,
+    cpus: float = 1,
+    env: Mapping[str, str] | None = None,
+    name: str | None = None,
+) -> types_pb2.RunSpec:
+    """The `RunSpec` that `Client.submit` sends, without sending it (a dry run).
+
+    Example:
+        >>> build_spec("python train.py --lr 3e-4", gpus=2).command
+        ['python', 'train.py', '--lr', '3e-4']
+
+    Args:
+        command: An argv list, or a string split the way a shell would (`shlex`); it is
+            run without a shell.
+        gpus: GPUs per node.
+        cpus: CPU cores per node.
+        env: Extra environment variables for every rank.
+        name: A name to recognise the run by; need not be unique.
+
+    Returns:
+        A one-node `RunSpec`.
+
+    Raises:
+        TypeError: An argument has the wrong type. Values are checked by the scheduler.
+    """
+    argv = _argv(command)
+    _check("gpus", gpus, int, "an int")
+    _check("cpus", cpus, (int, float), "a number")
+    if name is not None:
+        _check("name", name, str, "a string")
+    env_map: dict[str, str] = {}
+    if env is not None:
+        if not isinstance(env, Mapping):
+            raise TypeError(f"env must be a mapping of str to str, got {env!r}")
+        for key, value in env.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise TypeError(f"env must map str to str, got {key!r}: {value!r}")
+            env_map[key] = value
+    return types_pb2.RunSpec(
+        name=name or "",
+        command=argv,
+        env=env_map,
+        resources=types_pb2.Resources(nodes=1, gpus=gpus, cpus=float(cpus)),
+    )
+
+
+# --- RunStatus and Run ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RunStatus:
+    """A snapshot of a run's state, in words.
+
+    Attributes:
+        state: "QUEUED", "STARTING", "RUNNING", "SUCCEEDED", "FAILED" or "CANCELLED".
+        pending_reason: Why a queued run is not placed yet ("" otherwise).
+        exit_code: The last attempt's exit code once the run has finished and a process
+            ran; None before that (and for a run cancelled before it started).
+        message: The final reason, in words.
+        attempts: How many placements the run has had so far.
+    """
+
+    state: str
+    pending_reason: str = ""
+    exit_code: int | None = None
+    message: str = ""
+    attempts: int = 0
+
+    @property
+    def done(self) -> bool:
+        """True once the run has SUCCEEDED, FAILED or been CANCELLED."""
+        return self.state in TERMINAL_STATES
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == "SUCCEEDED"
+
+    @classmethod
+    def from_proto(cls, run: types_pb2.Run) -> RunStatus:
+        state = state_word(run.state)
+        exit_code: int | None = None
+        if state in ("SUCCEEDED", "FAILED") or (
+            state == "CANCELLED" and run.attempts and run.attempts[-1].HasField("started_at")
+        ):
+            exit_code = run.exit_code
+        return cls(
+            state=state,
+            pending_reason=run.pending_reason,
+            exit_code=exit_code,
+            message=run.message,
+            attempts=len(run.attempts),
+        )
+
+
+class Run:
+    """A handle on one run: ask its status, follow its logs, wait for it, cancel it.
+
+    `Client.submit` returns one; `Run(client, run_id)` makes one for an existing run.
+    """
+
+    def __init__(self, client: Client, run_id: str, *, name: str = "") -> None:
+        _check("run_id", run_id, str, "a string")
+        self._client = client
+        self._id = run_id
+        self._name = name
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def status(self) -> RunStatus:
+        """The run's current status. See `Client.status`."""
+        return self._client.status(self._id)
+
+    def wait(self, timeout: float | None = None) -> RunStatus:
+        """Block until the run has finished. See `Client.wait`.
+
+        Example:
+            >>> run.wait(timeout=3600).state
+            'SUCCEEDED'
+        """
+        return self._client.wait(self._id, timeout=timeout)
+
+    def logs(self, follow: bool = False) -> Iterator[str]:
+        """The run's log lines. See `Client.logs`."""
+        return self._client.logs(self._id, follow=follow)
+
+    def cancel(self, *, grace: float | timedelta | None = None) -> RunStatus:
+        """Ask the scheduler to stop the run; returns at once. See `Client.cancel`."""
+        return RunStatus.from_proto(self._client.cancel(self._id, grace=grace))
+
+    def __repr__(self) -> str:
+        return f"Run(id={self._id!r}, name={self._name!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Run) and other._id == self._id
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+
+# --- Client ---------------------------------------------------------------------------
+
+
+class Client:
+    """A connection to the scheduler, authenticated with a bearer token.
+
+    Example:
+        >>> with Client("head:7070", token) as client:
+        ...     run = client.submit(["python", "train.py"], gpus=4)
+        ...     run.wait()
+
+    Args:
+        address: `host:port` of the scheduler; else `GRIDLAB_ADDRESS`, else the config
+            file (`~/.config/gridlab/config.toml`).
+        token: Bearer token; else `GRIDLAB_TOKEN`, else the config file's `token` or
+            `token_file`.
+        timeout: Deadline in seconds for every unary call (streams have none).
+
+    Raises:
+        ClientConfigError: No address or token was found, or the config file is invalid.
+    """
+
+    def __init__(self, address: str | None = None, token: str | None = None, *, timeout: float = 10.0) -> None:
+        if address is not None:
+            _check("address", address, str, "a 'host:port' string")
+        if token is not None:
+            _check("token", token, str, "a string")
+        _check("timeout", timeout, (int, float), "a number of seconds")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        self._settings = resolve_settings(address, token)
+        self.address = self._settings.address
+        self.timeout = float(timeout)
+        self._metadata = auth.metadata(self._settings.token)
+        self._channel = grpc.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
+        self._stub = scheduler_pb2_grpc.SchedulerStub(self._channel)
+
+    # -- plumbing
+
+    def _error(self, err: grpc.RpcError, timeout: float | None = None) -> GridlabError:
+        error = from_rpc_error(err, address=self.address, timeout=timeout)
+        if isinstance(error, Unauthenticated):
+            error = Unauthenticated(f"{error.message} (the token came from {self._settings.token_source})")
+        return error
+
+    def _unary(self, method: Callable[..., T], request: Any) -> T:
+        try:
+            return method(request, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise self._error(err, self.timeout) from None
+
+    def _resumable(
+        self,
+        open_stream: Callable[[int, float | None], Any],
+        items: Callable[[Any], Iterable[T]],
+        position: Callable[[T], int],
+        *,
+        start: int = 0,
+        deadline: float | None = None,
+    ) -> Generator[T, None, None]:
+        """Items of a server stream, reopened after `position` of the last item whenever
+        it breaks with UNAVAILABLE; items at or before that position are skipped.
+
+        `deadline` (monotonic) bounds the whole iteration with DeadlineExceeded.
+        """
+        pos = start
+        reopened = 0
+        failing_since: float | None = None
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceeded("deadline reached", grpc.StatusCode.DEADLINE_EXCEEDED)
+            opened = time.monotonic()
+            received = False
+            call = open_stream(pos, remaining)
+            try:
+                for response in call:
+                    received = True
+                    failing_since = None
+                    for item in items(response):
+                        at = position(item)
+                        if at and at <= pos:
+                            continue  # sent again after a reconnect
+                        pos = max(pos, at)
+                        yield item
+                return
+            except grpc.RpcError as err:
+                error = self._error(err, remaining)
+                if not isinstance(error, Unavailable):
+                    raise error from None
+                now = time.monotonic()
+                if not received and not reopened and now - opened < _CONNECTED_AFTER:
+                    raise error from None  # never connected: say so now
+                failing_since = failing_since or now
+                if now - failing_since > RECONNECT_WINDOW:
+                    raise error from None
+                pause = min(_BACKOFF_MAX, _BACKOFF_MIN * 2 ** min(reopened, 10))
+                pause *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
+                if deadline is not None:
+                    pause = max(0.0, min(pause, deadline - now))
+                time.sleep(pause)
+                reopened += 1
+            finally:
+                call.cancel()
+
+    # -- runs
+
+    def submit(
+        self,
+        command: str | Iterable[str],
+        *,
+        gpus: int = 0,
+        cpus: float = 1,
+        env: Mapping[str, str] | None = None,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Run:
+        """Queue a command to run on the cluster.
+
+        Example:
+            >>> run = client.submit("python train.py --epochs 3", gpus=1, name="mnist")
+            >>> run.id
+            'run-01jd8x3k2m9q4f7a2b6c'
+
+        Args:
+            command: An argv list, or a string split the way a shell would; it is run
+                without a shell on the agent.
+            gpus: GPUs per node.
+            cpus: CPU cores per node.
+            env: Extra environment variables for every rank.
+            name: A name to recognise the run by.
+            idempotency_key: A key you choose; submitting again with the same key
+                returns the run the first submit created instead of a second one, so a
+                retried submit is safe.
+
+        Returns:
+            A `Run` handle.
+
+        Raises:
+            TypeError: An argument has the wrong type.
+            InvalidArgument: The scheduler rejected the spec; the message says why.
+            ResourceExhausted: A quota forbids the run.
+            Unavailable: The scheduler could not be reached.
+        """
+        spec = build_spec(command, gpus=gpus, cpus=cpus, env=env, name=name)
+        if idempotency_key is not None:
+            _check("idempotency_key", idempotency_key, str, "a string")
+        request = scheduler_pb2.SubmitRunRequest(spec=spec, idempotency_key=idempotency_key or "")
+        response = self._unary(self._stub.SubmitRun, request)
+        return Run(self, response.run.id, name=response.run.spec.name)
+
+    def run(self, run_id: str) -> Run:
+        """A `Run` handle on an existing run, to wait for it or follow its logs. Makes no
+        call: an unknown id shows up as `NotFound` on first use.
+
+        Example:
+            >>> client.run("run-01jd8x3k2m9q4f7a2b6c").wait(timeout=60).state
+            'SUCCEEDED'
+
+        Args:
+            run_id: The run's id.
+
+        Returns:
+            A `Run` (its `name` is empty; `get_run` has the spec).
+        """
+        return Run(self, run_id)
+
+    def get_run(self, run_id: str) -> types_pb2.Run:
+        """Everything the scheduler knows about one run.
+
+        Example:
+            >>> client.get_run("run-01jd8x3k2m9q4f7a2b6c").attempts[-1].nodes[0].agent_name
+            'gpu-box-3'
+
+        Args:
+            run_id: The run's id.
+
+        Returns:
+            The `gridlab.v1.Run` message (spec, state, attempts, times).
+
+        Raises:
+            NotFound: No such run, or another user's.
+        """
+        _check("run_id", run_id, str, "a string")
+        return self._unary(self._stub.GetRun, scheduler_pb2.GetRunRequest(run_id=run_id)).run
+
+    def status(self, run_id: str) -> RunStatus:
+        """A run's state in words, with its pending reason and exit code.
+
+        Example:
+            >>> client.status(run.id)
+            RunStatus(state='QUEUED', pending_reason='waiting for 4 free GPUs', ...)
+
+        Args:
+            run_id: The run's id.
+
+        Returns:
+            A `RunStatus`.
+
+        Raises:
+            NotFound: No such run, or another user's.
+        """
+        return RunStatus.from_proto(self.get_run(run_id))
+
+    def runs(
+        self,
+        *,
+        states: Iterable[str] | str | None = None,
+        user: str | None = None,
+        limit: int | None = 100,
+    ) -> list[types_pb2.Run]:
+        """Runs the caller may see, newest first as the scheduler orders them.
+
+        Example:
+            >>> [r.id for r in client.runs(states=["QUEUED", "RUNNING"], limit=10)]
+
+        Args:
+            states: State words to keep ("RUNNING", ...); None keeps every state.
+            user: Another user's runs (admins only); None means the caller's own (every
+                user's, for an admin).
+            limit: At most this many runs; None fetches every page.
+
+        Returns:
+            A list of `gridlab.v1.Run` messages.
+
+        Raises:
+            ValueError: An unknown state word, or a limit below 1.
+            PermissionDenied: `user` names someone else and the caller is not an admin.
+        """
+        if isinstance(states, str):
+            states = [states]
+        wanted = [parse_state(s) for s in states or ()]
+        if user is not None:
+            _check("user", user, str, "a string")
+        if limit is not None:
+            _check("limit", limit, int, "an int or None")
+            if limit < 1:
+                raise ValueError(f"limit must be at least 1, got {limit}")
+        out: list[types_pb2.Run] = []
+        page_token = ""
+        while True:
+            ask = 0 if limit is None else min(limit - len(out), 2**31 - 1)
+            request = scheduler_pb2.ListRunsRequest(states=wanted, user=user or "", limit=ask, page_token=page_token)
+            response = self._unary(self._stub.ListRuns, request)
+            out.extend(response.runs)
+            page_token = response.next_page_token
+            if not page_token or not response.runs or (limit is not None and len(out) >= limit):
+                return out if limit is None else out[:limit]
+
+    def cancel(
+        self, run_id: str, *, grace: float | timedelta | None = None, reason: str | None = None
+    ) -> types_pb2.Run:
+        """Ask the scheduler to stop a run. Returns at once; `wait()` to see it stop.
+
+        Ranks get SIGTERM (a trainer saves a checkpoint), then SIGKILL after `grace`.
+        Cancelling a run that is already being cancelled is harmless.
+
+        Example:
+            >>> client.cancel(run.id, grace=30).state
+            2
+
+        Args:
+            run_id: The run's id.
+            grace: Seconds (or a timedelta) between SIGTERM and SIGKILL; None uses the
+                agent's default.
+            reason: Recorded with the run, in words.
+
+        Returns:
+            The `gridlab.v1.Run` message after the request.
+
+        Raises:
+            NotFound: No such run, or another user's.
+            FailedPrecondition: The run has already finished.
+        """
+        _check("run_id", run_id, str, "a string")
+        request = scheduler_pb2.CancelRunRequest(run_id=run_id, reason=reason or "")
+        if grace is not None:
+            request.grace.CopyFrom(timeutil.duration(_seconds("grace", grace)))
+        return self._unary(self._stub.CancelRun, request).run
+
+    def wait(self, run_id: str, *, timeout: float | None = None) -> RunStatus:
+        """Block until a run has SUCCEEDED, FAILED or been CANCELLED.
+
+        Follows the run's events as the scheduler records them (no polling); if the
+        stream breaks, it resumes after the last event seen.
+
+        Example:
+            >>> client.wait(run.id, timeout=600).exit_code
+            0
+
+        Args:
+            run_id: The run's id.
+            timeout: Seconds to wait at most; None waits as long as it takes.
+
+        Returns:
+            The final `RunStatus`.
+
+        Raises:
+            TimeoutError: The run had not finished after `timeout` seconds; the message
+                names the run and its state.
+            NotFound: No such run, or another user's.
+            Unavailable: The scheduler stayed unreachable.
+        """
+        _check("run_id", run_id, str, "a string")
+        if timeout is not None:
+            _check("timeout", timeout, (int, float), "a number of seconds or None")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        after = 0
+        while True:
+            events = self._watch([run_id], after_event_id=after, deadline=deadline)
+            try:
+                with contextlib.closing(events):
+                    for event in events:
+                        after = max(after, event.id)
+                        if event.run_id == run_id and state_word(event.state) in TERMINAL_STATES:
+                            break  # no need to wait for the stream to end
+            except DeadlineExceeded:
+                pass
+            status = self.status(run_id)  # the full record, and the truth if the stream ended early
+            if status.done:
+                return status
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"run {run_id} is still {status.state} after waiting {timeout:g}s")
+            time.sleep(0.2 if deadline is None else min(0.2, max(0.0, deadline - time.monotonic())))
+
+    def _watch(
+        self, run_ids: list[str], *, after_event_id: int, deadline: float | None
+    ) -> Generator[types_pb2.RunEvent, None, None]:
+        def open_stream(after: int, timeout: float | None) -> Any:
+            request = scheduler_pb2.WatchRunsRequest(run_ids=run_ids, after_event_id=after)
+            return self._stub.WatchRuns(request, timeout=timeout, metadata=self._metadata)
+
+        return self._resumable(
+            open_stream, lambda event: (event,), lambda event: event.id,
+            start=after_event_id, deadline=deadline,
+        )  # fmt: skip
+
+    def watch(
+        self, run_ids: Iterable[str] | str | None = None, *, after_event_id: int = 0
+    ) -> Iterator[types_pb2.RunEvent]:
+        """Run state changes as they are recorded, oldest first.
+
+        With run ids the iterator ends once every one of them has finished; without, it
+        follows every run the caller may see and never ends. A broken stream resumes
+        after the last event seen.
+
+        Example:
+            >>> for event in client.watch([run.id]):
+            ...     print(event.kind, event.message)
+
+        Args:
+            run_ids: Runs to follow; None (or empty) follows all.
+            after_event_id: Start after this event id; 0 replays each run's history.
+
+        Returns:
+            An iterator of `gridlab.v1.RunEvent` messages.
+
+        Raises:
+            NotFound: A run id is unknown (raised while iterating).
+            Unavailable: The scheduler stayed unreachable.
+        """
+        if isinstance(run_ids, str):
+            run_ids = [run_ids]
+        ids = list(run_ids or ())
+        for run_id in ids:
+            _check("run_ids", run_id, str, "strings")
+        _check("after_event_id", after_event_id, int, "an int")
+        return self._watch(ids, after_event_id=after_event_id, deadline=None)
+
+    def log_lines(
+        self,
+        run_id: str,
+        *,
+        follow: bool = False,
+        attempt: int | None = None,
+        rank: int | None = None,
+    ) -> Iterator[types_pb2.LogLine]:
+        """A run's log lines with their rank, stream, attempt and time.
+
+        Like `logs`, but yields the `gridlab.v1.LogLine` messages, the agent's own lines
+        (stream LOG_STREAM_SYSTEM) included.
+
+        Args:
+            run_id: The run's id.
+            follow: Keep waiting for new lines until the run has finished.
+            attempt: Only this attempt number (1, 2, ...); None for every attempt.
+            rank: Only this global rank (-1 for the agent's own lines); None for all.
+
+        Returns:
+            An iterator of `gridlab.v1.LogLine` messages.
+
+        Raises:
+            NotFound: No such run, or another user's (raised while iterating).
+        """
+        _check("run_id", run_id, str, "a string")
+        if attempt is not None:
+            _check("attempt", attempt, int, "an int or None")
+        if rank is not None:
+            _check("rank", rank, int, "an int or None")
+
+        def open_stream(after: int, timeout: float | None) -> Any:
+            request = scheduler_pb2.StreamLogsRequest(
+                run_id=run_id,
+                follow=follow,
+                after_cursor=after,
+                attempt_number=attempt or 0,
+                rank=rank if rank is not None else 0,
+                has_rank=rank is not None,
+            )
+            return self._stub.StreamLogs(request, timeout=timeout, metadata=self._metadata)
+
+        return self._resumable(open_stream, lambda response: response.lines, lambda line: line.cursor)
+
+    def logs(self, run_id: str, *, follow: bool = False) -> Iterator[str]:
+        """What a run's ranks printed (stdout and stderr), every line once and in order.
+
+        The agent's own notes about an attempt ("rank 0 exited with 3") are left out:
+        they are in `status().message`, and `log_lines` has them. With `follow`, waits
+        for new lines and ends once the run has finished and every line has been sent;
+        if the scheduler restarts meanwhile, it picks up after the last line received.
+
+        Example:
+            >>> for line in client.logs(run.id, follow=True):
+            ...     print(line)
+
+        Args:
+            run_id: The run's id.
+            follow: Keep waiting for new lines until the run has finished.
+
+        Returns:
+            An iterator of lines, without their newline.
+
+        Raises:
+            NotFound: No such run, or another user's (raised while iterating).
+            Unavailable: The scheduler could not be reached, or stayed unreachable.
+        """
+        lines = self.log_lines(run_id, follow=follow)
+        return (line.text for line in lines if line.stream != types_pb2.LOG_STREAM_SYSTEM)
+
+    # -- cluster
+
+    def agents(self, *, pool: str | None = None) -> list[types_pb2.Agent]:
+        """The machines the scheduler knows, with their GPUs and what they run.
+
+        Example:
+            >>> [(a.name, a.gpus_free) for a in client.agents(pool="onprem")]
+
+        Args:
+            pool: Only this pool's agents; None for every pool.
+
+        Returns:
+            A list of `gridlab.v1.Agent` messages.
+
+        Raises:
+            Unavailable: The scheduler could not be reached.
+        """
+        if pool is not None:
+            _check("pool", pool, str, "a string")
+        request = scheduler_pb2.ListAgentsRequest(pool=pool or "")
+        return list(self._unary(self._stub.ListAgents, request).agents)
+
+    def create_token(self, user: str, role: str = "user", *, team: str | None = None) -> str:
+        """Create a bearer token for a user (admins only). It is shown only this once.
+
+        Example:
+            >>> client.create_token("alice")
+            'glt_...'
+
+        Args:
+            user: Who the token acts as.
+            role: "user", "admin" or "agent".
+            team: The user's team, for team quotas.
+
+        Returns:
+            The new token.
+
+        Raises:
+            PermissionDenied: The caller is not an admin.
+            InvalidArgument: An unknown role or an empty user.
+        """
+        _check("user", user, str, "a string")
+        _check("role", role, str, "a string")
+        if team is not None:
+            _check("team", team, str, "a string")
+        request = scheduler_pb2.CreateTokenRequest(user=user, role=role, team=team or "")
+        return str(self._unary(self._stub.CreateToken, request).token)
+
+    # -- lifetime
+
+    def close(self) -> None:
+        """Close the channel; streams in progress end with an error."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client(address={self.address!r})"
+
+
+# --- module-level conveniences --------------------------------------------------------
+
+_default: Client | None = None
+_default_lock = threading.Lock()
+
+
+def default_client() -> Client:
+    """A shared `Client` whose address and token come from the environment or the config
+    file; made on first use.
+
+    Raises:
+        ClientConfigError: No address or token was found.
+    """
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Client()
+        return _default
+
+
+def submit(command: str | Iterable[str], **kwargs: Any) -> Run:
+    """`Client.submit` on the `default_client()`.
+
+    Example:
+        >>> from gridlab.client import submit
+        >>> submit(["python", "train.py"], gpus=2).wait().state
+        'SUCCEEDED'
+    """
+    return default_client().submit(command, **kwargs)
