@@ -23,6 +23,7 @@ from types import TracebackType
 
 import grpc
 
+from gridlab.client.sdk import Client
 from gridlab.common import auth
 from gridlab.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2
 
@@ -179,10 +180,8 @@ class LocalCluster:
 
     # ------------------------------------------------------------ lifecycle
 
-    def client(self):  # type: ignore[no-untyped-def]
+    def client(self) -> Client:
         """An SDK client for the admin token."""
-        from gridlab.client.sdk import Client
-
         return Client(self.address, self.admin_token)
 
     def close(self) -> None:

@@ -201,14 +201,14 @@ def state_word(state: int) -> str:
     return name.removeprefix("RUN_STATE_")
 
 
-def parse_state(word: str | int) -> types_pb2.RunState.ValueType:
+def parse_state(word: str | int) -> int:
     """ "running", "RUNNING" or "RUN_STATE_RUNNING" as the enum value.
 
     Raises:
         ValueError: Not a run state; the message lists the valid words.
     """
     if isinstance(word, int) and not isinstance(word, bool):
-        return types_pb2.RunState.ValueType(word)
+        return int(word)
     if not isinstance(word, str):
         raise TypeError(f"a run state is a word like 'RUNNING', got {word!r}")
     key = word.strip().upper().removeprefix("RUN_STATE_")
@@ -631,7 +631,9 @@ class Client:
         page_token = ""
         while True:
             ask = 0 if limit is None else min(limit - len(out), 2**31 - 1)
-            request = scheduler_pb2.ListRunsRequest(states=wanted, user=user or "", limit=ask, page_token=page_token)
+            request = scheduler_pb2.ListRunsRequest(
+                states=[types_pb2.RunState.Name(s) for s in wanted], user=user or "", limit=ask, page_token=page_token
+            )
             response = self._unary(self._stub.ListRuns, request)
             out.extend(response.runs)
             page_token = response.next_page_token

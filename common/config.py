@@ -132,8 +132,7 @@ def load(
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(
-                f"config file {path}: unknown key(s) {', '.join(unknown)}; "
-                f"known keys are {', '.join(sorted(names))}"
+                f"config file {path}: unknown key(s) {', '.join(unknown)}; known keys are {', '.join(sorted(names))}"
             )
         for key, value in data.items():
             values[key] = _check_type(key, value, hints[key])

@@ -8,9 +8,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 
-def ts(seconds: float | None) -> Timestamp | None:
-    if seconds is None:
-        return None
+def ts(seconds: float) -> Timestamp:
     out = Timestamp()
     out.FromNanoseconds(int(seconds * 1e9))
     return out

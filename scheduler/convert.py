@@ -21,7 +21,7 @@ def attempt_pb(row: sqlite3.Row, nodes: list[sqlite3.Row]) -> types_pb2.Attempt:
         id=row["id"],
         run_id=row["run_id"],
         number=row["number"],
-        state=types_pb2.AttemptState.Value(f"ATTEMPT_STATE_{row['state']}"),
+        state=f"ATTEMPT_STATE_{row['state']}",
         exit_code=row["exit_code"] or 0,
         reason=row["reason"] or "",
     )
@@ -44,7 +44,7 @@ def run_pb(store: Store, row: sqlite3.Row, *, with_attempts: bool = True) -> typ
     out = types_pb2.Run(
         id=row["id"],
         spec=spec,
-        state=types_pb2.RunState.Value(f"RUN_STATE_{row['state']}"),
+        state=f"RUN_STATE_{row['state']}",
         user=row["user"],
         team=row["team"] or "",
         pending_reason=row["pending_reason"] or "",
@@ -75,7 +75,7 @@ def event_pb(row: sqlite3.Row) -> types_pb2.RunEvent:
         run_id=row["run_id"],
         attempt_id=row["attempt_id"] or "",
         kind=row["kind"],
-        state=types_pb2.RunState.Value(f"RUN_STATE_{row['state']}"),
+        state=f"RUN_STATE_{row['state']}",
         message=row["message"] or "",
     )
     _set_time(out, "time", row["time"])

@@ -304,7 +304,7 @@ class Engine:
         order = agent_pb2.CancelAttempt(
             attempt_id=attempt_id,
             reason=reason,
-            final_state=types_pb2.AttemptState.Value(f"ATTEMPT_STATE_{final.value}"),
+            final_state=f"ATTEMPT_STATE_{final.value}",
         )
         if grace is not None:
             order.grace.CopyFrom(duration(grace))
@@ -528,7 +528,7 @@ class Engine:
                 name=row["name"],
                 pool=row["pool"],
                 labels=json.loads(row["labels"] or "{}"),
-                state=types_pb2.AgentState.Value(f"AGENT_STATE_{state}"),
+                state=f"AGENT_STATE_{state}",
                 inventory=inventory,
                 attempt_ids=[n["attempt_id"] for n in held],
                 gpus_free=sum(1 for g in inventory.gpus if g.uuid not in used),
