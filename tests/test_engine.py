@@ -1,0 +1,196 @@
+"""The engine without sockets: a real SQLite file, agent sessions fed by hand, a fake clock.
+
+These drive the same methods the gRPC shells call and check both the store and the
+messages queued for agents.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from gridlab.common.config import SchedulerConfig
+from gridlab.common.timeutil import FakeClock
+from gridlab.scheduler.auth import Principal
+from gridlab.scheduler.engine import AgentSession, Engine
+from gridlab.scheduler.errors import ApiError
+from gridlab.scheduler.store import Store
+from gridlab.v1 import agent_pb2, types_pb2
+
+ALICE = Principal("alice", "user")
+BOB = Principal("bob", "user")
+
+
+def inventory(gpus: int) -> types_pb2.Inventory:
+    inv = types_pb2.Inventory(hostname="h", cpus=8, memory_bytes=64 << 30)
+    for i in range(gpus):
+        inv.gpus.add(index=i, uuid=f"GPU-{i}", model="A100", memory_total_bytes=80 << 30)
+    return inv
+
+
+def spec(*command: str, gpus: int = 0) -> types_pb2.RunSpec:
+    return types_pb2.RunSpec(command=list(command) or ["true"], resources=types_pb2.Resources(gpus=gpus))
+
+
+def drain(session: AgentSession) -> list[agent_pb2.SchedulerMessage]:
+    out = []
+    while not session.outbox.empty():
+        msg = session.outbox.get_nowait()
+        if msg is not None:
+            out.append(msg)
+    return out
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    config = SchedulerConfig(state_dir=str(tmp_path), heartbeat_interval=1, heartbeat_timeout=10)
+    return Engine(Store(tmp_path / "s.db"), config, clock=FakeClock())
+
+
+def hello(engine: Engine, name: str = "a1", gpus: int = 2, attempts: list[agent_pb2.AttemptStatus] | None = None):
+    return engine.agent_hello(agent_pb2.Hello(name=name, inventory=inventory(gpus), attempts=attempts or []))
+
+
+def status(attempt_id: str, state: str, exit_code: int = 0) -> agent_pb2.AttemptStatus:
+    return agent_pb2.AttemptStatus(attempt_id=attempt_id, state=f"ATTEMPT_STATE_{state}", exit_code=exit_code)
+
+
+def run_state(engine: Engine, run_id: str) -> str:
+    return engine.store.one("SELECT state FROM runs WHERE id = ?", (run_id,))["state"]
+
+
+def test_submit_place_run_succeed(engine: Engine) -> None:
+    session = hello(engine)
+    assert drain(session)[0].WhichOneof("msg") == "welcome"
+    run_id, existed = engine.submit(ALICE, spec("python", "x.py", gpus=1), "")
+    assert not existed
+    assert engine.place_once() == 1
+    (assign,) = drain(session)
+    assert assign.assign.run_id == run_id
+    assert list(assign.assign.gpu_uuids) == ["GPU-0"]
+    assert run_state(engine, run_id) == "STARTING"
+    attempt = assign.assign.attempt_id
+    engine.agent_update(session, status(attempt, "RUNNING"))
+    assert run_state(engine, run_id) == "RUNNING"
+    engine.agent_update(session, status(attempt, "SUCCEEDED"))
+    assert run_state(engine, run_id) == "SUCCEEDED"
+    (release,) = drain(session)
+    assert release.release.attempt_id == attempt
+    kinds = [r["kind"] for r in engine.store.all("SELECT kind FROM events WHERE run_id = ? ORDER BY id", (run_id,))]
+    assert kinds == ["submitted", "placed", "running", "succeeded"]
+
+
+def test_idempotency_key_returns_the_first_run(engine: Engine) -> None:
+    first, _ = engine.submit(ALICE, spec(), "k1")
+    again, existed = engine.submit(ALICE, spec(), "k1")
+    assert (again, existed) == (first, True)
+    other, existed = engine.submit(BOB, spec(), "k1")  # keys are per user
+    assert other != first
+    assert not existed
+
+
+def test_silent_agent_is_lost_and_its_run_requeued_without_spending_a_retry(engine: Engine) -> None:
+    session = hello(engine)
+    run_id, _ = engine.submit(ALICE, spec(gpus=2), "")
+    engine.place_once()
+    engine.clock.advance(9)  # type: ignore[attr-defined]
+    assert engine.check_liveness() == []
+    engine.clock.advance(2)  # type: ignore[attr-defined]
+    assert engine.check_liveness() == ["a1"]
+    row = engine.store.one("SELECT * FROM runs WHERE id = ?", (run_id,))
+    assert row["state"] == "QUEUED"
+    assert row["retries_used"] == 0
+    assert session.closed
+    # The GPUs are free again for the next agent.
+    other = hello(engine, "a2")
+    assert engine.place_once() == 1
+    assert drain(other)[-1].assign.run_id == run_id
+
+
+def test_a_lost_agent_that_comes_back_is_told_to_kill_its_stale_attempt(engine: Engine) -> None:
+    session = hello(engine)
+    engine.submit(ALICE, spec(), "")
+    engine.place_once()
+    attempt = drain(session)[-1].assign.attempt_id
+    engine.clock.advance(11)  # type: ignore[attr-defined]
+    engine.check_liveness()
+    back = hello(engine, attempts=[status(attempt, "RUNNING")])
+    msgs = drain(back)
+    cancel = [m.cancel for m in msgs if m.WhichOneof("msg") == "cancel"]
+    assert [c.attempt_id for c in cancel] == [attempt]
+    # When it reports the end, the scheduler releases it and changes nothing else.
+    engine.agent_update(back, status(attempt, "FAILED", 137))
+    assert drain(back)[-1].release.attempt_id == attempt
+
+
+def test_agent_reconnecting_without_an_attempt_loses_it(engine: Engine) -> None:
+    session = hello(engine)
+    run_id, _ = engine.submit(ALICE, spec(), "")
+    engine.place_once()
+    drain(session)
+    hello(engine)  # the agent restarted: it reports no attempts
+    assert run_state(engine, run_id) == "QUEUED"
+    assert session.closed  # the old stream was replaced
+
+
+def test_failure_spends_retries_then_fails(engine: Engine) -> None:
+    session = hello(engine)
+    s = spec()
+    s.max_retries = 1
+    run_id, _ = engine.submit(ALICE, s, "")
+    for expected in ("QUEUED", "FAILED"):
+        engine.place_once()
+        attempt = drain(session)[-1].assign.attempt_id
+        engine.agent_update(session, status(attempt, "FAILED", 2))
+        assert run_state(engine, run_id) == expected
+    row = engine.store.one("SELECT exit_code, retries_used FROM runs WHERE id = ?", (run_id,))
+    assert (row["exit_code"], row["retries_used"]) == (2, 1)
+
+
+def test_cancel_running_orders_the_agent_and_ends_cancelled(engine: Engine) -> None:
+    session = hello(engine)
+    run_id, _ = engine.submit(ALICE, spec(), "")
+    engine.place_once()
+    attempt = drain(session)[-1].assign.attempt_id
+    with pytest.raises(ApiError) as info:
+        engine.cancel(BOB, run_id, None, "")
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
+    engine.cancel(ALICE, run_id, 5.0, "")
+    (order,) = drain(session)
+    assert order.cancel.attempt_id == attempt
+    assert order.cancel.grace.seconds == 5
+    engine.cancel(ALICE, run_id, None, "")  # idempotent while it stops
+    engine.agent_update(session, status(attempt, "CANCELLED", 143))
+    assert run_state(engine, run_id) == "CANCELLED"
+    with pytest.raises(ApiError) as info:
+        engine.cancel(ALICE, run_id, None, "")
+    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_logs_are_idempotent_and_fenced_by_agent(engine: Engine) -> None:
+    session = hello(engine)
+    hello(engine, "a2")
+    engine.submit(ALICE, spec(gpus=2), "")
+    engine.place_once()
+    attempt = drain(session)[-1].assign.attempt_id
+    lines = [types_pb2.LogLine(attempt_id=attempt, rank=0, seq=i, text=f"l{i}") for i in (1, 2, 3)]
+    assert engine.push_logs("a1", lines[:2]) == (2, 0)
+    assert engine.push_logs("a1", lines) == (1, 2)  # a resend after a failure
+    with pytest.raises(ApiError) as info:
+        engine.push_logs("a2", lines)
+    assert info.value.code == grpc.StatusCode.ABORTED
+    with pytest.raises(ApiError):
+        engine.push_logs("a1", [types_pb2.LogLine(attempt_id="att-nope", seq=1)])
+    texts = [r["text"] for r in engine.store.all("SELECT text FROM logs ORDER BY cursor")]
+    assert texts == ["l1", "l2", "l3"]
+
+
+def test_state_survives_reopening_the_store(tmp_path: Path) -> None:
+    config = SchedulerConfig(state_dir=str(tmp_path))
+    first = Engine(Store(tmp_path / "s.db"), config, clock=FakeClock())
+    run_id, _ = first.submit(ALICE, spec("echo", "hi"), "")
+    first.store.close()
+    second = Engine(Store(tmp_path / "s.db"), config, clock=FakeClock())
+    assert second.run_message(run_id).spec.command == ["echo", "hi"]
