@@ -1,0 +1,508 @@
+"""One attempt's processes on this machine: start every local rank, watch them, stop them.
+
+The launcher knows nothing of gRPC: it reports through an `AttemptEvents` sink (log
+lines, status updates, and a wait for the logs to be delivered), so tests drive it with
+a plain recorder.
+
+    ASSIGNED -> PREPARING -> RUNNING -> SUCCEEDED | FAILED | <cancel's final state>
+
+The ranks are a group (as in torch.distributed.elastic): the first rank to fail fails
+the attempt, the others are stopped, and the report names that first rank rather than
+the cascade of errors after it. The terminal state is reported only after every pipe
+reached EOF and every line was acknowledged, so whoever sees SUCCEEDED has all output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import re
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import psutil
+import structlog
+
+from gridlab.agent.logship import MAX_LINE_BYTES, SYSTEM_RANK, AttemptLog, pump_lines
+from gridlab.agent.metrics import MetricsTail
+from gridlab.common.timeutil import ts
+from gridlab.v1 import agent_pb2, types_pb2
+
+log = structlog.get_logger("gridlab.agent.launcher")
+
+S = types_pb2.AttemptState
+TERMINAL = frozenset(
+    {
+        S.ATTEMPT_STATE_SUCCEEDED,
+        S.ATTEMPT_STATE_FAILED,
+        S.ATTEMPT_STATE_CANCELLED,
+        S.ATTEMPT_STATE_LOST,
+        S.ATTEMPT_STATE_PREEMPTED,
+    }
+)
+EXIT_NOT_FOUND = 127  # shell conventions for "command not found" / "cannot execute"
+EXIT_CANNOT_EXECUTE = 126
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+class AttemptEvents(Protocol):
+    """What an attempt tells the rest of the agent."""
+
+    def on_log(self, line: types_pb2.LogLine) -> None: ...
+
+    def on_update(self, status: agent_pb2.AttemptStatus) -> None: ...
+
+    async def drain_logs(self, attempt_id: str) -> None:
+        """Return once the attempt's lines so far are delivered (or a bound passed)."""
+        ...
+
+
+@dataclass
+class LaunchSettings:
+    """The agent-wide knobs an attempt needs."""
+
+    state_dir: Path
+    grace_period: float = 60.0  # SIGTERM to SIGKILL
+    address: str = "127.0.0.1"  # this machine: MASTER_ADDR of a multi-node run if unset
+    base_env: Mapping[str, str] | None = None  # default: the agent's os.environ
+    pipe_eof_timeout: float = 5.0  # after the processes are gone, wait this for EOF
+
+
+@dataclass(frozen=True)
+class AttemptDirs:
+    root: Path
+    work: Path
+    checkpoints: Path
+    artifacts: Path
+    metrics: Path
+
+    @classmethod
+    def of(cls, state_dir: Path, attempt_id: str) -> AttemptDirs:
+        root = Path(state_dir) / "attempts" / attempt_id
+        return cls(root, root / "work", root / "checkpoints", root / "artifacts", root / "metrics.jsonl")
+
+    def prepare(self) -> None:
+        """A fresh working directory; checkpoints and artifacts are kept if present."""
+        if self.work.exists():
+            shutil.rmtree(self.work)
+        for path in (self.work, self.checkpoints, self.artifacts):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+def free_port() -> int:
+    """A TCP port free right now, for MASTER_PORT when the scheduler leaves it to us."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
+
+
+def rank_env(
+    assignment: agent_pb2.Assignment,
+    *,
+    local_rank: int,
+    dirs: AttemptDirs,
+    master_addr: str,
+    master_port: int,
+    base_env: Mapping[str, str],
+) -> dict[str, str]:
+    """A rank's environment: the agent's, then the spec's, then torchrun's variables and
+    gridlab's (which win, so a spec cannot break the group's wiring). The agent's own
+    settings (GRIDLAB_AGENT_*, its token among them) are not passed on."""
+    procs = max(1, assignment.procs_per_node)
+    nodes = max(1, assignment.nodes)
+    env = {k: v for k, v in base_env.items() if not k.startswith("GRIDLAB_AGENT_") and k != "GRIDLAB_RESUME_FROM"}
+    env.update(assignment.spec.env)
+    env.update(
+        MASTER_ADDR=master_addr,
+        MASTER_PORT=str(master_port),
+        WORLD_SIZE=str(nodes * procs),
+        RANK=str(assignment.node_rank * procs + local_rank),
+        LOCAL_RANK=str(local_rank),
+        LOCAL_WORLD_SIZE=str(procs),
+        GROUP_RANK=str(assignment.node_rank),
+        CUDA_VISIBLE_DEVICES=",".join(assignment.gpu_uuids),
+        GRIDLAB_RUN_ID=assignment.run_id,
+        GRIDLAB_ATTEMPT=str(assignment.attempt_number),
+        GRIDLAB_ATTEMPT_ID=assignment.attempt_id,
+        GRIDLAB_CHECKPOINT_DIR=str(dirs.checkpoints),
+        GRIDLAB_METRICS_FILE=str(dirs.metrics),
+        GRIDLAB_ARTIFACT_DIR=str(dirs.artifacts),
+        PYTHONUNBUFFERED="1",
+    )
+    if assignment.resume_from:
+        env["GRIDLAB_RESUME_FROM"] = assignment.resume_from
+    return env
+
+
+def exit_description(rank: int, returncode: int) -> tuple[int, str]:
+    """(exit code, message) for a rank's returncode; death by signal N becomes 128+N,
+    as a shell reports it."""
+    if returncode >= 0:
+        return returncode, f"rank {rank} exited with {returncode}"
+    signum = -returncode
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    return 128 + signum, f"rank {rank} exited with {128 + signum} (killed by {name})"
+
+
+# Sets the parent-death signal, then becomes the rank (same pid, same process group).
+# A preexec_fn would do the same, but it forces a plain fork() in a process full of gRPC
+# threads, and gRPC's fork handlers can crash such a child (observed: SIGSEGV before
+# exec); without one, Python spawns with vfork, which runs no fork handlers.
+_PDEATHSIG_EXEC = """\
+import ctypes, os, sys
+ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+if os.getppid() != int(sys.argv[1]):  # the agent died before prctl took effect
+    os._exit(1)
+try:
+    os.execv(sys.argv[2], sys.argv[3:])
+except OSError as exc:
+    sys.stderr.write(f"cannot execute {sys.argv[2]}: {exc.strerror}\\n")
+    os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
+"""
+
+
+def resolve_executable(program: str, *, cwd: Path, env: Mapping[str, str]) -> str:
+    """The file exec would run for `program` (PATH from the rank's env, relative paths
+    from its cwd). Raises FileNotFoundError or PermissionError as exec would."""
+    if "/" in program:
+        path = Path(program) if os.path.isabs(program) else cwd / program
+        if not path.exists():
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+        if path.is_dir() or not os.access(path, os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), program)
+        return str(path)
+    found = shutil.which(program, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, "not found on PATH", program)
+    return os.path.abspath(found)
+
+
+class _ExitProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """Resolves `exited` as soon as the process ends. Process.wait() on Python 3.11 also
+    waits for the pipes to close, which a rank's stray child can hold open forever."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=MAX_LINE_BYTES, loop=loop)
+        self.exited: asyncio.Future[None] = loop.create_future()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
+async def spawn(
+    command: list[str], *, cwd: Path, env: Mapping[str, str]
+) -> tuple[asyncio.subprocess.Process, asyncio.SubprocessTransport, asyncio.Future[None]]:
+    """Start one rank: argv (never a shell), its own session and process group, stdin
+    closed, stdout and stderr piped. On Linux it gets SIGKILL when the agent dies (even
+    by kill -9), so no rank outlives its agent; the signal follows the thread that
+    spawned it, and the agent spawns from its event loop, in the main thread."""
+    executable = resolve_executable(command[0], cwd=cwd, env=env)
+    argv = [executable, *command[1:]]
+    if sys.platform.startswith("linux") and sys.executable:
+        argv = [sys.executable, "-I", "-S", "-c", _PDEATHSIG_EXEC, str(os.getpid()), executable, *command]
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.subprocess_exec(
+        lambda: _ExitProtocol(loop),
+        *argv,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    return asyncio.subprocess.Process(transport, protocol, loop), transport, protocol.exited
+
+
+@dataclass
+class _Rank:
+    rank: int
+    local_rank: int
+    proc: asyncio.subprocess.Process
+    transport: asyncio.SubprocessTransport
+    exited: asyncio.Future[None]
+    readers: list[asyncio.Task[None]] = field(default_factory=list)
+    returncode: int | None = None
+
+
+class Attempt:
+    """One attempt's local ranks. `run()` drives it to the end; `cancel()` may come at
+    any time; `status()` is what Hello and Heartbeat report."""
+
+    def __init__(
+        self,
+        assignment: agent_pb2.Assignment,
+        settings: LaunchSettings,
+        events: AttemptEvents,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.assignment = assignment
+        self.attempt_id = assignment.attempt_id
+        self.run_id = assignment.run_id
+        self.settings = settings
+        self._events = events
+        self._clock = clock
+        self._log = AttemptLog(self.attempt_id, clock)
+        self._ranks: list[_Rank] = []
+        self._outcome: tuple[types_pb2.AttemptState.ValueType, int, str] | None = None
+        self._kill_at: float | None = None  # loop time when SIGKILL is (or was) due
+        self._kill_timer: asyncio.TimerHandle | None = None
+        self._done = asyncio.Event()
+        self._metrics: MetricsTail | None = None
+        self._status = agent_pb2.AttemptStatus(
+            attempt_id=self.attempt_id,
+            run_id=self.run_id,
+            state=S.ATTEMPT_STATE_ASSIGNED,
+            time=ts(clock()),
+        )
+
+    # -- what the agent reads ----------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        """The terminal state has been reported."""
+        return self._done.is_set()
+
+    @property
+    def state(self) -> types_pb2.AttemptState.ValueType:
+        return self._status.state
+
+    def status(self) -> agent_pb2.AttemptStatus:
+        """The state as last reported, with progress from the metrics file."""
+        out = agent_pb2.AttemptStatus()
+        out.CopyFrom(self._status)
+        if self._metrics is not None:
+            self._metrics.poll()
+            out.last_step = self._metrics.last_step
+            if self._metrics.last_step_time is not None:
+                out.last_step_time.CopyFrom(ts(self._metrics.last_step_time))
+        return out
+
+    def pids(self) -> list[int]:
+        return [r.proc.pid for r in self._ranks]
+
+    async def wait(self) -> agent_pb2.AttemptStatus:
+        await self._done.wait()
+        return self.status()
+
+    # -- orders ------------------------------------------------------------------------
+
+    def cancel(
+        self,
+        final_state: types_pb2.AttemptState.ValueType = S.ATTEMPT_STATE_CANCELLED,
+        grace: float | None = None,
+        reason: str = "",
+    ) -> None:
+        """Stop the ranks: SIGTERM now, SIGKILL after `grace` (default: the configured
+        grace period). The attempt ends in `final_state` unless it had already ended."""
+        if final_state == S.ATTEMPT_STATE_UNSPECIFIED:
+            final_state = S.ATTEMPT_STATE_CANCELLED
+        grace = self.settings.grace_period if grace is None else grace
+        if self._outcome is None:
+            name = types_pb2.AttemptState.Name(final_state).removeprefix("ATTEMPT_STATE_")
+            message = f"{name.lower()}: {reason}" if reason else name.lower()
+            self._outcome = (final_state, 0, message)
+            self._system(SYSTEM_RANK, f"stopping ({message}), grace {grace:g}s")
+        self._stop(grace)
+
+    def kill(self) -> None:
+        """SIGKILL every process of the attempt now."""
+        if self._outcome is None:
+            self._outcome = (S.ATTEMPT_STATE_CANCELLED, 0, "killed")
+        self._stop(0)
+
+    # -- the life of the attempt -------------------------------------------------------
+
+    async def run(self) -> agent_pb2.AttemptStatus:
+        """Start the ranks, wait for them, report the end. Never raises for a rank's
+        failure; cancelling the task kills the processes."""
+        with structlog.contextvars.bound_contextvars(attempt=self.attempt_id, run=self.run_id):
+            try:
+                await self._start_and_wait()
+            except asyncio.CancelledError:
+                self._signal_all(signal.SIGKILL)
+                raise
+            except Exception as exc:  # a bug or an OS error in the agent itself
+                log.exception("attempt failed inside the agent")
+                message = f"agent error: {type(exc).__name__}: {exc}"
+                self._system(SYSTEM_RANK, message)
+                if self._outcome is None:
+                    self._outcome = (S.ATTEMPT_STATE_FAILED, 1, message)
+            finally:
+                if self._kill_timer is not None:
+                    self._kill_timer.cancel()
+            await self._finish_pipes()
+            state, code, message = self._outcome or (S.ATTEMPT_STATE_SUCCEEDED, 0, "")
+            await self._events.drain_logs(self.attempt_id)
+            self._set(state, exit_code=code, message=message)
+            log.info(
+                "attempt ended",
+                state=types_pb2.AttemptState.Name(state),
+                exit_code=code,
+                reason=message,
+            )
+            self._done.set()
+            return self.status()
+
+    async def _start_and_wait(self) -> None:
+        a = self.assignment
+        if not _SAFE_ID.match(self.attempt_id) or ".." in self.attempt_id:
+            self._fail(SYSTEM_RANK, 1, f"attempt id {self.attempt_id!r} is not a safe name")
+            return
+        self._set(S.ATTEMPT_STATE_PREPARING)
+        dirs = AttemptDirs.of(self.settings.state_dir, self.attempt_id)
+        await asyncio.to_thread(dirs.prepare)
+        self._metrics = MetricsTail(dirs.metrics, self._clock)
+        command = list(a.spec.command)
+        procs = max(1, a.procs_per_node)
+        if not command:
+            self._fail(SYSTEM_RANK, EXIT_NOT_FOUND, "the run's command is empty")
+            return
+        master_addr = a.master_addr or ("127.0.0.1" if a.nodes <= 1 else self.settings.address)
+        master_port = a.master_port or free_port()
+        base_env = os.environ if self.settings.base_env is None else self.settings.base_env
+        for local_rank in range(procs):
+            if self._outcome is not None:  # cancelled while starting
+                break
+            rank = a.node_rank * procs + local_rank
+            env = rank_env(
+                a,
+                local_rank=local_rank,
+                dirs=dirs,
+                master_addr=master_addr,
+                master_port=master_port,
+                base_env=base_env,
+            )
+            try:
+                proc, transport, exited = await spawn(command, cwd=dirs.work, env=env)
+            except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv or env
+                code = EXIT_NOT_FOUND if isinstance(exc, FileNotFoundError) else EXIT_CANNOT_EXECUTE
+                self._fail(rank, code, f"rank {rank} could not start {command[0]!r}: {exc}")
+                break
+            self._ranks.append(_Rank(rank, local_rank, proc, transport, exited))
+            self._read_output(self._ranks[-1])
+            log.debug("rank started", rank=rank, pid=proc.pid)
+        if self._outcome is not None:
+            self._stop(self.settings.grace_period, resignal=True)
+        else:
+            self._set(S.ATTEMPT_STATE_RUNNING)
+        await self._wait_ranks()
+
+    def _read_output(self, r: _Rank) -> None:
+        if r.proc.stdout is not None:
+            r.readers.append(asyncio.create_task(self._pump(r.proc.stdout, r.rank, True)))
+        if r.proc.stderr is not None:
+            r.readers.append(asyncio.create_task(self._pump(r.proc.stderr, r.rank, False)))
+
+    async def _pump(self, reader: asyncio.StreamReader, rank: int, stdout: bool) -> None:
+        stream = types_pb2.LOG_STREAM_STDOUT if stdout else types_pb2.LOG_STREAM_STDERR
+
+        def emit(text: str) -> None:
+            self._events.on_log(self._log.line(rank, stream, text))
+
+        await pump_lines(reader, emit)
+
+    async def _wait_ranks(self) -> None:
+        waits: dict[asyncio.Future[None], _Rank] = {r.exited: r for r in self._ranks}
+        pending = set(waits)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for fut in sorted(done, key=lambda f: waits[f].rank):
+                r = waits[fut]
+                returncode = r.returncode = r.transport.get_returncode()
+                log.debug("rank exited", rank=r.rank, returncode=returncode)
+                if returncode != 0 and returncode is not None and self._outcome is None:
+                    code, message = exit_description(r.rank, returncode)
+                    self._fail(r.rank, code, message)
+                    if pending:
+                        self._stop(self.settings.grace_period)
+
+    async def _finish_pipes(self) -> None:
+        """Kill whatever is left of the process groups (a rank's stray children), then
+        read the pipes to EOF, within a bound (a child that left the group may hold them)."""
+        self._signal_all(signal.SIGKILL)
+        alive = [r.exited for r in self._ranks if not r.exited.done()]
+        if alive:  # only after an error inside the agent
+            await asyncio.wait(alive, timeout=self.settings.pipe_eof_timeout)
+        readers = [t for r in self._ranks for t in r.readers]
+        if not readers:
+            return
+        _, late = await asyncio.wait(readers, timeout=self.settings.pipe_eof_timeout)
+        for task in late:
+            task.cancel()
+        for r in self._ranks:
+            if any(t in late for t in r.readers):
+                r.transport.close()  # let go of the pipes the stray holds
+        if late:
+            self._system(SYSTEM_RANK, "output still open after the ranks ended; stopped reading")
+            await asyncio.gather(*late, return_exceptions=True)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _fail(self, rank: int, code: int, message: str) -> None:
+        """Record a failure if nothing decided the outcome yet (the first one wins)."""
+        self._system(rank, message)
+        if self._outcome is None:
+            self._outcome = (S.ATTEMPT_STATE_FAILED, code, message)
+
+    def _system(self, rank: int, text: str) -> None:
+        self._events.on_log(self._log.line(rank, types_pb2.LOG_STREAM_SYSTEM, text))
+
+    def _set(self, state: types_pb2.AttemptState.ValueType, *, exit_code: int = 0, message: str = "") -> None:
+        self._status.state = state
+        self._status.exit_code = exit_code
+        self._status.message = message
+        self._status.time.CopyFrom(ts(self._clock()))
+        self._events.on_update(self.status())
+
+    def _stop(self, grace: float, *, resignal: bool = False) -> None:
+        """SIGTERM the ranks now and SIGKILL them at now+grace; a later order with an
+        earlier deadline moves the SIGKILL up."""
+        loop = asyncio.get_running_loop()
+        grace = max(0.0, grace)
+        deadline = loop.time() + grace
+        first = self._kill_at is None
+        if first or resignal:
+            self._signal_all(signal.SIGTERM)
+        if self._kill_at is not None and self._kill_at <= deadline:
+            return
+        self._kill_at = deadline
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
+        if grace == 0:
+            self._escalate()
+        else:
+            self._kill_timer = loop.call_later(grace, self._escalate)
+
+    def _escalate(self) -> None:
+        if any(r.returncode is None and r.proc.returncode is None for r in self._ranks):
+            self._system(SYSTEM_RANK, "grace period over: sending SIGKILL")
+        self._signal_all(signal.SIGKILL)
+
+    def _signal_all(self, sig: signal.Signals) -> None:
+        """Signal each rank's process group, and descendants that left it (best effort)."""
+        for r in self._ranks:
+            strays: list[psutil.Process] = []
+            if r.proc.returncode is None:
+                with contextlib.suppress(psutil.Error):
+                    strays = psutil.Process(r.proc.pid).children(recursive=True)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(r.proc.pid, sig)
+            for child in strays:
+                with contextlib.suppress(psutil.Error, OSError):
+                    if os.getpgid(child.pid) != r.proc.pid:
+                        child.send_signal(sig)

@@ -1,0 +1,304 @@
+"""Rank output to the scheduler: split into lines, number them, ship them in batches.
+
+Each (attempt, rank) numbers its lines from 1 without gaps, stdout and stderr sharing one
+counter, so the scheduler can drop duplicates and a client sees every line once, in
+order. Shipping is at-least-once: a batch leaves the queue only when PushLogs returned
+OK, and a failed batch is resent as is.
+
+    rank pipes --LineSplitter--> AttemptLog.line() --LogShipper.add()--> PushLogs
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+
+from gridlab.common.timeutil import ts
+from gridlab.v1 import types_pb2
+
+log = structlog.get_logger("gridlab.agent.logship")
+
+MAX_LINE_BYTES = 64 * 1024  # longer lines are split, so one line never nears the 4 MiB cap
+SYSTEM_RANK = -1  # LogLine.rank of the agent's own lines that concern no rank
+
+PushFn = Callable[[list[types_pb2.LogLine]], Awaitable[None]]
+
+
+def _utf8_cut(data: bytes | bytearray, limit: int) -> int:
+    """Largest cut <= limit that does not split a UTF-8 sequence (when there is one)."""
+    cut = limit
+    while cut > limit - 4 and cut > 0 and (data[cut] & 0xC0) == 0x80:
+        cut -= 1
+    return cut if cut > limit - 4 and cut > 0 else limit
+
+
+class LineSplitter:
+    """Bytes in, text lines out (sans-IO, so the edge cases are unit-testable).
+
+    Lines lose their newline (and a CR before it); bytes that are not UTF-8 become
+    U+FFFD; a line longer than `max_bytes` is emitted in pieces of at most that size.
+    """
+
+    def __init__(self, max_bytes: int = MAX_LINE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[str]:
+        self._buf += data
+        out: list[str] = []
+        start = 0
+        buf = self._buf
+        while True:
+            nl = buf.find(b"\n", start)
+            if nl < 0:
+                break
+            end = nl - 1 if nl > start and buf[nl - 1] == 0x0D else nl
+            out.extend(self._pieces(buf[start:end]))
+            start = nl + 1
+        del buf[:start]
+        while len(buf) > self.max_bytes:  # an unterminated line already too long
+            cut = _utf8_cut(buf, self.max_bytes)
+            out.append(bytes(buf[:cut]).decode("utf-8", errors="replace"))
+            del buf[:cut]
+        return out
+
+    def finish(self) -> list[str]:
+        """The last line, when the stream ended without a newline."""
+        if not self._buf:
+            return []
+        rest, self._buf = self._buf, bytearray()
+        return self._pieces(rest)
+
+    def _pieces(self, line: bytes | bytearray) -> list[str]:
+        out = []
+        while len(line) > self.max_bytes:
+            cut = _utf8_cut(line, self.max_bytes)
+            out.append(bytes(line[:cut]).decode("utf-8", errors="replace"))
+            line = line[cut:]
+        out.append(bytes(line).decode("utf-8", errors="replace"))
+        return out
+
+
+async def pump_lines(reader: asyncio.StreamReader, on_line: Callable[[str], None], chunk: int = 64 * 1024) -> None:
+    """Read `reader` to EOF, calling `on_line` for every line (readline() would choke on
+    a line longer than the stream's limit)."""
+    splitter = LineSplitter()
+    while True:
+        data = await reader.read(chunk)
+        if not data:
+            break
+        for text in splitter.feed(data):
+            on_line(text)
+    for text in splitter.finish():
+        on_line(text)
+
+
+class AttemptLog:
+    """Makes an attempt's LogLines, numbering them per rank from 1 without gaps."""
+
+    def __init__(self, attempt_id: str, clock: Callable[[], float] = time.time) -> None:
+        self.attempt_id = attempt_id
+        self._clock = clock
+        self._seq: dict[int, int] = collections.defaultdict(int)
+
+    def line(self, rank: int, stream: types_pb2.LogStream.ValueType, text: str) -> types_pb2.LogLine:
+        self._seq[rank] += 1
+        return types_pb2.LogLine(
+            attempt_id=self.attempt_id,
+            rank=rank,
+            stream=stream,
+            seq=self._seq[rank],
+            text=text,
+            time=ts(self._clock()),
+        )
+
+
+def status_code(exc: BaseException) -> grpc.StatusCode | None:
+    """The gRPC status of a failed call, or None for other errors."""
+    code = getattr(exc, "code", None)
+    if callable(code):
+        try:
+            value = code()
+        except Exception:  # not an RpcError after all
+            return None
+        return value if isinstance(value, grpc.StatusCode) else None
+    return None
+
+
+@dataclass
+class _Queue:
+    lines: collections.deque[tuple[types_pb2.LogLine, int]] = field(default_factory=collections.deque)
+    in_flight: list[tuple[types_pb2.LogLine, int]] = field(default_factory=list)
+    dropped: int = 0  # lines shed because the buffer was full
+
+
+class LogShipper:
+    """One task that pushes pending lines as soon as there are any, one attempt per call.
+
+    One attempt per PushLogs call, so an ABORTED answer names the attempt to give up
+    on; attempts take turns, so a chatty attempt cannot starve a quiet one. While a push
+    is in flight new lines accumulate, which batches them without any fixed delay.
+    """
+
+    def __init__(
+        self,
+        push: PushFn,
+        *,
+        max_batch_lines: int = 500,
+        max_batch_bytes: int = 1024 * 1024,
+        max_pending_bytes: int = 256 * 1024 * 1024,
+        timeout: float = 30.0,
+        retry_min: float = 0.2,
+        retry_max: float = 5.0,
+    ) -> None:
+        self._push = push
+        self.max_batch_lines = max_batch_lines
+        self.max_batch_bytes = max_batch_bytes
+        self.max_pending_bytes = max_pending_bytes
+        self.timeout = timeout
+        self.retry_min = retry_min
+        self.retry_max = retry_max
+        self._queues: dict[str, _Queue] = {}
+        self._pending_bytes = 0  # of queued and in-flight lines
+        self._wakeup = asyncio.Event()
+        self._kick = asyncio.Event()
+        self._changed = asyncio.Event()  # replaced by a fresh one after each change
+
+    # -- producers and waiters ---------------------------------------------------------
+
+    def add(self, line: types_pb2.LogLine) -> None:
+        size = line.ByteSize() + 8
+        q = self._queues.setdefault(line.attempt_id, _Queue())
+        q.lines.append((line, size))
+        self._pending_bytes += size
+        if self._pending_bytes > self.max_pending_bytes:
+            self._shed()
+        self._wakeup.set()
+
+    def drop(self, attempt_id: str) -> None:
+        """Forget an attempt's unacknowledged lines (the scheduler refuses them)."""
+        q = self._queues.pop(attempt_id, None)
+        if q is not None:
+            self._pending_bytes -= sum(size for _, size in (*q.lines, *q.in_flight))
+            self._notify()
+
+    def kick(self) -> None:
+        """Retry now instead of after the backoff (the scheduler is back)."""
+        self._kick.set()
+
+    def pending(self, attempt_id: str | None = None) -> int:
+        """Lines not yet acknowledged, of one attempt or of all."""
+        if attempt_id is None:
+            queues = list(self._queues.values())
+        else:
+            queues = [q] if (q := self._queues.get(attempt_id)) else []
+        return sum(len(q.lines) + len(q.in_flight) for q in queues)
+
+    async def wait_acked(self, attempt_id: str, timeout: float) -> bool:
+        """Wait until every line of `attempt_id` added so far is acknowledged (or
+        dropped). False when `timeout` passed first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.pending(attempt_id):
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except asyncio.TimeoutError:
+                return False
+        return True
+
+    # -- the shipping task -------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Ship until cancelled."""
+        delay = self.retry_min
+        while True:
+            picked = self._take_batch()
+            if picked is None:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            attempt_id, q = picked
+            batch = [line for line, _ in q.in_flight]
+            try:
+                await asyncio.wait_for(self._push(batch), self.timeout)
+            except asyncio.CancelledError:
+                self._requeue(q)
+                raise
+            except Exception as exc:  # any failure means: resend later
+                if status_code(exc) == grpc.StatusCode.ABORTED:
+                    log.warning("scheduler refused logs: attempt not ours", attempt=attempt_id)
+                    self.drop(attempt_id)
+                    continue
+                self._requeue(q)
+                log.info("log push failed, will retry", error=_describe(exc), retry_in=delay)
+                self._kick.clear()
+                jittered = delay * random.uniform(0.5, 1.0)  # noqa: S311 - not crypto
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._kick.wait(), jittered)
+                delay = min(delay * 2, self.retry_max)
+                continue
+            delay = self.retry_min
+            if self._queues.get(attempt_id) is q:  # not dropped while in flight
+                self._pending_bytes -= sum(size for _, size in q.in_flight)
+                if not q.lines:
+                    del self._queues[attempt_id]
+            q.in_flight.clear()
+            self._notify()
+
+    def _take_batch(self) -> tuple[str, _Queue] | None:
+        for attempt_id in list(self._queues):
+            q = self._queues.pop(attempt_id)
+            if not q.lines:
+                if q.in_flight:
+                    self._queues[attempt_id] = q
+                continue  # (an empty, idle queue is simply forgotten)
+            self._queues[attempt_id] = q  # to the back: attempts take turns
+            nbytes = 0
+            while q.lines and len(q.in_flight) < self.max_batch_lines:
+                size = q.lines[0][1]
+                if q.in_flight and nbytes + size > self.max_batch_bytes:
+                    break
+                q.in_flight.append(q.lines.popleft())
+                nbytes += size
+            return attempt_id, q
+        return None
+
+    def _requeue(self, q: _Queue) -> None:
+        q.lines.extendleft(reversed(q.in_flight))
+        q.in_flight.clear()
+
+    def _shed(self) -> None:
+        """Over the memory cap (the scheduler has been away long): drop the oldest
+        queued lines of the biggest queue, rather than stall the ranks or the agent."""
+        while self._pending_bytes > self.max_pending_bytes * 0.9:
+            q = max(self._queues.values(), key=lambda q: len(q.lines))
+            if not q.lines:
+                return
+            _, size = q.lines.popleft()
+            self._pending_bytes -= size
+            q.dropped += 1
+            if q.dropped in (1, 1000, 100_000):
+                log.warning("log buffer full, dropping oldest lines", dropped=q.dropped)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+
+def _describe(exc: BaseException) -> str:
+    code = status_code(exc)
+    if code is not None:
+        details = getattr(exc, "details", lambda: "")()
+        return f"{code.name}: {details}"
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,406 @@
+"""The agent daemon against a fake AgentGateway: real gRPC on an ephemeral port, real ranks,
+no scheduler. Covers the protocol (Hello, Welcome, heartbeats, orders, updates), the
+logs-before-terminal-state rule, reconnection, a refused token, shutdown and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+import psutil
+import pytest
+import structlog
+
+from gridlab.agent import main as agent_main
+from gridlab.agent.daemon import EXIT_OK, EXIT_REFUSED, Agent
+from gridlab.agent.inventory import InventoryCollector
+from gridlab.common import auth
+from gridlab.common.config import AgentConfig
+from gridlab.common.timeutil import duration
+from gridlab.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+
+T = TypeVar("T")
+S = types_pb2.AttemptState
+PY = sys.executable
+TOKEN = "glt_test"
+
+
+def arun(coro: Coroutine[Any, Any, T], timeout: float = 20) -> T:
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def until(predicate: Callable[[], object], timeout: float = 10, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what or predicate}"
+        await asyncio.sleep(0.01)
+
+
+def gone(pid: int) -> bool:
+    """Exited (a zombie counts: in a container nobody may reap an orphan)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+class FakeGateway(agent_pb2_grpc.AgentGatewayServicer):
+    """Just enough scheduler: welcomes, records what arrives (in order), sends orders."""
+
+    def __init__(self) -> None:
+        self.hellos: list[agent_pb2.Hello] = []
+        self.events: list[tuple[str, Any]] = []  # ("update", status) / ("log", line) / ...
+        self.logs: dict[tuple[str, int, int], types_pb2.LogLine] = {}
+        self.orders: asyncio.Queue[agent_pb2.SchedulerMessage] = asyncio.Queue()
+        self.aborted_attempts: set[str] = set()
+
+    def _check(self, context: grpc.aio.ServicerContext) -> bool:
+        return auth.token_from_metadata(context.invocation_metadata()) == TOKEN
+
+    async def Connect(  # noqa: N802 - the generated name
+        self, request_iterator: AsyncIterator[agent_pb2.AgentMessage], context: Any
+    ) -> AsyncIterator[agent_pb2.SchedulerMessage]:
+        if not self._check(context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad token")
+        first = await anext(aiter(request_iterator))
+        self.hellos.append(first.hello)
+        yield agent_pb2.SchedulerMessage(
+            welcome=agent_pb2.Welcome(agent_id="agent-1", heartbeat_interval=duration(0.1))
+        )
+
+        async def read() -> None:
+            async for msg in request_iterator:
+                kind = msg.WhichOneof("msg")
+                self.events.append((kind, getattr(msg, kind)))
+            self.events.append(("closed", None))
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                yield await self.orders.get()
+        finally:
+            reader.cancel()
+
+    async def PushLogs(  # noqa: N802
+        self, request_iterator: AsyncIterator[agent_pb2.PushLogsRequest], context: Any
+    ) -> agent_pb2.PushLogsResponse:
+        if not self._check(context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad token")
+        accepted = 0
+        async for request in request_iterator:
+            assert request.agent_name == "t1"
+            for line in request.lines:
+                if line.attempt_id in self.aborted_attempts:
+                    await context.abort(grpc.StatusCode.ABORTED, "not yours")
+                key = (line.attempt_id, line.rank, line.seq)
+                if key not in self.logs:
+                    self.logs[key] = line
+                    self.events.append(("log", line))
+                    accepted += 1
+        return agent_pb2.PushLogsResponse(accepted=accepted)
+
+    # -- helpers for tests --
+
+    def updates(self, attempt_id: str) -> list[int]:
+        return [e[1].state for e in self.events if e[0] == "update" and e[1].attempt_id == attempt_id]
+
+    def texts(self, attempt_id: str) -> list[str]:
+        lines = sorted((k, v) for k, v in self.logs.items() if k[0] == attempt_id)
+        return [v.text for _, v in lines if v.stream != types_pb2.LOG_STREAM_SYSTEM]
+
+    def heartbeats(self) -> list[agent_pb2.Heartbeat]:
+        return [e[1] for e in self.events if e[0] == "heartbeat"]
+
+    def send(self, **kw: Any) -> None:
+        self.orders.put_nowait(agent_pb2.SchedulerMessage(**kw))
+
+
+async def start_server(gateway: FakeGateway, port: int = 0) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server()
+    agent_pb2_grpc.add_AgentGatewayServicer_to_server(gateway, server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    assert bound, f"could not bind port {port}"
+    assert port in (0, bound)
+    await server.start()
+    return server, bound
+
+
+def make_agent(tmp_path: Path, port: int, token: str = TOKEN, grace: float = 2.0, drain_timeout: float = 30.0) -> Agent:
+    config = AgentConfig(
+        scheduler=f"127.0.0.1:{port}",
+        name="t1",
+        pool="lab",
+        labels={"zone": "a"},
+        state_dir=str(tmp_path / "agent"),
+        grace_period=grace,
+        reconnect_min=0.05,
+        reconnect_max=0.2,
+    )
+    inventory = InventoryCollector(agent_name="t1", state_dir=tmp_path, environ={"GRIDLAB_FAKE_GPUS": "2xA100:80"})
+    return Agent(config, token, inventory=inventory, drain_timeout=drain_timeout)
+
+
+def assignment(attempt_id: str, code: str, **kw: Any) -> agent_pb2.Assignment:
+    return agent_pb2.Assignment(
+        attempt_id=attempt_id,
+        run_id="run-" + attempt_id,
+        attempt_number=1,
+        spec=types_pb2.RunSpec(command=[PY, "-c", code]),
+        nodes=1,
+        procs_per_node=1,
+        **kw,
+    )
+
+
+def test_hello_assignment_logs_before_terminal_update_and_release(tmp_path: Path) -> None:
+    async def go() -> None:
+        gw = FakeGateway()
+        server, port = await start_server(gw)
+        agent = make_agent(tmp_path, port)
+        run = asyncio.create_task(agent.run())
+        await until(lambda: gw.hellos, what="hello")
+        hello = gw.hellos[0]
+        assert (hello.name, hello.pool, dict(hello.labels)) == ("t1", "lab", {"zone": "a"})
+        assert hello.inventory.fake_gpus
+        assert [g.uuid for g in hello.inventory.gpus] == ["GPU-fake-t1-0", "GPU-fake-t1-1"]
+        assert hello.version
+        assert list(hello.attempts) == []
+
+        code = "import sys\nfor i in range(200): print(f'line {i}')\nprint('bye', file=sys.stderr)"
+        gw.send(assign=assignment("a1", code, gpu_uuids=["GPU-fake-t1-1"]))
+        gw.send(assign=assignment("a1", code))  # a duplicate is ignored
+        await until(lambda: S.ATTEMPT_STATE_SUCCEEDED in gw.updates("a1"), what="SUCCEEDED")
+        assert gw.updates("a1") == [
+            S.ATTEMPT_STATE_PREPARING,
+            S.ATTEMPT_STATE_RUNNING,
+            S.ATTEMPT_STATE_SUCCEEDED,
+        ]
+        # every line was stored before the terminal update arrived
+        terminal = next(
+            i for i, e in enumerate(gw.events) if e[0] == "update" and e[1].state == S.ATTEMPT_STATE_SUCCEEDED
+        )
+        logged_before = [e for e in gw.events[:terminal] if e[0] == "log"]
+        assert len(logged_before) == 201
+        assert gw.texts("a1") == [f"line {i}" for i in range(200)] + ["bye"]
+
+        await until(lambda: any(hb.attempts for hb in gw.heartbeats()), what="heartbeat with attempt")
+        beat = gw.heartbeats()[-1]
+        assert beat.inventory.gpus
+        # a cancel for an attempt that already ended repeats how it ended
+        gw.send(cancel=agent_pb2.CancelAttempt(attempt_id="a1"))
+        await until(lambda: len(gw.updates("a1")) == 4, what="repeated terminal update")
+        assert gw.updates("a1")[-1] == S.ATTEMPT_STATE_SUCCEEDED
+        gw.send(release=agent_pb2.ReleaseAttempt(attempt_id="a1"))
+        await until(lambda: not agent.attempts, what="release")
+        gw.send(assign=assignment("a1", code))  # a stale assignment of a released attempt
+        n = len(gw.heartbeats())
+        await until(lambda: len(gw.heartbeats()) > n + 1, what="more heartbeats")
+        assert not gw.heartbeats()[-1].attempts
+        assert len(gw.updates("a1")) == 4
+
+        agent.request_stop()
+        assert await run == EXIT_OK
+        await until(lambda: ("closed", None) in gw.events, what="clean half-close")
+        await server.stop(None)
+
+    arun(go())
+
+
+def test_cancel_order_with_final_state_and_grace(tmp_path: Path) -> None:
+    stubborn = (
+        "import signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+
+    async def go() -> None:
+        gw = FakeGateway()
+        server, port = await start_server(gw)
+        agent = make_agent(tmp_path, port, grace=30)
+        run = asyncio.create_task(agent.run())
+        gw.send(assign=assignment("c1", stubborn))
+        await until(lambda: "ready" in gw.texts("c1"), what="ready")
+        pids = agent.attempts["c1"].pids()
+        gw.send(cancel=agent_pb2.CancelAttempt(attempt_id="nope"))  # unknown: ignored
+        start = time.monotonic()
+        gw.send(
+            cancel=agent_pb2.CancelAttempt(
+                attempt_id="c1", grace=duration(0.2), reason="preempted by run-x", final_state=S.ATTEMPT_STATE_PREEMPTED
+            )
+        )
+        await until(lambda: S.ATTEMPT_STATE_PREEMPTED in gw.updates("c1"), what="PREEMPTED")
+        assert time.monotonic() - start < 5  # the cancel's grace, not the agent's 30 s
+        assert all(gone(p) for p in pids)
+        final = [e[1] for e in gw.events if e[0] == "update"][-1]
+        assert "preempted by run-x" in final.message
+        agent.request_stop()
+        assert await run == EXIT_OK
+        await server.stop(None)
+
+    arun(go())
+
+
+def test_reconnects_and_reports_what_happened_meanwhile(tmp_path: Path) -> None:
+    async def go() -> None:
+        gw = FakeGateway()
+        server, port = await start_server(gw)
+        agent = make_agent(tmp_path, port, drain_timeout=0.5)
+        run = asyncio.create_task(agent.run())
+        gw.send(
+            assign=assignment(
+                "r1", "import time, sys\nprint('before', flush=True)\ntime.sleep(0.5)\nprint('after')\nsys.exit(3)"
+            )
+        )
+        await until(lambda: "before" in gw.texts("r1"), what="first line")
+        await server.stop(None)  # the scheduler goes away; the attempt keeps running
+        await until(lambda: agent.attempts["r1"].done, what="attempt end while disconnected")
+        gw2 = FakeGateway()
+        server2, _ = await start_server(gw2, port)  # the scheduler is back
+        await until(lambda: gw2.hellos, what="second hello")
+        (held,) = gw2.hellos[0].attempts
+        assert (held.attempt_id, held.state, held.exit_code) == ("r1", S.ATTEMPT_STATE_FAILED, 3)
+        assert held.message == "rank 0 exited with 3"
+        await until(lambda: "after" in gw2.texts("r1"), what="late line")  # resent
+        agent.request_stop()
+        assert await run == EXIT_OK
+        await server2.stop(None)
+
+    arun(go(), timeout=60)
+
+
+def test_refused_token_exits_non_zero(tmp_path: Path) -> None:
+    async def go() -> int:
+        gw = FakeGateway()
+        server, port = await start_server(gw)
+        agent = make_agent(tmp_path, port, token="wrong")
+        code = await asyncio.wait_for(agent.run(), 10)
+        await server.stop(None)
+        return code
+
+    assert arun(go()) == EXIT_REFUSED
+
+
+def test_aborted_logs_are_dropped_not_retried_forever(tmp_path: Path) -> None:
+    async def go() -> None:
+        gw = FakeGateway()
+        gw.aborted_attempts.add("x1")
+        server, port = await start_server(gw)
+        agent = make_agent(tmp_path, port)
+        run = asyncio.create_task(agent.run())
+        start = time.monotonic()
+        gw.send(assign=assignment("x1", "print('hello')"))
+        await until(lambda: S.ATTEMPT_STATE_SUCCEEDED in gw.updates("x1"), what="end")
+        assert time.monotonic() - start < 5  # did not wait out the drain bound
+        assert agent.shipper.pending() == 0
+        agent.request_stop()
+        assert await run == EXIT_OK
+        await server.stop(None)
+
+    arun(go())
+
+
+def test_stop_ends_running_attempts_and_exits_zero(tmp_path: Path) -> None:
+    async def go() -> None:
+        gw = FakeGateway()
+        server, port = await start_server(gw)
+        agent = make_agent(tmp_path, port, grace=5)
+        run = asyncio.create_task(agent.run())
+        gw.send(assign=assignment("s1", "print('up', flush=True)\nimport time\ntime.sleep(60)"))
+        await until(lambda: "up" in gw.texts("s1"), what="up")
+        pids = agent.attempts["s1"].pids()
+        agent.request_stop()
+        assert await asyncio.wait_for(run, 10) == EXIT_OK
+        assert all(gone(p) for p in pids)
+        assert gw.updates("s1")[-1] == S.ATTEMPT_STATE_PREEMPTED
+        await server.stop(None)
+
+    arun(go())
+
+
+# -- the command line ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No GRIDLAB_* from the outside; and undo main()'s logging set-up, which binds
+    structlog to this test's (soon closed) captured stderr."""
+    for key in list(os.environ):
+        if key.startswith("GRIDLAB_"):
+            monkeypatch.delenv(key)
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_cli_missing_token_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert agent_main.main(["--scheduler", "127.0.0.1:1", "--state-dir", str(tmp_path)]) == 2
+    assert "no join token" in capsys.readouterr().err
+    assert agent_main.main(["--token-file", str(tmp_path / "missing"), "--state-dir", str(tmp_path)]) == 2
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_cli_bad_fake_gpus_is_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GRIDLAB_AGENT_TOKEN", "t")
+    monkeypatch.setenv("GRIDLAB_FAKE_GPUS", "2x")
+    assert agent_main.main(["--state-dir", str(tmp_path)]) == 2
+    assert "GRIDLAB_FAKE_GPUS" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_cli_config_layers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('pool = "cloud"\nlabels = { zone = "a", rack = "1" }\ngrace_period = 9\n')
+    token = tmp_path / "token"
+    token.write_text("glt_x\n")
+    monkeypatch.setenv("GRIDLAB_AGENT_NAME", "from-env")
+    args = agent_main.build_parser().parse_args(
+        ["--config", str(cfg), "--token-file", str(token), "--label", "rack=2", "--grace-period", "3"]
+    )
+    config, tok = agent_main.load_config(args)
+    assert tok == "glt_x"
+    assert (config.pool, config.name, config.grace_period) == ("cloud", "from-env", 3.0)
+    assert config.labels == {"zone": "a", "rack": "2"}
+
+
+def test_agent_process_sigterm_and_kill_9(tmp_path: Path) -> None:
+    """As a subprocess: SIGTERM exits 0; after kill -9 its ranks die with it."""
+
+    async def start(gw: FakeGateway, port: int, name: str) -> asyncio.subprocess.Process:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDLAB_")}
+        env.update(GRIDLAB_AGENT_TOKEN=TOKEN, GRIDLAB_FAKE_GPUS="1")
+        return await asyncio.create_subprocess_exec(
+            PY, "-m", "gridlab.agent.main", "--scheduler", f"127.0.0.1:{port}", "--name", "t1",
+            "--state-dir", str(tmp_path / name), "--log-format", "json",
+            env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+
+    async def go() -> None:
+        gw = FakeGateway()
+        server, port = await start_server(gw)
+        proc = await start(gw, port, "a")
+        await until(lambda: gw.hellos, what="hello from the process")
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+        proc = await start(gw, port, "b")
+        gw.send(assign=assignment("k1", "import os, time\nprint(os.getpid(), flush=True)\ntime.sleep(60)"))
+        await until(lambda: gw.texts("k1"), what="rank pid")
+        rank_pid = int(gw.texts("k1")[0])
+        proc.kill()
+        await proc.wait()
+        await until(lambda: gone(rank_pid), timeout=5, what="rank to die with its agent")
+        await server.stop(None)
+
+    arun(go(), timeout=40)

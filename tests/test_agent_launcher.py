@@ -1,0 +1,367 @@
+"""The launcher without gRPC: real rank processes, a recording event sink."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+import pytest
+
+from gridlab.agent.launcher import Attempt, AttemptDirs, LaunchSettings, exit_description
+from gridlab.v1 import agent_pb2, types_pb2
+
+T = TypeVar("T")
+S = types_pb2.AttemptState
+PY = sys.executable
+
+
+def arun(coro: Coroutine[Any, Any, T], timeout: float = 20) -> T:
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+class Recorder:
+    """An AttemptEvents sink that remembers everything, and what it had at drain time."""
+
+    def __init__(self) -> None:
+        self.lines: list[types_pb2.LogLine] = []
+        self.updates: list[agent_pb2.AttemptStatus] = []
+        self.lines_at_drain: int | None = None
+        self.updates_at_drain: int | None = None
+
+    def on_log(self, line: types_pb2.LogLine) -> None:
+        self.lines.append(line)
+
+    def on_update(self, status: agent_pb2.AttemptStatus) -> None:
+        self.updates.append(status)
+
+    async def drain_logs(self, attempt_id: str) -> None:
+        self.lines_at_drain = len(self.lines)
+        self.updates_at_drain = len(self.updates)
+
+    def texts(self, stream: int | None = None) -> list[str]:
+        return [x.text for x in self.lines if stream is None or x.stream == stream]
+
+    async def wait_for_text(self, text: str, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.texts():
+            assert time.monotonic() < deadline, f"no line {text!r} in {self.texts()}"
+            await asyncio.sleep(0.01)
+
+
+def make(
+    tmp_path: Path,
+    command: list[str],
+    *,
+    procs: int = 1,
+    grace: float = 5.0,
+    base_env: dict[str, str] | None = None,
+    **fields: Any,
+) -> tuple[Attempt, Recorder]:
+    spec_env = fields.pop("env", {})
+    assignment = agent_pb2.Assignment(
+        attempt_id=fields.pop("attempt_id", "att-1"),
+        run_id="run-1",
+        attempt_number=fields.pop("attempt_number", 1),
+        spec=types_pb2.RunSpec(command=command, env=spec_env),
+        procs_per_node=procs,
+        **fields,
+    )
+    settings = LaunchSettings(
+        state_dir=tmp_path,
+        grace_period=grace,
+        address="10.9.9.9",
+        base_env=base_env if base_env is not None else dict(os.environ),
+    )
+    rec = Recorder()
+    return Attempt(assignment, settings, rec), rec
+
+
+def states(rec: Recorder) -> list[str]:
+    return [types_pb2.AttemptState.Name(u.state).removeprefix("ATTEMPT_STATE_") for u in rec.updates]
+
+
+ENV_KEYS = [
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "CUDA_VISIBLE_DEVICES",
+    "GRIDLAB_RUN_ID",
+    "GRIDLAB_ATTEMPT",
+    "GRIDLAB_ATTEMPT_ID",
+    "GRIDLAB_CHECKPOINT_DIR",
+    "GRIDLAB_METRICS_FILE",
+    "GRIDLAB_ARTIFACT_DIR",
+    "GRIDLAB_RESUME_FROM",
+    "GRIDLAB_AGENT_TOKEN",
+    "PYTHONUNBUFFERED",
+    "FOO",
+]
+PRINT_ENV = (
+    f"import json, os; print(json.dumps(dict(cwd=os.getcwd(), **{{k: os.environ.get(k) for k in {ENV_KEYS!r}}})))"
+)
+
+
+def envs(rec: Recorder) -> dict[str, dict[str, str | None]]:
+    out = {}
+    for line in rec.lines:
+        if line.stream == types_pb2.LOG_STREAM_STDOUT:
+            env = json.loads(line.text)
+            out[env["RANK"]] = env
+    return out
+
+
+def test_env_of_two_local_ranks_on_second_node(tmp_path: Path) -> None:
+    attempt, rec = make(
+        tmp_path,
+        [PY, "-c", PRINT_ENV],
+        procs=2,
+        nodes=2,
+        node_rank=1,
+        gpu_uuids=["GPU-a", "GPU-b"],
+        master_addr="10.1.1.1",
+        master_port=29500,
+        resume_from="/ckpt/step-10",
+        attempt_number=3,
+        env={"FOO": "bar", "RANK": "99"},
+        base_env={**os.environ, "GRIDLAB_AGENT_TOKEN": "secret"},
+    )
+    status = arun(attempt.run())
+    assert status.state == S.ATTEMPT_STATE_SUCCEEDED
+    by_rank = envs(rec)
+    assert sorted(by_rank) == ["2", "3"]
+    dirs = AttemptDirs.of(tmp_path, "att-1")
+    for local, rank in enumerate(["2", "3"]):
+        env = by_rank[rank]
+        assert env["LOCAL_RANK"] == str(local)
+        assert env["WORLD_SIZE"] == "4"
+        assert env["LOCAL_WORLD_SIZE"] == "2"
+        assert env["GROUP_RANK"] == "1"
+        assert env["MASTER_ADDR"] == "10.1.1.1"
+        assert env["MASTER_PORT"] == "29500"
+        assert env["CUDA_VISIBLE_DEVICES"] == "GPU-a,GPU-b"
+        assert env["GRIDLAB_RUN_ID"] == "run-1"
+        assert env["GRIDLAB_ATTEMPT"] == "3"
+        assert env["GRIDLAB_ATTEMPT_ID"] == "att-1"
+        assert env["GRIDLAB_CHECKPOINT_DIR"] == str(dirs.checkpoints)
+        assert env["GRIDLAB_METRICS_FILE"] == str(dirs.metrics)
+        assert env["GRIDLAB_ARTIFACT_DIR"] == str(dirs.artifacts)
+        assert env["GRIDLAB_RESUME_FROM"] == "/ckpt/step-10"
+        assert env["PYTHONUNBUFFERED"] == "1"
+        assert env["FOO"] == "bar"
+        assert env["GRIDLAB_AGENT_TOKEN"] is None  # the agent's secret stays with the agent
+        assert env["cwd"] == str(dirs.work)
+    assert dirs.checkpoints.is_dir()
+    assert dirs.artifacts.is_dir()
+
+
+def test_env_single_node_defaults(tmp_path: Path) -> None:
+    attempt, rec = make(tmp_path, [PY, "-c", PRINT_ENV])
+    arun(attempt.run())
+    env = envs(rec)["0"]
+    assert env["MASTER_ADDR"] == "127.0.0.1"
+    assert int(env["MASTER_PORT"] or 0) > 0
+    assert env["WORLD_SIZE"] == "1"
+    assert env["CUDA_VISIBLE_DEVICES"] == ""
+    assert env["GRIDLAB_RESUME_FROM"] is None
+
+
+def test_success_reports_after_all_output_is_in(tmp_path: Path) -> None:
+    script = "import sys; print('out1'); print('err1', file=sys.stderr); print('out2'); print('last', end='')"
+    attempt, rec = make(tmp_path, [PY, "-c", script], procs=2)
+    status = arun(attempt.run())
+    assert status.state == S.ATTEMPT_STATE_SUCCEEDED
+    assert status.exit_code == 0
+    assert states(rec) == ["PREPARING", "RUNNING", "SUCCEEDED"]
+    # the terminal update came after the drain, which saw every line
+    assert rec.lines_at_drain == len(rec.lines)
+    assert rec.updates_at_drain == 2
+    for rank in (0, 1):
+        mine = [x for x in rec.lines if x.rank == rank]
+        assert [x.seq for x in mine] == [1, 2, 3, 4]
+        assert sorted(x.text for x in mine) == ["err1", "last", "out1", "out2"]
+        assert {x.stream for x in mine if x.text == "err1"} == {types_pb2.LOG_STREAM_STDERR}
+    assert attempt.done
+
+
+def test_exit_description() -> None:
+    assert exit_description(2, 3) == (3, "rank 2 exited with 3")
+    code, message = exit_description(0, -signal.SIGKILL)
+    assert code == 137
+    assert message == "rank 0 exited with 137 (killed by SIGKILL)"
+
+
+def test_first_failing_rank_fails_the_group(tmp_path: Path) -> None:
+    script = "import os, sys, time\nif os.environ['LOCAL_RANK'] == '1':\n    sys.exit(3)\ntime.sleep(30)\n"
+    attempt, rec = make(tmp_path, [PY, "-c", script], procs=3)
+    start = time.monotonic()
+    status = arun(attempt.run())
+    assert time.monotonic() - start < 5  # the others were stopped, not awaited
+    assert status.state == S.ATTEMPT_STATE_FAILED
+    assert status.exit_code == 3
+    assert status.message == "rank 1 exited with 3"
+    system = [x for x in rec.lines if x.stream == types_pb2.LOG_STREAM_SYSTEM]
+    assert any(x.rank == 1 and x.text == "rank 1 exited with 3" for x in system)
+
+
+def test_rank_killed_by_signal(tmp_path: Path) -> None:
+    attempt, _ = make(tmp_path, [PY, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    status = arun(attempt.run())
+    assert status.state == S.ATTEMPT_STATE_FAILED
+    assert status.exit_code == 137
+    assert "SIGKILL" in status.message
+
+
+def test_command_not_found(tmp_path: Path) -> None:
+    attempt, rec = make(tmp_path, ["/nonexistent/train"], procs=2)
+    status = arun(attempt.run())
+    assert status.state == S.ATTEMPT_STATE_FAILED
+    assert status.exit_code == 127
+    assert "rank 0" in status.message
+    system = [x for x in rec.lines if x.stream == types_pb2.LOG_STREAM_SYSTEM]
+    assert system[0].rank == 0
+    assert "/nonexistent/train" in system[0].text
+    assert "RUNNING" not in states(rec)
+
+
+def test_command_not_executable(tmp_path: Path) -> None:
+    script = tmp_path / "train.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    attempt, _ = make(tmp_path, [str(script)])
+    status = arun(attempt.run())
+    assert status.state == S.ATTEMPT_STATE_FAILED
+    assert status.exit_code == 126
+
+
+def test_empty_command_fails(tmp_path: Path) -> None:
+    attempt, _ = make(tmp_path, [])
+    status = arun(attempt.run())
+    assert status.state == S.ATTEMPT_STATE_FAILED
+    assert status.exit_code == 127
+
+
+STUBBORN = (
+    "import signal, time\n"
+    "signal.signal(signal.SIGTERM, lambda *a: print('got SIGTERM', flush=True))\n"
+    "print('ready', flush=True)\n"
+    "while True: time.sleep(0.05)\n"
+)
+
+
+def test_cancel_escalates_to_sigkill(tmp_path: Path) -> None:
+    async def go() -> tuple[agent_pb2.AttemptStatus, list[int], float]:
+        attempt, rec = make(tmp_path, [PY, "-c", STUBBORN], procs=2)
+        task = asyncio.create_task(attempt.run())
+        await rec.wait_for_text("ready")
+        while rec.texts().count("ready") < 2:
+            await asyncio.sleep(0.01)
+        pids = attempt.pids()
+        start = time.monotonic()
+        attempt.cancel(grace=0.3, reason="user asked")
+        status = await task
+        assert "got SIGTERM" in rec.texts()
+        assert any("SIGKILL" in t for t in rec.texts(types_pb2.LOG_STREAM_SYSTEM))
+        return status, pids, time.monotonic() - start
+
+    status, pids, took = arun(go())
+    assert status.state == S.ATTEMPT_STATE_CANCELLED
+    assert "user asked" in status.message
+    assert 0.25 < took < 3
+    assert not [p for p in pids if psutil.pid_exists(p)]
+
+
+def test_cancel_with_final_state_and_default_grace(tmp_path: Path) -> None:
+    async def go() -> agent_pb2.AttemptStatus:
+        attempt, rec = make(tmp_path, [PY, "-c", "print('ready', flush=True); import time; time.sleep(30)"])
+        task = asyncio.create_task(attempt.run())
+        await rec.wait_for_text("ready")
+        attempt.cancel(S.ATTEMPT_STATE_PREEMPTED)
+        attempt.cancel(S.ATTEMPT_STATE_CANCELLED)  # a second order does not change the end
+        return await task
+
+    status = arun(go())
+    assert status.state == S.ATTEMPT_STATE_PREEMPTED
+
+
+def test_cancel_before_start_runs_nothing(tmp_path: Path) -> None:
+    async def go() -> tuple[agent_pb2.AttemptStatus, list[int]]:
+        attempt, _ = make(tmp_path, [PY, "-c", "import time; time.sleep(30)"])
+        attempt.cancel(S.ATTEMPT_STATE_CANCELLED, grace=1)
+        status = await attempt.run()
+        return status, attempt.pids()
+
+    status, pids = arun(go())
+    assert status.state == S.ATTEMPT_STATE_CANCELLED
+    assert pids == []
+
+
+def test_no_process_of_the_attempt_survives(tmp_path: Path) -> None:
+    pidfile = tmp_path / "grandchild.pid"
+    script = (
+        "import subprocess, sys\n"
+        "p = subprocess.Popen(['sleep', '60'])\n"
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+        "print('spawned')\n"
+    )
+    attempt, rec = make(tmp_path, [PY, "-c", script])
+    start = time.monotonic()
+    status = arun(attempt.run())
+    assert status.state == S.ATTEMPT_STATE_SUCCEEDED
+    assert time.monotonic() - start < 4  # the stray held stdout open; it was killed
+    assert "spawned" in rec.texts()
+    grandchild = int(pidfile.read_text())
+    time.sleep(0.1)
+    alive = psutil.pid_exists(grandchild) and psutil.Process(grandchild).status() != "zombie"
+    assert not alive
+
+
+def test_work_dir_is_fresh_and_checkpoints_kept(tmp_path: Path) -> None:
+    dirs = AttemptDirs.of(tmp_path, "att-1")
+    dirs.work.mkdir(parents=True)
+    (dirs.work / "stale").write_text("x")
+    dirs.checkpoints.mkdir()
+    (dirs.checkpoints / "ckpt").write_text("x")
+    attempt, rec = make(tmp_path, [PY, "-c", "import os; print(sorted(os.listdir('.')))"])
+    arun(attempt.run())
+    assert rec.texts(types_pb2.LOG_STREAM_STDOUT) == ["[]"]
+    assert (dirs.checkpoints / "ckpt").exists()
+
+
+def test_unsafe_attempt_id_is_refused(tmp_path: Path) -> None:
+    attempt, _ = make(tmp_path, [PY, "-c", "pass"], attempt_id="../../etc")
+    status = arun(attempt.run())
+    assert status.state == S.ATTEMPT_STATE_FAILED
+    assert not (tmp_path.parent / "etc").exists()
+
+
+def test_last_step_from_metrics_file(tmp_path: Path) -> None:
+    script = (
+        "import json, os\n"
+        "with open(os.environ['GRIDLAB_METRICS_FILE'], 'a') as f:\n"
+        "    for step in (1, 5, 3):\n"
+        "        f.write(json.dumps({'step': step, 'loss': 0.5, 'time': 1234.5}) + '\\n')\n"
+        "    f.write('not json\\n')\n"
+    )
+    attempt, _ = make(tmp_path, [PY, "-c", script])
+    status = arun(attempt.run())
+    assert status.last_step == 5
+    assert status.last_step_time.seconds == 1234
+
+
+@pytest.mark.parametrize("procs", [0, 1])
+def test_zero_procs_means_one(tmp_path: Path, procs: int) -> None:
+    attempt, rec = make(tmp_path, [PY, "-c", PRINT_ENV], procs=procs)
+    arun(attempt.run())
+    assert list(envs(rec)) == ["0"]

@@ -1,0 +1,188 @@
+"""Log lines: splitting, numbering, and the shipper's batching, retries and acks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+
+from gridlab.agent.logship import AttemptLog, LineSplitter, LogShipper, pump_lines
+from gridlab.v1 import types_pb2
+
+T = TypeVar("T")
+
+
+def arun(coro: Coroutine[Any, Any, T], timeout: float = 10) -> T:
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def test_splitter_lines_partial_and_crlf() -> None:
+    s = LineSplitter()
+    assert s.feed(b"a\nb") == ["a"]
+    assert s.feed(b"c\r\n\n") == ["bc", ""]
+    assert s.feed(b"tail") == []
+    assert s.finish() == ["tail"]
+    assert s.finish() == []
+
+
+def test_splitter_bad_utf8_is_replaced() -> None:
+    assert LineSplitter().feed(b"ok \xff\xfe end\n") == ["ok \ufffd\ufffd end"]
+
+
+def test_splitter_long_lines_split_on_char_boundaries() -> None:
+    s = LineSplitter(max_bytes=10)
+    text = "é" * 12  # 24 bytes, 2 per character
+    pieces = s.feed(text.encode() + b"\n")
+    assert "".join(pieces) == text
+    assert all(len(p.encode()) <= 10 for p in pieces)
+    # an unterminated long line is emitted before its newline arrives
+    s2 = LineSplitter(max_bytes=4)
+    assert s2.feed(b"abcdefghij") == ["abcd", "efgh"]
+    assert s2.finish() == ["ij"]
+
+
+def test_pump_lines_reads_to_eof() -> None:
+    async def go() -> list[str]:
+        reader = asyncio.StreamReader()
+        reader.feed_data(b"one\ntw")
+        reader.feed_data(b"o\n" + b"x" * 70_000)
+        reader.feed_eof()
+        out: list[str] = []
+        await pump_lines(reader, out.append, chunk=1000)
+        return out
+
+    out = arun(go())
+    assert out[:2] == ["one", "two"]
+    assert "".join(out[2:]) == "x" * 70_000
+    assert max(len(x) for x in out) <= 64 * 1024
+
+
+def test_seq_per_rank_shared_by_streams() -> None:
+    log = AttemptLog("att-1", clock=lambda: 5.0)
+    out = types_pb2.LOG_STREAM_STDOUT
+    err = types_pb2.LOG_STREAM_STDERR
+    lines = [log.line(0, out, "a"), log.line(0, err, "b"), log.line(1, out, "c")]
+    lines.append(log.line(0, out, "d"))
+    assert [(x.rank, x.seq) for x in lines] == [(0, 1), (0, 2), (1, 1), (0, 3)]
+    assert lines[0].attempt_id == "att-1"
+    assert lines[0].time.seconds == 5
+
+
+class _Rpc(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+
+def _line(log: AttemptLog, text: str, rank: int = 0) -> types_pb2.LogLine:
+    return log.line(rank, types_pb2.LOG_STREAM_STDOUT, text)
+
+
+def test_shipper_batches_retries_and_acks() -> None:
+    async def go() -> list[list[tuple[str, int]]]:
+        calls: list[list[tuple[str, int]]] = []
+        fail = [True]
+
+        async def push(lines: list[types_pb2.LogLine]) -> None:
+            calls.append([(x.attempt_id, x.seq) for x in lines])
+            if fail[0]:
+                fail[0] = False
+                raise _Rpc(grpc.StatusCode.UNAVAILABLE)
+
+        shipper = LogShipper(push, max_batch_lines=3, retry_min=0.01)
+        task = asyncio.create_task(shipper.run())
+        log = AttemptLog("a1")
+        for i in range(5):
+            shipper.add(_line(log, str(i)))
+        assert await shipper.wait_acked("a1", 5)
+        assert shipper.pending() == 0
+        task.cancel()
+        return calls
+
+    calls = arun(go())
+    # first batch failed and was resent as is; all lines arrive, in order
+    assert calls[0] == calls[1] == [("a1", 1), ("a1", 2), ("a1", 3)]
+    assert calls[2] == [("a1", 4), ("a1", 5)]
+
+
+def test_shipper_one_attempt_per_call_and_aborted_drops() -> None:
+    async def go() -> tuple[list[str], bool, bool]:
+        seen: list[str] = []
+
+        async def push(lines: list[types_pb2.LogLine]) -> None:
+            ids = {x.attempt_id for x in lines}
+            assert len(ids) == 1
+            seen.append(ids.pop())
+            if lines[0].attempt_id == "gone":
+                raise _Rpc(grpc.StatusCode.ABORTED)
+
+        shipper = LogShipper(push)
+        task = asyncio.create_task(shipper.run())
+        a, b = AttemptLog("ok"), AttemptLog("gone")
+        for i in range(3):
+            shipper.add(_line(a, str(i)))
+            shipper.add(_line(b, str(i)))
+        ok = await shipper.wait_acked("ok", 5)
+        gone = await shipper.wait_acked("gone", 5)
+        task.cancel()
+        return seen, ok, gone
+
+    seen, ok, gone = arun(go())
+    assert ok
+    assert gone  # dropped counts as done: nobody will ever take them
+    assert seen.count("gone") == 1
+
+
+def test_wait_acked_times_out_while_scheduler_down() -> None:
+    async def go() -> tuple[bool, int]:
+        async def push(lines: list[types_pb2.LogLine]) -> None:
+            raise _Rpc(grpc.StatusCode.UNAVAILABLE)
+
+        shipper = LogShipper(push, retry_min=0.01, retry_max=0.05)
+        task = asyncio.create_task(shipper.run())
+        shipper.add(_line(AttemptLog("a"), "x"))
+        ok = await shipper.wait_acked("a", 0.3)
+        task.cancel()
+        return ok, shipper.pending("a")
+
+    assert arun(go()) == (False, 1)
+
+
+def test_shipper_latency_is_immediate() -> None:
+    async def go() -> float:
+        loop = asyncio.get_running_loop()
+        arrived = asyncio.Event()
+
+        async def push(lines: list[types_pb2.LogLine]) -> None:
+            arrived.set()
+
+        shipper = LogShipper(push)
+        task = asyncio.create_task(shipper.run())
+        await asyncio.sleep(0.05)
+        start = loop.time()
+        shipper.add(_line(AttemptLog("a"), "x"))
+        await arrived.wait()
+        task.cancel()
+        return loop.time() - start
+
+    assert arun(go()) < 0.05
+
+
+@pytest.mark.parametrize("cap", [2000])
+def test_shipper_sheds_oldest_when_buffer_full(cap: int) -> None:
+    async def go() -> int:
+        async def push(lines: list[types_pb2.LogLine]) -> None:
+            raise _Rpc(grpc.StatusCode.UNAVAILABLE)
+
+        shipper = LogShipper(push, max_pending_bytes=cap)
+        log = AttemptLog("a")
+        for i in range(200):
+            shipper.add(_line(log, f"line {i}"))
+        return shipper.pending("a")
+
+    assert 0 < arun(go()) < 200
