@@ -20,6 +20,7 @@ import random
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import grpc
 import grpc.aio
@@ -114,7 +115,8 @@ class Agent:
     async def run(self) -> int:
         """Serve until stopped (EXIT_OK) or refused by the scheduler (EXIT_REFUSED)."""
         channel = grpc.aio.insecure_channel(self.config.scheduler, options=AGENT_CHANNEL_OPTIONS)
-        self._stub = agent_pb2_grpc.AgentGatewayStub(channel)
+        # The generated stub's overloads cannot tell an aio channel apart; it is the async stub.
+        self._stub = cast("agent_pb2_grpc.AgentGatewayAsyncStub", agent_pb2_grpc.AgentGatewayStub(channel))
         shipper = asyncio.create_task(self.shipper.run(), name="log-shipper")
         connection = asyncio.create_task(self._connection_loop(), name="connection")
         stop = asyncio.create_task(self._stop.wait())

@@ -258,7 +258,7 @@ class Attempt:
         self._clock = clock
         self._log = AttemptLog(self.attempt_id, clock)
         self._ranks: list[_Rank] = []
-        self._outcome: tuple[types_pb2.AttemptState.ValueType, int, str] | None = None
+        self._outcome: tuple[types_pb2.AttemptState, int, str] | None = None
         self._kill_at: float | None = None  # loop time when SIGKILL is (or was) due
         self._kill_timer: asyncio.TimerHandle | None = None
         self._done = asyncio.Event()
@@ -278,7 +278,7 @@ class Attempt:
         return self._done.is_set()
 
     @property
-    def state(self) -> types_pb2.AttemptState.ValueType:
+    def state(self) -> types_pb2.AttemptState:
         return self._status.state
 
     def status(self) -> agent_pb2.AttemptStatus:
@@ -303,7 +303,7 @@ class Attempt:
 
     def cancel(
         self,
-        final_state: types_pb2.AttemptState.ValueType = S.ATTEMPT_STATE_CANCELLED,
+        final_state: types_pb2.AttemptState = S.ATTEMPT_STATE_CANCELLED,
         grace: float | None = None,
         reason: str = "",
     ) -> None:
@@ -462,7 +462,7 @@ class Attempt:
     def _system(self, rank: int, text: str) -> None:
         self._events.on_log(self._log.line(rank, types_pb2.LOG_STREAM_SYSTEM, text))
 
-    def _set(self, state: types_pb2.AttemptState.ValueType, *, exit_code: int = 0, message: str = "") -> None:
+    def _set(self, state: types_pb2.AttemptState, *, exit_code: int = 0, message: str = "") -> None:
         self._status.state = state
         self._status.exit_code = exit_code
         self._status.message = message

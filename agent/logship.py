@@ -109,7 +109,7 @@ class AttemptLog:
         self._clock = clock
         self._seq: dict[int, int] = collections.defaultdict(int)
 
-    def line(self, rank: int, stream: types_pb2.LogStream.ValueType, text: str) -> types_pb2.LogLine:
+    def line(self, rank: int, stream: types_pb2.LogStream, text: str) -> types_pb2.LogLine:
         self._seq[rank] += 1
         return types_pb2.LogLine(
             attempt_id=self.attempt_id,
