@@ -25,7 +25,7 @@ def main() -> int:
         cluster.start_agent("demo-agent", fake_gpus="2xA100-80GB:80")
         print("agent demo-agent connected with 2 simulated A100s")
         client = cluster.client()
-        run = client.submit([sys.executable, str(HERE / "train_mlp.py"), "--steps", "300"], gpus=1, name="train-mlp")
+        run = client.submit([sys.executable, str(HERE / "train_mlp.py"), "--steps", "1000"], gpus=1, name="train-mlp")
         print(f"submitted {run.id}; following its logs:\n")
         for line in run.logs(follow=True):
             print(f"  | {line}")
