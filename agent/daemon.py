@@ -142,6 +142,8 @@ class Agent:
 
     async def _shutdown(self) -> None:
         self._stopping = True
+        if self._outbox is not None:  # tell the scheduler first, so it places nothing new here
+            self._outbox.put_nowait(self._heartbeat())
         live = [a for a in self.attempts.values() if not a.done]
         if live:
             log.info("stopping attempts", count=len(live), grace=self.config.grace_period)
@@ -259,8 +261,13 @@ class Agent:
         while True:
             await asyncio.sleep(interval)
             inventory = await asyncio.to_thread(self.inventory.collect)
-            beat = agent_pb2.Heartbeat(inventory=inventory, attempts=[a.status() for a in self.attempts.values()])
-            outbox.put_nowait(agent_pb2.AgentMessage(heartbeat=beat))
+            outbox.put_nowait(self._heartbeat(inventory))
+
+    def _heartbeat(self, inventory: types_pb2.Inventory | None = None) -> agent_pb2.AgentMessage:
+        beat = agent_pb2.Heartbeat(attempts=[a.status() for a in self.attempts.values()], draining=self._stopping)
+        if inventory is not None:
+            beat.inventory.CopyFrom(inventory)
+        return agent_pb2.AgentMessage(heartbeat=beat)
 
     async def _read_loop(self, call: grpc.aio.StreamStreamCall) -> None:
         while True:

@@ -76,6 +76,7 @@ class AgentSession:
     inventory: types_pb2.Inventory
     outbox: asyncio.Queue[agent_pb2.SchedulerMessage | None] = field(default_factory=asyncio.Queue)
     closed: bool = False
+    draining: bool = False  # the agent is stopping: place nothing new on it
 
     def send(self, msg: agent_pb2.SchedulerMessage) -> None:
         if not self.closed:
@@ -499,6 +500,9 @@ class Engine:
         self.last_seen[session.name] = self.clock.monotonic()
         if beat.HasField("inventory"):
             session.inventory = beat.inventory
+        if beat.draining and not session.draining:
+            log.info("agent_draining", agent=session.name)
+        session.draining = beat.draining
 
     def agent_disconnected(self, session: AgentSession) -> None:
         """The stream ended. Liveness is the heartbeat's call, not the socket's: the agent
@@ -521,6 +525,8 @@ class Engine:
             session = self.sessions.get(row["name"])
             inventory = session.inventory if session else types_pb2.Inventory.FromString(row["inventory"])
             state = row["state"] if session or row["state"] != "READY" else "OFFLINE"
+            if session is not None and session.draining:
+                state = "DRAINING"
             held = live.get(row["name"], [])
             used = {u for n in held for u in json.loads(n["gpu_uuids"])}
             agent = types_pb2.Agent(
@@ -631,6 +637,8 @@ class Engine:
             used_mem[name] = used_mem.get(name, 0) + (row["memory_bytes"] or 0)
         views = []
         for s in self.sessions.values():
+            if s.draining:
+                continue
             inv = s.inventory
             gpus = tuple(placement.GpuView(g.uuid, g.model, g.memory_total_bytes) for g in inv.gpus)
             views.append(

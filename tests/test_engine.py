@@ -194,3 +194,14 @@ def test_state_survives_reopening_the_store(tmp_path: Path) -> None:
     first.store.close()
     second = Engine(Store(tmp_path / "s.db"), config, clock=FakeClock())
     assert second.run_message(run_id).spec.command == ["echo", "hi"]
+
+
+def test_a_draining_agent_gets_nothing_new(engine: Engine) -> None:
+    session = hello(engine)
+    engine.agent_heartbeat(session, agent_pb2.Heartbeat(draining=True))
+    run_id, _ = engine.submit(ALICE, spec(), "")
+    assert engine.place_once() == 0
+    assert [a.state for a in engine.list_agents()] == [types_pb2.AGENT_STATE_DRAINING]
+    hello(engine)  # restarted: ready again
+    assert engine.place_once() == 1
+    assert run_state(engine, run_id) == "STARTING"

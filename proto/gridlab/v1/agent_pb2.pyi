@@ -55,12 +55,14 @@ class Hello(_message.Message):
     def __init__(self, name: _Optional[str] = ..., pool: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., inventory: _Optional[_Union[_types_pb2.Inventory, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[AttemptStatus, _Mapping]]] = ..., version: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("inventory", "attempts")
+    __slots__ = ("inventory", "attempts", "draining")
     INVENTORY_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     inventory: _types_pb2.Inventory
     attempts: _containers.RepeatedCompositeFieldContainer[AttemptStatus]
-    def __init__(self, inventory: _Optional[_Union[_types_pb2.Inventory, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[AttemptStatus, _Mapping]]] = ...) -> None: ...
+    draining: bool
+    def __init__(self, inventory: _Optional[_Union[_types_pb2.Inventory, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[AttemptStatus, _Mapping]]] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
     __slots__ = ("hello", "heartbeat", "update")
