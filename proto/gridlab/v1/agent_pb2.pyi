@@ -32,7 +32,7 @@ class AttemptStatus(_message.Message):
     def __init__(self, attempt_id: _Optional[str] = ..., run_id: _Optional[str] = ..., state: _Optional[_Union[_types_pb2.AttemptState, str]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_step: _Optional[int] = ..., last_step_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("name", "pool", "labels", "inventory", "attempts", "version")
+    __slots__ = ("name", "pool", "labels", "inventory", "attempts", "version", "draining")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -46,13 +46,15 @@ class Hello(_message.Message):
     INVENTORY_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     name: str
     pool: str
     labels: _containers.ScalarMap[str, str]
     inventory: _types_pb2.Inventory
     attempts: _containers.RepeatedCompositeFieldContainer[AttemptStatus]
     version: str
-    def __init__(self, name: _Optional[str] = ..., pool: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., inventory: _Optional[_Union[_types_pb2.Inventory, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[AttemptStatus, _Mapping]]] = ..., version: _Optional[str] = ...) -> None: ...
+    draining: bool
+    def __init__(self, name: _Optional[str] = ..., pool: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., inventory: _Optional[_Union[_types_pb2.Inventory, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[AttemptStatus, _Mapping]]] = ..., version: _Optional[str] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("inventory", "attempts", "draining")
