@@ -19,6 +19,7 @@ from .state import RunState
 T = TypeVar("T")
 _POLL = 1.0  # seconds between checks when nothing woke a waiting stream
 _LOG_BATCH = 500
+MAX_GRACE = 86_400  # seconds between SIGTERM and SIGKILL, at most
 
 
 async def call(context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any) -> T:
@@ -74,8 +75,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
 
         def cancel() -> scheduler_pb2.CancelRunResponse:
             grace = from_duration(request.grace) if request.HasField("grace") else None
-            if grace is not None and grace < 0:
-                raise invalid("grace is negative")
+            if grace is not None and not 0 <= grace <= MAX_GRACE:
+                raise invalid(f"grace is {grace:g}s: it must be between 0 (kill at once) and {MAX_GRACE}s")
             self.engine.cancel(who, request.run_id, grace, request.reason)
             return scheduler_pb2.CancelRunResponse(run=self.engine.run_message(request.run_id))
 

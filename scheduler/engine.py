@@ -88,13 +88,18 @@ class AgentSession:
             self.outbox.put_nowait(None)
 
 
-def _is_terminal_attempt(state: int) -> bool:
-    name = types_pb2.AttemptState.Name(state).removeprefix("ATTEMPT_STATE_")
-    return name in AttemptState.__members__ and not AttemptState(name).live
-
-
 def _attempt_state(state: int) -> AttemptState:
+    """The state an agent reports, or INVALID_ARGUMENT for a value this scheduler does not know."""
+    if state not in types_pb2.AttemptState.values() or state == types_pb2.ATTEMPT_STATE_UNSPECIFIED:
+        raise invalid(f"attempt state {state} is not one this scheduler knows")
     return AttemptState(types_pb2.AttemptState.Name(state).removeprefix("ATTEMPT_STATE_"))
+
+
+def check_status(status: agent_pb2.AttemptStatus) -> AttemptState:
+    """Validate one attempt report from an agent before anything is changed for it."""
+    if not status.attempt_id or len(status.attempt_id) > 128:
+        raise invalid("attempt_id must be 1 to 128 characters")
+    return _attempt_state(status.state)
 
 
 class Engine:
@@ -281,7 +286,7 @@ class Engine:
             return
         if not row["cancel_requested"]:
             with self.store.transaction() as conn:
-                conn.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?", (run_id,))
+                conn.execute("UPDATE runs SET cancel_requested = 1, cancel_grace = ? WHERE id = ?", (grace, run_id))
                 self._event(conn, run_id, "", "cancel_requested", state, message)
             self.events_changed.notify()
         for attempt in self.store.all(
@@ -323,6 +328,7 @@ class Engine:
     ) -> RunState:
         """Record the end of a live attempt and move its run on. Inside a transaction."""
         check_attempt_transition(attempt["id"], AttemptState(attempt["state"]), state)
+        self._attempt_owner.pop(attempt["id"], None)
         now = self.clock.time()
         conn.execute(
             "UPDATE attempts SET state = ?, exit_code = ?, reason = ?, finished_at = ? WHERE id = ?",
@@ -372,9 +378,14 @@ class Engine:
         )
 
     def _apply_status(self, session: AgentSession, status: agent_pb2.AttemptStatus, *, hello: bool) -> None:
-        """Reconcile what an agent says about one attempt with what the store holds."""
+        """Reconcile what an agent says about one attempt with what the store holds.
+
+        Replies go to the agent's current session: `session` may be an older stream whose
+        reader is still draining after the agent reconnected."""
+        reported = check_status(status)
+        session = self.sessions.get(session.name, session)
         release = agent_pb2.SchedulerMessage(release=agent_pb2.ReleaseAttempt(attempt_id=status.attempt_id))
-        reported_end = _is_terminal_attempt(status.state)
+        reported_end = not reported.live
         row = self.store.one(
             "SELECT a.*, n.agent_name FROM attempts a JOIN attempt_nodes n ON n.attempt_id = a.id "
             "WHERE a.id = ? AND n.agent_name = ?",
@@ -392,17 +403,13 @@ class Engine:
             return
         if reported_end:
             with self.store.transaction() as conn:
-                self._end_attempt(conn, row, _attempt_state(status.state), status.exit_code, status.message)
-            self._attempt_owner.pop(status.attempt_id, None)
+                self._end_attempt(conn, row, reported, status.exit_code, status.message[:4096])
             session.send(release)
             self.events_changed.notify()
             self.logs_changed.notify()
             self.kick()
             return
-        if status.state not in (types_pb2.ATTEMPT_STATE_PREPARING, types_pb2.ATTEMPT_STATE_RUNNING):
-            return  # nothing to record for ASSIGNED or an unknown value
-        new = _attempt_state(status.state)
-        old = AttemptState(row["state"])
+        new, old = reported, AttemptState(row["state"])
         if new is AttemptState.RUNNING and old is not AttemptState.RUNNING:  # noqa: SIM102
             with self.store.transaction() as conn:
                 check_attempt_transition(row["id"], old, new)
@@ -430,7 +437,9 @@ class Engine:
         if hello:
             run = self._run_row(row["run_id"])
             if run is not None and run["cancel_requested"]:
-                self._send_cancel(session.name, row["id"], run["message"] or "cancelled", AttemptState.CANCELLED)
+                self._send_cancel(
+                    session.name, row["id"], "cancelled on request", AttemptState.CANCELLED, run["cancel_grace"]
+                )
 
     # ---------------------------------------------------------------- agents
 
@@ -439,6 +448,8 @@ class Engine:
         name = hello.name
         if not name or len(name) > 128 or not name.isprintable():
             raise invalid("hello.name must be 1 to 128 printable characters")
+        for status in hello.attempts:  # refuse a bad Hello before anything changes
+            check_status(status)
         old = self.sessions.pop(name, None)
         if old is not None:
             old.close()
@@ -467,13 +478,23 @@ class Engine:
             pool=hello.pool or "onprem",
             labels=dict(hello.labels),
             inventory=hello.inventory,
+            draining=hello.draining,
         )
         self.sessions[name] = session
         self.last_seen[name] = self.clock.monotonic()
+        try:
+            self._reconcile_hello(session, hello)
+        except BaseException:
+            self.agent_disconnected(session)  # no half-registered session is left behind
+            raise
+        return session
+
+    def _reconcile_hello(self, session: AgentSession, hello: agent_pb2.Hello) -> None:
+        name = session.name
         session.send(
             agent_pb2.SchedulerMessage(
                 welcome=agent_pb2.Welcome(
-                    agent_id=agent_id,
+                    agent_id=session.agent_id,
                     heartbeat_interval=duration(self.config.heartbeat_interval),
                     heartbeat_timeout=duration(self.config.heartbeat_timeout),
                 )
@@ -490,14 +511,23 @@ class Engine:
             self._apply_status(session, status, hello=True)
         log.info("agent_connected", agent=name, gpus=len(hello.inventory.gpus), attempts=len(reported))
         self.kick()
-        return session
+
+    def _alive(self, session: AgentSession) -> None:
+        """A message on a live stream proves the agent alive; one on a replaced or reaped
+        stream (its reader still draining) proves nothing."""
+        if not session.closed:
+            self.last_seen[session.name] = self.clock.monotonic()
 
     def agent_update(self, session: AgentSession, status: agent_pb2.AttemptStatus) -> None:
-        self.last_seen[session.name] = self.clock.monotonic()
+        self._alive(session)
         self._apply_status(session, status, hello=False)
 
     def agent_heartbeat(self, session: AgentSession, beat: agent_pb2.Heartbeat) -> None:
-        self.last_seen[session.name] = self.clock.monotonic()
+        """Liveness, inventory, draining; and the attempts it lists are reconciled like
+        updates, so an end whose update was lost is still released."""
+        self._alive(session)
+        for status in beat.attempts:
+            self._apply_status(session, status, hello=False)
         if beat.HasField("inventory"):
             session.inventory = beat.inventory
         if beat.draining and not session.draining:
@@ -576,6 +606,17 @@ class Engine:
 
     # ---------------------------------------------------------------- logs
 
+    def _line_time(self, line: types_pb2.LogLine) -> float:
+        """The agent's time for a line when it is a plausible one, else the time it arrived."""
+        now = self.clock.time()
+        if not line.HasField("time"):
+            return now
+        try:
+            when = line.time.ToNanoseconds() / 1e9
+        except ValueError:
+            return now
+        return when if 0 < when < now + 86_400 else now
+
     def push_logs(self, agent_name: str, lines: Iterable[types_pb2.LogLine]) -> tuple[int, int]:
         """Store log lines, ignoring ones already stored. ABORTED for another agent's attempt."""
         rows = []
@@ -583,19 +624,22 @@ class Engine:
             owner = self._attempt_owner.get(line.attempt_id)
             if owner is None:
                 found = self.store.one(
-                    "SELECT a.run_id, a.number, n.agent_name FROM attempts a "
+                    "SELECT a.run_id, a.number, a.state, n.agent_name FROM attempts a "
                     "JOIN attempt_nodes n ON n.attempt_id = a.id WHERE a.id = ?",
                     (line.attempt_id,),
                 )
                 if found is None:
                     raise ApiError(grpc.StatusCode.ABORTED, f"attempt {line.attempt_id!r} is unknown")
                 owner = (found["run_id"], found["number"], found["agent_name"])
-                self._attempt_owner[line.attempt_id] = owner
+                if AttemptState(found["state"]).live:  # ended attempts are not cached: no unbounded growth
+                    self._attempt_owner[line.attempt_id] = owner
             if owner[2] != agent_name:
                 raise ApiError(grpc.StatusCode.ABORTED, f"attempt {line.attempt_id!r} is not {agent_name}'s")
             if line.seq < 1:
                 raise invalid(f"log line seq is {line.seq}: sequence numbers start at 1")
-            when = line.time.ToNanoseconds() / 1e9 if line.HasField("time") else self.clock.time()
+            if line.stream not in types_pb2.LogStream.values():
+                raise invalid(f"log line stream {line.stream} is not a known stream")
+            when = self._line_time(line)
             rows.append(
                 (
                     owner[0],

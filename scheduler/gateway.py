@@ -17,6 +17,7 @@ from gridlab.v1 import agent_pb2, agent_pb2_grpc
 
 from .api import call
 from .engine import AgentSession, Engine
+from .errors import ApiError
 
 log = structlog.get_logger("gridlab.scheduler.gateway")
 
@@ -28,19 +29,27 @@ class AgentGatewayService(agent_pb2_grpc.AgentGatewayServicer):
     async def _read(self, session: AgentSession, requests: AsyncIterator[agent_pb2.AgentMessage]) -> None:
         try:
             async for msg in requests:
-                kind = msg.WhichOneof("msg")
-                if kind == "heartbeat":
-                    self.engine.agent_heartbeat(session, msg.heartbeat)
-                elif kind == "update":
-                    self.engine.agent_update(session, msg.update)
-                elif kind == "hello":
-                    log.warning("second_hello_ignored", agent=session.name)
+                self._handle(session, msg)
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
-        except Exception:
-            log.exception("agent_stream_failed", agent=session.name)
         finally:
             session.close()
+
+    def _handle(self, session: AgentSession, msg: agent_pb2.AgentMessage) -> None:
+        """One message from an agent. A bad message is logged and skipped: it must not
+        cost the agent its stream (and every run on the machine its liveness)."""
+        kind = msg.WhichOneof("msg")
+        try:
+            if kind == "heartbeat":
+                self.engine.agent_heartbeat(session, msg.heartbeat)
+            elif kind == "update":
+                self.engine.agent_update(session, msg.update)
+            else:
+                log.warning("unexpected_agent_message", agent=session.name, kind=kind)
+        except ApiError as exc:
+            log.warning("bad_agent_message", agent=session.name, kind=kind, error=exc.message)
+        except Exception:
+            log.exception("agent_message_failed", agent=session.name, kind=kind)
 
     async def Connect(self, request_iterator: Any, context: Any) -> AsyncIterator[agent_pb2.SchedulerMessage]:
         first = await anext(request_iterator, None)

@@ -205,3 +205,88 @@ def test_a_draining_agent_gets_nothing_new(engine: Engine) -> None:
     hello(engine)  # restarted: ready again
     assert engine.place_once() == 1
     assert run_state(engine, run_id) == "STARTING"
+
+
+def test_an_unknown_attempt_state_is_refused_before_anything_changes(engine: Engine) -> None:
+    with pytest.raises(ApiError) as info:
+        hello(engine, attempts=[agent_pb2.AttemptStatus(attempt_id="att-x", state=99)])
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert engine.sessions == {}
+    assert engine.last_seen == {}
+    session = hello(engine)
+    with pytest.raises(ApiError):
+        engine.agent_update(session, agent_pb2.AttemptStatus(attempt_id="att-x", state=99))
+    assert engine.sessions == {"a1": session}
+
+
+def test_heartbeats_reconcile_attempts_so_a_lost_update_is_recovered(engine: Engine) -> None:
+    session = hello(engine)
+    run_id, _ = engine.submit(ALICE, spec(), "")
+    engine.place_once()
+    attempt = drain(session)[-1].assign.attempt_id
+    engine.agent_heartbeat(session, agent_pb2.Heartbeat(attempts=[status(attempt, "SUCCEEDED")]))
+    assert run_state(engine, run_id) == "SUCCEEDED"
+    assert drain(session)[-1].release.attempt_id == attempt
+
+
+def test_a_replaced_stream_neither_revives_liveness_nor_swallows_replies(engine: Engine) -> None:
+    old = hello(engine)
+    engine.submit(ALICE, spec(), "")
+    engine.place_once()
+    attempt = drain(old)[-1].assign.attempt_id
+    new = hello(engine, attempts=[status(attempt, "RUNNING")])
+    drain(new)
+    engine.clock.advance(11)  # type: ignore[attr-defined]
+    engine.agent_update(old, status(attempt, "SUCCEEDED"))  # the old reader, still draining
+    assert drain(new)[-1].release.attempt_id == attempt  # the reply went to the live stream
+    assert engine.check_liveness() == ["a1"]  # and the stale message did not count as a heartbeat
+
+
+def test_log_lines_with_impossible_times_or_streams(engine: Engine) -> None:
+    session = hello(engine)
+    engine.submit(ALICE, spec(), "")
+    engine.place_once()
+    attempt = drain(session)[-1].assign.attempt_id
+    line = types_pb2.LogLine(attempt_id=attempt, rank=0, seq=1, text="far future")
+    line.time.seconds = 253402300799
+    line.time.nanos = 999999999
+    assert engine.push_logs("a1", [line]) == (1, 0)
+    stored = engine.store.one("SELECT time FROM logs")["time"]
+    assert stored == engine.clock.time()  # the arrival time replaced the impossible one
+    with pytest.raises(ApiError) as info:
+        engine.push_logs("a1", [types_pb2.LogLine(attempt_id=attempt, seq=2, stream=42)])
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_cancel_resent_after_reconnect_keeps_its_grace(engine: Engine) -> None:
+    session = hello(engine)
+    run_id, _ = engine.submit(ALICE, spec(), "")
+    engine.place_once()
+    attempt = drain(session)[-1].assign.attempt_id
+    engine.cancel(ALICE, run_id, 0.0, "")
+    assert drain(session)[-1].cancel.grace.ToNanoseconds() == 0
+    back = hello(engine, attempts=[status(attempt, "RUNNING")])
+    (order,) = [m.cancel for m in drain(back) if m.WhichOneof("msg") == "cancel"]
+    assert order.HasField("grace")
+    assert order.grace.ToNanoseconds() == 0
+
+
+def test_a_version_1_database_is_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    import sqlite_utils
+
+    from gridlab.scheduler import store as store_mod
+
+    conn = sqlite3.connect(tmp_path / "old.db")
+    store_mod.MIGRATIONS[1](sqlite_utils.Database(conn))
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    upgraded = Store(tmp_path / "old.db")
+    assert upgraded.one("PRAGMA user_version")[0] == store_mod.SCHEMA_VERSION
+    assert "cancel_grace" in upgraded.db["runs"].columns_dict
+    upgraded.conn.execute(f"PRAGMA user_version={store_mod.SCHEMA_VERSION + 1}")
+    upgraded.close()
+    with pytest.raises(RuntimeError, match="newer than this gridlab"):
+        Store(tmp_path / "old.db")
