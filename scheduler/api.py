@@ -19,6 +19,7 @@ from .state import RunState
 T = TypeVar("T")
 _POLL = 1.0  # seconds between checks when nothing woke a waiting stream
 _LOG_BATCH = 500
+MAX_WATCHED = 1000  # run ids per WatchRuns stream
 MAX_GRACE = 86_400  # seconds between SIGTERM and SIGKILL, at most
 
 
@@ -88,6 +89,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         run_ids = list(dict.fromkeys(request.run_ids))
 
         def check_visible() -> None:
+            if len(run_ids) > MAX_WATCHED:
+                raise invalid(f"{len(run_ids)} run_ids: watch at most {MAX_WATCHED} runs per stream")
             for run_id in run_ids:
                 engine.visible_run(who, run_id)
 
