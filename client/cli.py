@@ -219,12 +219,24 @@ def cmd_submit(args: argparse.Namespace, client: Client) -> int:
         if as_json:
             _print_json(client.get_run(run.id), sys.stdout)
         return EXIT_OK
+    # --timeout bounds following the logs and waiting together, not each on its own.
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+
+    def left() -> float | None:
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
     try:
         if args.follow:
             log_out = sys.stderr if as_json else sys.stdout  # keep stdout valid JSON
-            for line in client.log_lines(run.id, follow=True):
+            for line in client.log_lines(run.id, follow=True, timeout=left()):
                 _print_line(line, log_out)
-        status = client.wait(run.id, timeout=args.timeout)
+        status = client.wait(run.id, timeout=left())
+    except TimeoutError:
+        state = client.status(run.id).state
+        raise TimeoutError(
+            f"run {run.id} is still {state} after {args.timeout:g}s; it keeps running"
+            f" (stop it with `schedctl cancel {run.id}`)"
+        ) from None
     except KeyboardInterrupt:
         print(
             f"\ninterrupted: {run.id} keeps running; stop it with `schedctl cancel {run.id}`",
@@ -496,7 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-f", "--follow", action="store_true", help="stream the logs, then print the final state (implies --wait)"
     )
-    p.add_argument("--timeout", type=_seconds_arg, metavar="SECONDS", help="with --wait: give up after this long")
+    p.add_argument(
+        "--timeout", type=_seconds_arg, metavar="SECONDS", help="with --wait/--follow: give up after this long"
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...", help="the command, after --")
 
     p = add("runs", cmd_runs, "list runs")

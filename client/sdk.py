@@ -61,9 +61,6 @@ TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 RECONNECT_WINDOW = 60.0
 _BACKOFF_MIN = 0.1
 _BACKOFF_MAX = 2.0
-# The channel retries a lost connection on its own schedule; capped here so a stream
-# resumes within seconds of a scheduler restart rather than gRPC's default two minutes.
-_CHANNEL_OPTIONS = [*grpcopts.CLIENT_CHANNEL_OPTIONS, ("grpc.max_reconnect_backoff_ms", 5_000)]
 # A first stream that fails sooner than this, having received nothing, never connected:
 # the address is wrong or the scheduler is down, and the user should hear so at once.
 _CONNECTED_AFTER = 1.0
@@ -371,9 +368,9 @@ class Run:
         """
         return self._client.wait(self._id, timeout=timeout)
 
-    def logs(self, follow: bool = False) -> Iterator[str]:
+    def logs(self, follow: bool = False, timeout: float | None = None) -> Iterator[str]:
         """The run's log lines. See `Client.logs`."""
-        return self._client.logs(self._id, follow=follow)
+        return self._client.logs(self._id, follow=follow, timeout=timeout)
 
     def cancel(self, *, grace: float | timedelta | None = None) -> RunStatus:
         """Ask the scheduler to stop the run; returns at once. See `Client.cancel`."""
@@ -387,6 +384,15 @@ class Run:
 
     def __hash__(self) -> int:
         return hash(self._id)
+
+
+def _timing_out(items: Generator[T, None, None], message: str) -> Generator[T, None, None]:
+    """`items`, whose deadline (DeadlineExceeded) becomes TimeoutError(message)."""
+    with contextlib.closing(items):
+        try:
+            yield from items
+        except DeadlineExceeded:
+            raise TimeoutError(message) from None
 
 
 # --- Client ---------------------------------------------------------------------------
@@ -423,7 +429,7 @@ class Client:
         self.address = self._settings.address
         self.timeout = float(timeout)
         self._metadata = auth.metadata(self._settings.token)
-        self._channel = grpc.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
+        self._channel = grpc.insecure_channel(self.address, options=grpcopts.CLIENT_CHANNEL_OPTIONS)
         self._stub = scheduler_pb2_grpc.SchedulerStub(self._channel)
 
     # -- plumbing
@@ -767,6 +773,7 @@ class Client:
         follow: bool = False,
         attempt: int | None = None,
         rank: int | None = None,
+        timeout: float | None = None,
     ) -> Iterator[types_pb2.LogLine]:
         """A run's log lines with their rank, stream, attempt and time.
 
@@ -778,18 +785,24 @@ class Client:
             follow: Keep waiting for new lines until the run has finished.
             attempt: Only this attempt number (1, 2, ...); None for every attempt.
             rank: Only this global rank (-1 for the agent's own lines); None for all.
+            timeout: Seconds for the whole iteration, reconnects included; None for no
+                limit. See `logs`.
 
         Returns:
             An iterator of `gridlab.v1.LogLine` messages.
 
         Raises:
             NotFound: No such run, or another user's (raised while iterating).
+            TimeoutError: The lines had not ended after `timeout` seconds (raised while
+                iterating); the message names the run.
         """
         _check("run_id", run_id, str, "a string")
         if attempt is not None:
             _check("attempt", attempt, int, "an int or None")
         if rank is not None:
             _check("rank", rank, int, "an int or None")
+        if timeout is not None:
+            _check("timeout", timeout, (int, float), "a number of seconds or None")
 
         def open_stream(after: int, timeout: float | None) -> Any:
             request = scheduler_pb2.StreamLogsRequest(
@@ -802,9 +815,15 @@ class Client:
             )
             return self._stub.StreamLogs(request, timeout=timeout, metadata=self._metadata)
 
-        return self._resumable(open_stream, lambda response: response.lines, lambda line: line.cursor)
+        if timeout is None:
+            return self._resumable(open_stream, lambda response: response.lines, lambda line: line.cursor)
+        deadline = time.monotonic() + timeout
+        lines = self._resumable(
+            open_stream, lambda response: response.lines, lambda line: line.cursor, deadline=deadline
+        )
+        return _timing_out(lines, f"run {run_id} was still sending logs after {timeout:g}s")
 
-    def logs(self, run_id: str, *, follow: bool = False) -> Iterator[str]:
+    def logs(self, run_id: str, *, follow: bool = False, timeout: float | None = None) -> Iterator[str]:
         """What a run's ranks printed (stdout and stderr), every line once and in order.
 
         The agent's own notes about an attempt ("rank 0 exited with 3") are left out:
@@ -819,6 +838,9 @@ class Client:
         Args:
             run_id: The run's id.
             follow: Keep waiting for new lines until the run has finished.
+            timeout: Seconds the whole iteration may take, counted from this call and
+                reconnects included; None (the default) for no limit, so that with
+                `follow` the iterator lasts as long as the run.
 
         Returns:
             An iterator of lines, without their newline.
@@ -826,8 +848,10 @@ class Client:
         Raises:
             NotFound: No such run, or another user's (raised while iterating).
             Unavailable: The scheduler could not be reached, or stayed unreachable.
+            TimeoutError: The lines had not ended after `timeout` seconds (raised while
+                iterating); the message names the run, which keeps running.
         """
-        lines = self.log_lines(run_id, follow=follow)
+        lines = self.log_lines(run_id, follow=follow, timeout=timeout)
         return (line.text for line in lines if line.stream != types_pb2.LOG_STREAM_SYSTEM)
 
     # -- cluster

@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 from gridlab.client import Client, FailedPrecondition, NotFound, Run, RunStatus, Unauthenticated, Unavailable, cli
-from gridlab.common import timeutil
+from gridlab.common import grpcopts, timeutil
 from gridlab.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2
 
 TOKEN = "glt_good"
@@ -41,6 +41,7 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServicer):
         self.events: list[types_pb2.RunEvent] = []
         self.break_after: dict[str, int] = {}  # method -> items to send before UNAVAILABLE, once
         self.hold_open = False  # keep WatchRuns open after the last event
+        self.logs_hold_open = False  # keep StreamLogs(follow) open after the last line
 
     def _enter(self, name: str, request: Any, context: grpc.ServicerContext) -> None:
         metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
@@ -112,6 +113,8 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServicer):
                 self._maybe_break("StreamLogs", sent, context)
                 yield scheduler_pb2.StreamLogsResponse(lines=[line])
                 sent += 1
+        while request.follow and self.logs_hold_open and context.is_active():
+            time.sleep(0.01)
 
     def ListAgents(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._enter("ListAgents", request, context)
@@ -267,6 +270,57 @@ def test_logs_leave_out_the_agents_own_lines(
     assert captured.err == "gridlab: rank 0 exited with 3\n"
 
 
+def test_following_logs_stops_at_the_timeout_naming_the_run(fake: tuple[FakeScheduler, str], client: Client) -> None:
+    servicer, _ = fake
+    servicer.runs["run-1"] = make_run("run-1", types_pb2.RUN_STATE_RUNNING)
+    servicer.logs_hold_open = True  # a run that never ends
+    for follow in (
+        lambda: client.logs("run-1", follow=True, timeout=0.3),
+        lambda: Run(client, "run-1").logs(True, 0.3),
+    ):
+        lines: list[str] = []
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="run run-1 was still sending logs after 0.3s"):
+            lines.extend(follow())
+        assert time.monotonic() - started < 3
+        assert lines == [f"line {i}" for i in range(1, 6)]
+    assert servicer.requests("StreamLogs")[-1].follow
+
+
+def test_client_channel_has_keepalive(env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Idle WatchRuns/StreamLogs streams send nothing: without pings, a scheduler host that
+    dies without a TCP reset leaves wait() and logs(follow=True) blocked forever."""
+    from gridlab.client import sdk
+
+    seen: list[dict[str, Any]] = []
+    real = grpc.insecure_channel
+    monkeypatch.setattr(
+        sdk.grpc, "insecure_channel", lambda target, options: seen.append(dict(options)) or real(target)
+    )
+    with Client("h:1", "t"):
+        pass
+    options = seen[0]
+    assert options["grpc.keepalive_time_ms"] == 30_000
+    assert options["grpc.keepalive_timeout_ms"] == 10_000
+    assert options["grpc.keepalive_permit_without_calls"] == 0
+    assert options["grpc.http2.max_pings_without_data"] == 0
+    assert options["grpc.max_reconnect_backoff_ms"] == 5_000
+    assert options == dict(grpcopts.CLIENT_CHANNEL_OPTIONS)
+
+
+def test_server_allows_every_channels_keepalive_pings() -> None:
+    """The server must take pings as often as any channel sends them, or it ends the
+    connection with GOAWAY too_many_pings. gRPC ignores option names it does not know, so
+    the name is checked too: 'grpc.http2.min_recv_ping_interval_without_data_ms' (the C
+    macro's wording) is silently ignored, leaving gRPC's five-minute default."""
+    server = dict(grpcopts.SERVER_OPTIONS)
+    assert "grpc.http2.min_recv_ping_interval_without_data_ms" not in server
+    interval = server["grpc.http2.min_ping_interval_without_data_ms"]
+    assert interval == 20_000
+    for channel in (grpcopts.CLIENT_CHANNEL_OPTIONS, grpcopts.AGENT_CHANNEL_OPTIONS):
+        assert interval < dict(channel)["grpc.keepalive_time_ms"]
+
+
 def test_unreachable_scheduler_fails_fast_with_its_address(env: None) -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
@@ -368,6 +422,31 @@ def test_cli_submit_follow_exit_code(fake: tuple[FakeScheduler, str], capsys: py
     assert out[0] == "run-1"
     assert out[1:6] == [f"line {i}" for i in range(1, 6)]
     assert out[-1] == "run-1 FAILED (exit code 2): rank 0 exited 2"
+
+
+def test_cli_submit_follow_timeout_bounds_the_logs(
+    fake: tuple[FakeScheduler, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--timeout counts from the start, while the logs are followed too: a run that never
+    ends must not hang `schedctl submit --follow --timeout N`."""
+    servicer, _ = fake
+    servicer.logs_hold_open = True
+    codes: list[int] = []
+    thread = threading.Thread(
+        target=lambda: codes.append(schedctl(fake, "submit", "--follow", "--timeout", "0.5", "--", "sleep", "inf")),
+        daemon=True,
+    )
+    started = time.monotonic()
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "schedctl submit --follow --timeout 0.5 did not return"
+    assert time.monotonic() - started < 5
+    assert codes == [1]
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == ["run-1", *(f"line {i}" for i in range(1, 6))]
+    assert captured.err == (
+        "error: run run-1 is still QUEUED after 0.5s; it keeps running (stop it with `schedctl cancel run-1`)\n"
+    )
 
 
 def test_cli_tables_and_json(fake: tuple[FakeScheduler, str], capsys: pytest.CaptureFixture[str]) -> None:
