@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
 
 import psutil
@@ -9,9 +11,15 @@ import pytest
 
 from gridlab.client.localcluster import LocalCluster
 
+# Daemons started by this test session inherit this marker and pass it on to the ranks
+# they start, so the leak check below sees this session's workers only, not those of
+# another test run on the same machine.
+SESSION_MARK = "GRIDLAB_TEST_SESSION"
+os.environ[SESSION_MARK] = uuid.uuid4().hex
+
 
 def gridlab_processes(run_id: str | None = None) -> list[psutil.Process]:
-    """Worker processes started by an agent (optionally of one run), found by environment."""
+    """This session's worker processes (optionally of one run), found by environment."""
     found = []
     for proc in psutil.process_iter(["pid"]):
         try:
@@ -19,6 +27,8 @@ def gridlab_processes(run_id: str | None = None) -> list[psutil.Process]:
         except (psutil.Error, OSError):
             continue
         rid = env.get("GRIDLAB_RUN_ID")
+        if env.get(SESSION_MARK) != os.environ[SESSION_MARK]:
+            continue
         if rid and (run_id is None or rid == run_id):
             found.append(proc)
     return found
