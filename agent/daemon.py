@@ -30,6 +30,7 @@ from gridlab import __version__
 from gridlab.agent.inventory import InventoryCollector
 from gridlab.agent.launcher import Attempt, LaunchSettings
 from gridlab.agent.logship import LogShipper, status_code
+from gridlab.agent.reaper import reap_orphans
 from gridlab.common import auth
 from gridlab.common.config import AgentConfig
 from gridlab.common.grpcopts import AGENT_CHANNEL_OPTIONS
@@ -149,8 +150,10 @@ class Agent:
             log.info("stopping attempts", count=len(live), grace=self.config.grace_period)
         for attempt in live:
             attempt.cancel(types_pb2.ATTEMPT_STATE_PREEMPTED, reason="agent shutting down")
-        if self._tasks:
-            await asyncio.wait(list(self._tasks.values()))
+        # Not one snapshot: an assignment arriving meanwhile is preempted at once, and its
+        # task must end (reporting PREEMPTED) before the stream is closed too.
+        while pending := [task for task in self._tasks.values() if not task.done()]:
+            await asyncio.wait(pending)
         outbox, call = self._outbox, self._call
         if outbox is not None and call is not None:  # let the last updates out, then say bye
             with contextlib.suppress(Exception):
@@ -210,6 +213,7 @@ class Agent:
                 inventory=inventory,
                 attempts=[a.status() for a in self.attempts.values()],
                 version=self.version,
+                draining=self._stopping,
             )
             await call.write(agent_pb2.AgentMessage(hello=hello))
             first = await asyncio.wait_for(call.read(), WELCOME_TIMEOUT)
@@ -260,6 +264,7 @@ class Agent:
     async def _heartbeat_loop(self, outbox: asyncio.Queue[agent_pb2.AgentMessage], interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
+            reap_orphans()  # orphans that re-parented to the agent and exited by themselves
             inventory = await asyncio.to_thread(self.inventory.collect)
             outbox.put_nowait(self._heartbeat(inventory))
 
@@ -324,9 +329,11 @@ class Agent:
         if attempt.done:  # already over: repeat how it ended, so the scheduler can release it
             self.on_update(attempt.status())
             return
-        grace = from_duration(order.grace) if order.HasField("grace") else 0.0
-        log.info("cancelling attempt", attempt=order.attempt_id, reason=order.reason)
-        attempt.cancel(order.final_state, grace if grace > 0 else None, order.reason)
+        # A grace that is set is meant as is (0: SIGKILL now, as `cancel --grace 0` asks);
+        # only an unset one means the agent's configured grace period.
+        grace = max(0.0, from_duration(order.grace)) if order.HasField("grace") else None
+        log.info("cancelling attempt", attempt=order.attempt_id, reason=order.reason, grace=grace)
+        attempt.cancel(order.final_state, grace, order.reason)
 
     def _release(self, attempt_id: str) -> None:
         attempt = self.attempts.pop(attempt_id, None)

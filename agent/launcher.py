@@ -35,6 +35,7 @@ import structlog
 
 from gridlab.agent.logship import MAX_LINE_BYTES, SYSTEM_RANK, AttemptLog, pump_lines
 from gridlab.agent.metrics import MetricsTail
+from gridlab.agent.reaper import asyncio_children, kill_attempt_processes
 from gridlab.common.timeutil import ts
 from gridlab.v1 import agent_pb2, types_pb2
 
@@ -212,9 +213,18 @@ class _ExitProtocol(asyncio.subprocess.SubprocessStreamProtocol):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(limit=MAX_LINE_BYTES, loop=loop)
         self.exited: asyncio.Future[None] = loop.create_future()
+        self._pid: int | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if isinstance(transport, asyncio.SubprocessTransport):
+            self._pid = transport.get_pid()
+            asyncio_children.add(self._pid)  # the reaper must leave this pid to asyncio
 
     def process_exited(self) -> None:
         super().process_exited()
+        if self._pid is not None:  # asyncio has collected its exit status by now
+            asyncio_children.discard(self._pid)
         if not self.exited.done():
             self.exited.set_result(None)
 
@@ -284,6 +294,7 @@ class Attempt:
         self._kill_timer: asyncio.TimerHandle | None = None
         self._done = asyncio.Event()
         self._metrics: MetricsTail | None = None
+        self._metrics_warned = False
         self._status = agent_pb2.AttemptStatus(
             attempt_id=self.attempt_id,
             run_id=self.run_id,
@@ -307,10 +318,21 @@ class Attempt:
         out = agent_pb2.AttemptStatus()
         out.CopyFrom(self._status)
         if self._metrics is not None:
-            self._metrics.poll()
-            out.last_step = self._metrics.last_step
-            if self._metrics.last_step_time is not None:
-                out.last_step_time.CopyFrom(ts(self._metrics.last_step_time))
+            # Heartbeats, every Hello and every update come through here: nothing in the
+            # user's metrics file may make it raise (MetricsTail validates; this is the
+            # backstop), or the agent could not report anything at all.
+            try:
+                self._metrics.poll()
+                step, when = self._metrics.last_step, self._metrics.last_step_time
+                progress = agent_pb2.AttemptStatus(last_step=step)
+                if when is not None:
+                    progress.last_step_time.CopyFrom(ts(when))
+            except Exception as exc:
+                if not self._metrics_warned:
+                    self._metrics_warned = True
+                    log.warning("metrics file progress not reportable", error=f"{type(exc).__name__}: {exc}")
+            else:
+                out.MergeFrom(progress)
         return out
 
     def pids(self) -> list[int]:
@@ -356,6 +378,8 @@ class Attempt:
                 await self._start_and_wait()
             except asyncio.CancelledError:
                 self._signal_all(signal.SIGKILL)
+                if self._ranks:  # no time to wait here: kill, and reap what is already dead
+                    kill_attempt_processes(self.attempt_id, reap_timeout=0.2)
                 raise
             except Exception as exc:  # a bug or an OS error in the agent itself
                 log.exception("attempt failed inside the agent")
@@ -453,12 +477,18 @@ class Attempt:
                         self._stop(self.settings.grace_period)
 
     async def _finish_pipes(self) -> None:
-        """Kill whatever is left of the process groups (a rank's stray children), then
-        read the pipes to EOF, within a bound (a child that left the group may hold them)."""
+        """Kill whatever is left of the attempt: the process groups, then every process
+        carrying the attempt's id (a stray that left the group or was re-parented), and
+        read the pipes to EOF, within a bound (a process we could not kill may hold them)."""
         self._signal_all(signal.SIGKILL)
         alive = [r.exited for r in self._ranks if not r.exited.done()]
         if alive:  # only after an error inside the agent
             await asyncio.wait(alive, timeout=self.settings.pipe_eof_timeout)
+        if self._ranks:
+            try:
+                await asyncio.to_thread(kill_attempt_processes, self.attempt_id)
+            except Exception:  # best effort: never let it cost the attempt its report
+                log.exception("could not sweep the attempt's leftover processes")
         readers = [t for r in self._ranks for t in r.readers]
         if not readers:
             return

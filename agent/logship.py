@@ -3,7 +3,8 @@
 Each (attempt, rank) numbers its lines from 1 without gaps, stdout and stderr sharing one
 counter, so the scheduler can drop duplicates and a client sees every line once, in
 order. Shipping is at-least-once: a batch leaves the queue only when PushLogs returned
-OK, and a failed batch is resent as is.
+OK, and a failed batch is resent as is; except that ABORTED (the attempt is not ours)
+drops the attempt's lines and INVALID_ARGUMENT (a malformed batch) drops that batch.
 
     rank pipes --LineSplitter--> AttemptLog.line() --LogShipper.add()--> PushLogs
 """
@@ -235,10 +236,22 @@ class LogShipper:
             except asyncio.CancelledError:
                 self._requeue(q)
                 raise
-            except Exception as exc:  # any failure means: resend later
-                if status_code(exc) == grpc.StatusCode.ABORTED:
+            except Exception as exc:  # any other failure means: resend later
+                code = status_code(exc)
+                if code == grpc.StatusCode.ABORTED:
                     log.warning("scheduler refused logs: attempt not ours", attempt=attempt_id)
                     self.drop(attempt_id)
+                    continue
+                if code == grpc.StatusCode.INVALID_ARGUMENT:
+                    # Resending the same batch would be refused forever, holding up the
+                    # attempt's later lines and its drain: give up on this batch only.
+                    log.warning(
+                        "scheduler refused a log batch as malformed; dropping it",
+                        attempt=attempt_id,
+                        lines=len(batch),
+                        error=_describe(exc),
+                    )
+                    self._settle(attempt_id, q)
                     continue
                 self._requeue(q)
                 log.info("log push failed, will retry", error=_describe(exc), retry_in=delay)
@@ -249,12 +262,16 @@ class LogShipper:
                 delay = min(delay * 2, self.retry_max)
                 continue
             delay = self.retry_min
-            if self._queues.get(attempt_id) is q:  # not dropped while in flight
-                self._pending_bytes -= sum(size for _, size in q.in_flight)
-                if not q.lines:
-                    del self._queues[attempt_id]
-            q.in_flight.clear()
-            self._notify()
+            self._settle(attempt_id, q)
+
+    def _settle(self, attempt_id: str, q: _Queue) -> None:
+        """The batch in flight is done with (acknowledged, or refused for good)."""
+        if self._queues.get(attempt_id) is q:  # not dropped while in flight
+            self._pending_bytes -= sum(size for _, size in q.in_flight)
+            if not q.lines:
+                del self._queues[attempt_id]
+        q.in_flight.clear()
+        self._notify()
 
     def _take_batch(self) -> tuple[str, _Queue] | None:
         for attempt_id in list(self._queues):

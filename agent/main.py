@@ -18,6 +18,7 @@ import structlog
 from gridlab import __version__
 from gridlab.agent.daemon import Agent
 from gridlab.agent.inventory import InventoryCollector
+from gridlab.agent.reaper import become_subreaper
 from gridlab.common import auth, logs
 from gridlab.common.config import AgentConfig, ConfigError, load
 
@@ -124,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError, OSError) as exc:
         print(f"gridlab-agent: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    # Orphans of the ranks re-parent to the agent, which kills and reaps them (reaper.py).
+    become_subreaper()
     return asyncio.run(serve(agent))
 
 

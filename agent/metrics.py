@@ -3,14 +3,40 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeGuard
+
+MAX_STEP = 2**63 - 1  # AttemptStatus.last_step is an int64
+# What a protobuf Timestamp can hold: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
+MIN_TIME = -62_135_596_800
+MAX_TIME = 253_402_300_799
+
+
+def valid_step(value: object) -> TypeGuard[int]:
+    """An integer step an int64 holds, not negative (JSON true is not a step)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_STEP
+
+
+def valid_time(value: object) -> bool:
+    """Seconds since the epoch, finite and within a protobuf Timestamp's range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    return MIN_TIME <= value <= MAX_TIME
 
 
 class MetricsTail:
     """Follows a JSON-lines file that ranks append to, reading only what is new, and
-    remembers the highest `step` seen (with the line's `time`, else when it was read)."""
+    remembers the highest `step` seen (with the line's `time`, else when it was read).
+
+    The file is the user's: a step that is not an integer in [0, 2**63) is ignored, and a
+    `time` that is not finite seconds within a protobuf Timestamp's range (milliseconds,
+    NaN, ...) is replaced by the time the line was read, so nothing written there can
+    make the agent's status unreportable."""
 
     MAX_READ = 4 * 1024 * 1024  # per poll, so a huge file cannot stall a heartbeat
 
@@ -37,11 +63,10 @@ class MetricsTail:
         for raw in lines:
             try:
                 record = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
                 continue
             step = record.get("step") if isinstance(record, dict) else None
-            if isinstance(step, int) and not isinstance(step, bool) and step >= self.last_step:
+            if valid_step(step) and step >= self.last_step:
                 self.last_step = step
                 when = record.get("time")
-                ok = isinstance(when, (int, float)) and not isinstance(when, bool)
-                self.last_step_time = float(when) if ok else self._clock()
+                self.last_step_time = float(when) if valid_time(when) else self._clock()

@@ -404,3 +404,114 @@ def test_agent_process_sigterm_and_kill_9(tmp_path: Path) -> None:
         await server.stop(None)
 
     arun(go(), timeout=40)
+
+
+STUBBORN = (
+    "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(60)\n"
+)
+
+
+class _Held:
+    """Stands for an Attempt: records the cancel orders it gets."""
+
+    done = False
+
+    def __init__(self) -> None:
+        self.orders: list[tuple[int, float | None, str]] = []
+
+    def cancel(self, final_state: int, grace: float | None, reason: str) -> None:
+        self.orders.append((final_state, grace, reason))
+
+
+def test_cancel_grace_zero_means_now_and_unset_means_configured(tmp_path: Path) -> None:
+    agent = make_agent(tmp_path, 1, grace=30)
+    held = _Held()
+    agent.attempts["g1"] = held  # type: ignore[assignment]
+    agent.handle(agent_pb2.SchedulerMessage(cancel=agent_pb2.CancelAttempt(attempt_id="g1", grace=duration(0))))
+    agent.handle(agent_pb2.SchedulerMessage(cancel=agent_pb2.CancelAttempt(attempt_id="g1", grace=duration(1.5))))
+    agent.handle(agent_pb2.SchedulerMessage(cancel=agent_pb2.CancelAttempt(attempt_id="g1")))
+    assert [grace for _, grace, _ in held.orders] == [0.0, 1.5, None]
+
+
+def test_cancel_with_grace_zero_kills_at_once(tmp_path: Path) -> None:
+    async def go() -> None:
+        gw = FakeGateway()
+        server, port = await start_server(gw)
+        agent = make_agent(tmp_path, port, grace=30)
+        run = asyncio.create_task(agent.run())
+        gw.send(assign=assignment("z1", STUBBORN))
+        await until(lambda: "ready" in gw.texts("z1"), what="ready")
+        start = time.monotonic()
+        gw.send(cancel=agent_pb2.CancelAttempt(attempt_id="z1", grace=duration(0)))
+        await until(lambda: S.ATTEMPT_STATE_CANCELLED in gw.updates("z1"), what="CANCELLED")
+        assert time.monotonic() - start < 5  # SIGKILL at once, not after the agent's 30 s
+        agent.request_stop()
+        assert await run == EXIT_OK
+        await server.stop(None)
+
+    arun(go())
+
+
+def test_hello_after_reconnect_while_stopping_says_draining(tmp_path: Path) -> None:
+    async def go() -> None:
+        gw = FakeGateway()
+        server, port = await start_server(gw)
+        agent = make_agent(tmp_path, port, grace=2)
+        run = asyncio.create_task(agent.run())
+        gw.send(assign=assignment("d1", STUBBORN))
+        await until(lambda: "ready" in gw.texts("d1"), what="ready")
+        assert gw.hellos[0].draining is False
+        agent.request_stop()  # the rank ignores SIGTERM: the agent drains for 2 s
+        await until(lambda: any(hb.draining for hb in gw.heartbeats()), what="draining heartbeat")
+        await server.stop(None)
+        gw2 = FakeGateway()
+        server2, _ = await start_server(gw2, port)
+        await until(lambda: gw2.hellos, what="hello after reconnect")
+        assert gw2.hellos[0].draining is True
+        assert [a.attempt_id for a in gw2.hellos[0].attempts] == ["d1"]
+        assert await run == EXIT_OK
+        await server2.stop(None)
+
+    arun(go())
+
+
+def test_shutdown_waits_for_attempts_assigned_while_stopping(tmp_path: Path) -> None:
+    async def go() -> None:
+        gw = FakeGateway()
+        server, port = await start_server(gw)
+        agent = make_agent(tmp_path, port, grace=1)
+        drain = agent.drain_logs
+
+        async def slow_drain(attempt_id: str) -> None:  # "late" ends after "first"
+            if attempt_id == "late":
+                await asyncio.sleep(2)
+            await drain(attempt_id)
+
+        agent.drain_logs = slow_drain  # type: ignore[method-assign]
+        run = asyncio.create_task(agent.run())
+        gw.send(assign=assignment("first", STUBBORN))
+        await until(lambda: "ready" in gw.texts("first"), what="ready")
+        agent.request_stop()  # "first" takes its 1 s grace
+        await until(lambda: agent._stopping, what="stopping")
+        gw.send(assign=assignment("late", "print('never')"))  # preempted at once, ends in 2 s
+        assert await asyncio.wait_for(run, 10) == EXIT_OK
+        assert gw.updates("first")[-1] == S.ATTEMPT_STATE_PREEMPTED
+        assert gw.updates("late")[-1] == S.ATTEMPT_STATE_PREEMPTED  # awaited, reported, then bye
+        await server.stop(None)
+
+    arun(go())
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_cli_makes_the_agent_a_subreaper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    async def serve(agent: Agent) -> int:
+        calls.append("serve")
+        return 0
+
+    monkeypatch.setenv("GRIDLAB_AGENT_TOKEN", "t")
+    monkeypatch.setattr(agent_main, "become_subreaper", lambda: calls.append("subreaper") or True)
+    monkeypatch.setattr(agent_main, "serve", serve)
+    assert agent_main.main(["--state-dir", str(tmp_path), "--scheduler", "127.0.0.1:1"]) == 0
+    assert calls == ["subreaper", "serve"]

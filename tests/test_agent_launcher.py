@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Coroutine
@@ -16,6 +17,9 @@ import psutil
 import pytest
 
 from gridlab.agent.launcher import Attempt, AttemptDirs, LaunchSettings, exit_description
+from gridlab.agent.metrics import MetricsTail
+from gridlab.agent.reaper import attempt_processes
+from gridlab.common.timeutil import ts
 from gridlab.v1 import agent_pb2, types_pb2
 
 T = TypeVar("T")
@@ -365,3 +369,157 @@ def test_zero_procs_means_one(tmp_path: Path, procs: int) -> None:
     attempt, rec = make(tmp_path, [PY, "-c", PRINT_ENV], procs=procs)
     arun(attempt.run())
     assert list(envs(rec)) == ["0"]
+
+
+# -- a bad metrics file cannot break status() ---------------------------------------------
+
+BAD_METRICS_LINES = {
+    "time in ms": '{"step": 1, "time": 1700000000000}',
+    "time NaN": '{"step": 1, "time": NaN}',
+    "time Infinity": '{"step": 1, "time": -Infinity}',
+    "time 1e400": '{"step": 1, "time": 1e400}',
+    "time huge int": '{"step": 1, "time": 1' + "0" * 400 + "}",
+    "time before year 1": '{"step": 1, "time": -62135596801}',
+    "step 2**63": '{"step": 9223372036854775808, "time": 5}',
+    "step negative": '{"step": -3, "time": 5}',
+    "step float": '{"step": 2.0, "time": 5}',
+    "step true": '{"step": true, "time": 5}',
+    "nested too deep": "[" * 100_000,
+}
+
+
+@pytest.mark.parametrize("line", list(BAD_METRICS_LINES.values()), ids=list(BAD_METRICS_LINES))
+def test_metrics_tail_ignores_what_protobuf_cannot_hold(tmp_path: Path, line: str) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(line + "\n")
+    tail = MetricsTail(path, clock=lambda: 42.0)
+    tail.poll()
+    if '"step": 1,' in line:  # a good step with a bad time: the time it was read
+        assert (tail.last_step, tail.last_step_time) == (1, 42.0)
+    else:
+        assert (tail.last_step, tail.last_step_time) == (0, None)
+    status = agent_pb2.AttemptStatus(last_step=tail.last_step)
+    if tail.last_step_time is not None:
+        status.last_step_time.CopyFrom(ts(tail.last_step_time))
+
+
+def test_metrics_tail_keeps_good_steps_and_times_at_the_edges(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    lines = [{"step": 3, "time": -62135596800}, {"step": 2**63 - 1, "time": 253402300799}]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    tail = MetricsTail(path, clock=lambda: 42.0)
+    tail.poll()
+    assert (tail.last_step, tail.last_step_time) == (2**63 - 1, 253402300799.0)
+    status = agent_pb2.AttemptStatus(last_step=tail.last_step)
+    status.last_step_time.CopyFrom(ts(tail.last_step_time))
+    assert status.last_step_time.seconds >= 253402300798
+
+
+@pytest.mark.parametrize("line", list(BAD_METRICS_LINES.values()), ids=list(BAD_METRICS_LINES))
+def test_bad_metrics_line_does_not_break_status(tmp_path: Path, line: str) -> None:
+    script = f"import os\nopen(os.environ['GRIDLAB_METRICS_FILE'], 'a').write({line + chr(10)!r})\n"
+    attempt, rec = make(tmp_path, [PY, "-c", script])
+    status = arun(attempt.run())
+    assert status.state == S.ATTEMPT_STATE_SUCCEEDED
+    assert attempt.status().last_step in (0, 1)
+    if status.last_step == 1:
+        assert abs(status.last_step_time.seconds - time.time()) < 60  # when it was read
+
+
+def test_status_survives_any_error_from_the_metrics_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: MetricsTail) -> None:
+        raise ValueError("boom")
+
+    monkeypatch.setattr(MetricsTail, "poll", broken)
+    attempt, rec = make(tmp_path, [PY, "-c", "pass"])
+    status = arun(attempt.run())
+    assert status.state == S.ATTEMPT_STATE_SUCCEEDED
+    assert states(rec) == ["PREPARING", "RUNNING", "SUCCEEDED"]
+    assert status.last_step == 0
+
+
+# -- no process of the attempt survives it, wherever it went --------------------------------
+
+
+def attempt_procs(attempt_id: str) -> list[psutil.Process]:
+    return [p for p in attempt_processes(attempt_id) if p.pid != os.getpid()]
+
+
+ESCAPE = (
+    "import subprocess, sys\n"
+    "p = subprocess.Popen(['sleep', '123'], start_new_session=True)\n"
+    "print(p.pid, flush=True)\n"
+    "{then}\n"
+)
+
+
+@pytest.mark.parametrize("how", ["succeeded", "failed", "cancelled"])
+def test_stray_that_left_the_session_is_killed_when_the_attempt_ends(tmp_path: Path, how: str) -> None:
+    then = {"succeeded": "", "failed": "sys.exit(4)", "cancelled": "import time; time.sleep(60)"}[how]
+    attempt_id = f"stray-{how}"
+
+    async def go() -> agent_pb2.AttemptStatus:
+        attempt, rec = make(tmp_path, [PY, "-c", ESCAPE.format(then=then)], attempt_id=attempt_id)
+        task = asyncio.create_task(attempt.run())
+        while not rec.texts(types_pb2.LOG_STREAM_STDOUT):
+            await asyncio.sleep(0.01)
+        if how == "cancelled":
+            attempt.cancel(grace=0)
+        return await task
+
+    start = time.monotonic()
+    status = arun(go())
+    assert time.monotonic() - start < 4  # the stray held stdout; killed, not waited out
+    expected = {"succeeded": S.ATTEMPT_STATE_SUCCEEDED, "failed": S.ATTEMPT_STATE_FAILED}
+    assert status.state == expected.get(how, S.ATTEMPT_STATE_CANCELLED)
+    assert attempt_procs(attempt_id) == []
+
+
+SUBREAPER_AGENT = """\
+import asyncio, ctypes, json, os, sys, psutil
+from pathlib import Path
+from gridlab.agent.launcher import Attempt, LaunchSettings
+from gridlab.agent.reaper import attempt_processes, become_subreaper
+from gridlab.v1 import agent_pb2, types_pb2
+
+class Sink:
+    def on_log(self, line): pass
+    def on_update(self, status): pass
+    async def drain_logs(self, attempt_id): pass
+
+async def main():
+    out = {"subreaper": become_subreaper()}
+    value = ctypes.c_int(0)
+    ctypes.CDLL(None).prctl(37, ctypes.byref(value), 0, 0, 0)  # PR_GET_CHILD_SUBREAPER
+    out["prctl"] = value.value
+    settings = LaunchSettings(state_dir=Path(sys.argv[1]), grace_period=5)
+    for attempt_id, code in (("sr-ok", 0), ("sr-fail", 3)):
+        script = ("import subprocess, sys\\n"
+                  "subprocess.Popen(['sleep', '123'], start_new_session=True)\\n"
+                  "subprocess.Popen(['sh', '-c', 'sleep 124 &'])\\n"  # an orphan at once
+                  f"sys.exit({code})\\n")
+        a = agent_pb2.Assignment(attempt_id=attempt_id, run_id="run-sr", procs_per_node=1,
+                                 spec=types_pb2.RunSpec(command=[sys.executable, "-c", script]))
+        status = await Attempt(a, settings, Sink()).run()
+        out[attempt_id] = [status.state, status.exit_code, len(attempt_processes(attempt_id))]
+    out["zombies"] = [c.pid for c in psutil.Process().children() if c.status() == psutil.STATUS_ZOMBIE]
+    out["children"] = len(psutil.Process().children())
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def test_as_subreaper_orphans_are_killed_and_reaped(tmp_path: Path) -> None:
+    """In a process of its own (as the agent is): orphans re-parent to it, are killed by
+    attempt id and reaped, while the ranks' exit codes still come from asyncio."""
+    out = subprocess.run(
+        [PY, "-c", SUBREAPER_AGENT, str(tmp_path)], capture_output=True, text=True, timeout=30, check=True
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["subreaper"] is True
+    assert result["prctl"] == 1
+    assert result["sr-ok"] == [S.ATTEMPT_STATE_SUCCEEDED, 0, 0]
+    assert result["sr-fail"] == [S.ATTEMPT_STATE_FAILED, 3, 0]  # not 255: asyncio reaped its rank
+    assert result["zombies"] == []
+    assert result["children"] == 0

@@ -186,3 +186,27 @@ def test_shipper_sheds_oldest_when_buffer_full(cap: int) -> None:
         return shipper.pending("a")
 
     assert 0 < arun(go()) < 200
+
+
+def test_invalid_argument_drops_that_batch_only() -> None:
+    async def go() -> tuple[list[list[str]], bool, int]:
+        calls: list[list[str]] = []
+
+        async def push(lines: list[types_pb2.LogLine]) -> None:
+            calls.append([x.text for x in lines])
+            if any(x.text == "bad" for x in lines):
+                raise _Rpc(grpc.StatusCode.INVALID_ARGUMENT)
+
+        shipper = LogShipper(push, max_batch_lines=2, retry_min=0.01)
+        task = asyncio.create_task(shipper.run())
+        log = AttemptLog("a1")
+        for text in ("ok1", "bad", "ok2", "ok3"):
+            shipper.add(_line(log, text))
+        acked = await shipper.wait_acked("a1", 2)
+        task.cancel()
+        return calls, acked, shipper.pending()
+
+    calls, acked, pending = arun(go())
+    assert acked  # the refused batch did not hold up the attempt's later lines
+    assert pending == 0
+    assert calls == [["ok1", "bad"], ["ok2", "ok3"]]  # refused once, never resent
