@@ -102,3 +102,16 @@ def test_committed_stubs_match_the_protos(tmp_path: Path) -> None:
         assert filecmp.cmp(tmp_path / "gridlab" / "v1" / name, committed / name, shallow=False), (
             f"proto/gridlab/v1/{name} differs from what the .proto files generate: run make proto"
         )
+
+
+def test_the_trainer_imports_torch_only() -> None:
+    """gridlab.trainer runs under plain python or torchrun: no grpc, no daemon code."""
+    code = (
+        "import sys, gridlab.trainer as t\n"
+        "t.Trainer, t.Module, t.ModelCheckpoint, t.CSVLogger\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] == 'grpc' or m.startswith(('gridlab.scheduler', "
+        "'gridlab.agent', 'gridlab.client', 'gridlab.common', 'gridlab.v1'))]\n"
+        "assert not bad, bad\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

@@ -1,0 +1,1139 @@
+"""The Trainer: one class, an explicit loop (after Lightning Fabric's build-your-own-trainer).
+
+Seams: a `Strategy` (device, backward, optimizer step, sampler, checkpoint IO) and a precision
+plugin owned by it. Nothing outside this file mutates the Trainer.
+
+RNG contract (parity with a plain loop): the training DataLoader's iterator, and so its shuffle
+permutation, is created at the start of each epoch, right after the `on_train_epoch_start` hooks,
+from the global RNG as it stands then. Nothing else in the trainer draws from the global RNG:
+every evaluation run inside `fit` (sanity check, validation) runs with the RNG state saved and
+restored, so adding or removing validation never changes the training trajectory.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import re
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import torch
+
+from .callbacks.base import Callback
+from .checkpoint import FORMAT_VERSION
+from .datamodule import DataModule
+from .errors import MisconfigurationError
+from .module import Module
+from .optim import LRSchedulerConfig, parse_optimizers
+from .precision import make_precision, normalize_precision
+from .results import Results
+from .seed import SEED_WORKERS_ENV, collect_rng_states, set_rng_states, worker_init_fn
+from .strategy import SingleDeviceStrategy, Strategy
+
+__all__ = ["LRSchedulerConfig", "Trainer", "TrainerState"]
+
+
+@dataclass
+class TrainerState:
+    stage: str | None = None  # "fit", "validate", "test", "predict", "sanity_check"
+    status: str = "initializing"  # "running", "finished", "interrupted", "failed"
+
+
+@dataclass
+class Progress:
+    """Lightning's counters: ready -> started -> processed -> completed."""
+
+    ready: int = 0
+    started: int = 0
+    processed: int = 0
+    completed: int = 0
+
+    def load(self, d: dict[str, int]) -> None:
+        self.ready, self.started, self.processed, self.completed = (
+            d["ready"],
+            d["started"],
+            d["processed"],
+            d["completed"],
+        )
+
+
+@dataclass
+class _FitProgress:
+    epoch: Progress = field(default_factory=Progress)
+    batch_total: Progress = field(default_factory=Progress)
+    batch_current: Progress = field(default_factory=Progress)  # within the current epoch
+
+
+class _WrappedOptimizer:
+    """What `Module.optimizers()` returns: `.step()` goes through the strategy and precision."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, trainer: Trainer) -> None:
+        self.optimizer = optimizer
+        self._trainer = trainer
+
+    def step(self, closure: Any = None) -> Any:
+        return self._trainer._optimizer_step(self.optimizer, closure)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self._trainer._call("on_before_zero_grad", self.optimizer)
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.optimizer, name)
+
+
+def _parse_max_time(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, dict):
+        return timedelta(**value).total_seconds()
+    if isinstance(value, str):
+        parts = value.split(":")
+        if len(parts) != 4 or not all(p.isdigit() for p in parts):
+            raise MisconfigurationError(f'max_time must look like "DD:HH:MM:SS", got {value!r}.')
+        d, h, m, s = map(int, parts)
+        return timedelta(days=d, hours=h, minutes=m, seconds=s).total_seconds()
+    raise MisconfigurationError(f"max_time must be a timedelta, a dict or 'DD:HH:MM:SS', got {type(value).__name__}.")
+
+
+def _limit(n: float, limit: int | float) -> float:
+    if isinstance(limit, bool):
+        raise MisconfigurationError("limit_*_batches must be an int (batches) or a float (fraction), not a bool.")
+    if isinstance(limit, int):
+        return min(n, limit)
+    if not 0.0 <= limit <= 1.0:
+        raise MisconfigurationError(f"A float limit_*_batches must be within [0, 1], got {limit}.")
+    return n if limit == 1.0 or n == math.inf else int(n * limit)
+
+
+def _len(loader: Any) -> float:
+    try:
+        return len(loader)
+    except TypeError:
+        return math.inf
+
+
+def _as_list(loaders: Any) -> list[Any]:
+    if loaders is None:
+        return []
+    return list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+
+
+def _infer_batch_size(batch: Any) -> int:
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0] if batch.dim() else 1
+    if isinstance(batch, dict):
+        batch = list(batch.values())
+    if isinstance(batch, (list, tuple)):
+        for b in batch:
+            n = _infer_batch_size(b)
+            if n:
+                return n
+    return 1
+
+
+class Trainer:
+    def __init__(
+        self,
+        *,
+        accelerator: str = "auto",
+        devices: int | str | list[int] = "auto",
+        precision: str | int = "32-true",
+        max_epochs: int | None = None,
+        min_epochs: int | None = None,
+        max_steps: int = -1,
+        max_time: Any = None,
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+        val_check_interval: int | float = 1.0,
+        check_val_every_n_epoch: int | None = 1,
+        limit_train_batches: int | float = 1.0,
+        limit_val_batches: int | float = 1.0,
+        limit_test_batches: int | float = 1.0,
+        limit_predict_batches: int | float = 1.0,
+        num_sanity_val_steps: int = 2,
+        fast_dev_run: bool | int = False,
+        overfit_batches: int | float = 0.0,
+        deterministic: bool | str | None = None,
+        log_every_n_steps: int = 50,
+        callbacks: Callback | list[Callback] | None = None,
+        logger: Any = True,
+        enable_progress_bar: bool = True,
+        enable_checkpointing: bool = True,
+        default_root_dir: str | os.PathLike | None = None,
+        truncated_bptt_steps: int | None = None,
+        strategy: Strategy | str = "auto",
+    ) -> None:
+        self.default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
+        self.precision = normalize_precision(precision)
+        device = self._select_device(accelerator, devices)
+        if isinstance(strategy, Strategy):
+            self.strategy = strategy
+        elif strategy in ("auto", "single_device"):
+            self.strategy = SingleDeviceStrategy(device, make_precision(self.precision, device.type))
+        else:
+            raise NotImplementedError(
+                f"strategy={strategy!r}: DDP/FSDP come with the distributed trainer (issue 4); use devices=1."
+            )
+
+        self.fast_dev_run = int(fast_dev_run)
+        if fast_dev_run is not False and int(fast_dev_run) < 1:
+            raise MisconfigurationError("fast_dev_run must be True or a positive number of batches.")
+        if self.fast_dev_run:
+            n = self.fast_dev_run
+            max_epochs, max_steps, num_sanity_val_steps, val_check_interval = 1, n, 0, 1.0
+            limit_train_batches = limit_val_batches = limit_test_batches = limit_predict_batches = n
+            log_every_n_steps, logger, enable_checkpointing = 1, False, False
+        if max_epochs is None:
+            max_epochs = 1000 if max_steps == -1 else -1
+        self.max_epochs = max_epochs
+        self.min_epochs = min_epochs or 0
+        self.max_steps = max_steps
+        self._max_time = _parse_max_time(max_time)
+        if accumulate_grad_batches < 1:
+            raise MisconfigurationError("accumulate_grad_batches must be >= 1.")
+        self.accumulate_grad_batches = int(accumulate_grad_batches)
+        if gradient_clip_algorithm not in (None, "norm", "value"):
+            raise MisconfigurationError(
+                f'gradient_clip_algorithm must be "norm" or "value", got {gradient_clip_algorithm!r}.'
+            )
+        self.gradient_clip_val = gradient_clip_val
+        self.gradient_clip_algorithm = gradient_clip_algorithm or "norm"
+        self.val_check_interval = val_check_interval
+        self.check_val_every_n_epoch = check_val_every_n_epoch
+        self.overfit_batches = overfit_batches
+        if overfit_batches:
+            limit_train_batches = limit_val_batches = overfit_batches
+        self.limit_train_batches = limit_train_batches
+        self.limit_val_batches = limit_val_batches
+        self.limit_test_batches = limit_test_batches
+        self.limit_predict_batches = limit_predict_batches
+        self.num_sanity_val_steps = num_sanity_val_steps
+        self.deterministic = deterministic
+        self.log_every_n_steps = max(1, int(log_every_n_steps))
+        self.truncated_bptt_steps = truncated_bptt_steps
+        if truncated_bptt_steps is not None and truncated_bptt_steps < 1:
+            raise MisconfigurationError("truncated_bptt_steps must be a positive number of time steps.")
+
+        self.callbacks: list[Callback] = _as_list(callbacks)
+        if enable_progress_bar and not any(type(c).__name__.endswith("ProgressBar") for c in self.callbacks):
+            from .callbacks.progress import ProgressBar
+
+            self.callbacks.append(ProgressBar())
+        self._enable_checkpointing = enable_checkpointing
+        if enable_checkpointing and not any(type(c).__name__ == "ModelCheckpoint" for c in self.callbacks):
+            from .callbacks.checkpoint import ModelCheckpoint
+
+            self.callbacks.append(ModelCheckpoint())
+        if not enable_checkpointing and self.fast_dev_run:
+            self.callbacks = [c for c in self.callbacks if type(c).__name__ != "ModelCheckpoint"]
+        self.loggers: list[Any] = self._make_loggers(logger)
+
+        # State the callbacks read (never rebind).
+        self.state = TrainerState()
+        self.module: Module | None = None
+        self.datamodule: DataModule | None = None
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self._wrapped_optimizers: list[_WrappedOptimizer] = []
+        self.lr_scheduler_configs: list[LRSchedulerConfig] = []
+        self.current_epoch = 0
+        self.global_step = 0
+        self.batch_idx = 0
+        self.should_stop = False
+        self.callback_metrics: dict[str, torch.Tensor] = {}
+        self.logged_metrics: dict[str, torch.Tensor] = {}
+        self.progress_bar_metrics: dict[str, torch.Tensor] = {}
+        self.train_dataloader: Any = None
+        self.val_dataloaders: list[Any] = []
+        self.test_dataloaders: list[Any] = []
+        self.predict_dataloaders: list[Any] = []
+        self.num_training_batches: float = 0
+        self.num_val_batches: list[float] = []
+        self.num_test_batches: list[float] = []
+        self.num_predict_batches: list[float] = []
+        self.ckpt_path: str | None = None
+        self.fit_progress = _FitProgress()
+        self._batches_that_stepped = 0
+        self._results = Results()
+        self._current_fx: str | None = None
+        self._current_batch: Any = None
+        self._batch_size: int | None = None
+        self._dataloader_suffix = ""
+        self._epoch_rng: dict[str, Any] | None = None
+        self._rng_snapshot: dict[str, Any] | None = None
+        self._resume: dict[str, Any] | None = None
+        self._time_elapsed = 0.0
+        self._hooks: dict[str, list[Any]] = {}
+        self._in_eval = False
+        self._pending_step_logs: dict[str, torch.Tensor] = {}
+        self._train_results = self._results
+        self._t0 = time.monotonic()
+
+    # ------------------------------------------------------------------ setup
+    @staticmethod
+    def _select_device(accelerator: str, devices: Any) -> torch.device:
+        count = devices if isinstance(devices, int) else len(devices) if isinstance(devices, list) else 1
+        if (
+            devices not in ("auto", 1, "1", -1)
+            and count != 1
+            or devices in (-1, "-1")
+            and torch.cuda.device_count() > 1
+        ):
+            raise NotImplementedError(
+                f"devices={devices!r}: this trainer runs one device per process; DDP/FSDP come with the "
+                "distributed trainer (issue 4). Use devices=1."
+            )
+        if accelerator == "auto":
+            accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+        if accelerator in ("gpu", "cuda"):
+            if not torch.cuda.is_available():
+                raise MisconfigurationError(f'accelerator="{accelerator}" but no CUDA GPU is visible: use "cpu".')
+            index = devices[0] if isinstance(devices, list) else int(os.environ.get("LOCAL_RANK", 0))
+            return torch.device("cuda", index)
+        if accelerator != "cpu":
+            raise MisconfigurationError(f'accelerator must be "auto", "cpu", "gpu" or "cuda", got {accelerator!r}.')
+        return torch.device("cpu")
+
+    def _make_loggers(self, logger: Any) -> list[Any]:
+        if logger is None or logger is False:
+            return []
+        if logger is True:
+            from .loggers.csv import CSVLogger
+
+            loggers: list[Any] = [CSVLogger(self.default_root_dir)]
+        else:
+            loggers = _as_list(logger)
+        path = os.environ.get("GRIDLAB_METRICS_FILE")
+        if path and not any(type(lg).__name__ == "JSONLinesLogger" for lg in loggers):
+            from .loggers.jsonl import JSONLinesLogger
+
+            try:
+                loggers.append(JSONLinesLogger(path))
+            except TypeError:
+                loggers.append(JSONLinesLogger())
+        return loggers
+
+    # ------------------------------------------------------------- properties
+    @property
+    def logger(self) -> Any:
+        return self.loggers[0] if self.loggers else None
+
+    @property
+    def lightning_module(self) -> Module | None:
+        return self.module
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.strategy.is_global_zero
+
+    @property
+    def global_rank(self) -> int:
+        return self.strategy.global_rank
+
+    @property
+    def world_size(self) -> int:
+        return self.strategy.world_size
+
+    @property
+    def sanity_checking(self) -> bool:
+        return self.state.stage == "sanity_check"
+
+    @property
+    def training(self) -> bool:
+        return self.state.stage == "fit" and self.module is not None and self.module.training
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return os.environ.get("GRIDLAB_CHECKPOINT_DIR") or os.path.join(self.default_root_dir, "checkpoints")
+
+    @property
+    def log_dir(self) -> str:
+        d = self.logger.log_dir if self.logger is not None else None
+        return d or self.default_root_dir
+
+    @property
+    def checkpoint_callbacks(self) -> list[Callback]:
+        return [c for c in self.callbacks if type(c).__name__ == "ModelCheckpoint"]
+
+    @property
+    def checkpoint_callback(self) -> Callback | None:
+        cbs = self.checkpoint_callbacks
+        return cbs[0] if cbs else None
+
+    @property
+    def estimated_stepping_batches(self) -> float:
+        per_epoch = math.ceil(self.num_training_batches / self.accumulate_grad_batches)
+        total = per_epoch * self.max_epochs if self.max_epochs >= 0 else math.inf
+        return min(total, self.max_steps) if self.max_steps != -1 else total
+
+    # ----------------------------------------------------------------- hooks
+    def _hook_fns(self, name: str) -> list[Any]:
+        fns = self._hooks.get(name)
+        if fns is None:
+            base = getattr(Callback, name, None)
+            fns = [getattr(cb, name) for cb in self.callbacks if getattr(type(cb), name, None) is not base]
+            self._hooks[name] = fns
+        return fns
+
+    def _call(self, name: str, *args: Any, module_first: bool = False) -> Any:
+        """Call callbacks' then the module's hook (module first for on_train_epoch_end, so that
+        monitoring callbacks see what the module logged there)."""
+        module = self.module
+        prev, self._current_fx = self._current_fx, name
+        try:
+            out = None
+            module_fn = getattr(type(module), name, None)
+            if module_first and module_fn is not None:
+                out = module_fn(module, *args)
+            for fn in self._hook_fns(name):
+                fn(self, module, *args)
+            if not module_first and module_fn is not None:
+                out = module_fn(module, *args)
+            return out
+        finally:
+            self._current_fx = prev
+
+    # --------------------------------------------------------------- logging
+    def _log(
+        self,
+        name: str,
+        value: Any,
+        on_step: bool | None,
+        on_epoch: bool | None,
+        prog_bar: bool,
+        logger: bool,
+        reduce_fx: str,
+        sync_dist: bool,
+        batch_size: int | None,
+    ) -> None:
+        # Per step while a training batch is in flight (training_step, batch and backward hooks).
+        in_step = self.state.stage == "fit" and not self._in_eval and self._current_batch is not None
+        if on_step is None:
+            on_step = in_step
+        if on_epoch is None:
+            on_epoch = not in_step
+        if not isinstance(value, torch.Tensor):
+            value = torch.tensor(float(value))
+        value = value.detach()
+        if value.numel() != 1:
+            raise MisconfigurationError(
+                f"self.log({name!r}) needs a scalar; got a tensor of shape {tuple(value.shape)}."
+            )
+        if on_epoch and batch_size is None and reduce_fx == "mean":
+            if self._batch_size is None:
+                self._batch_size = _infer_batch_size(self._current_batch) if self._current_batch is not None else 1
+            batch_size = self._batch_size
+        name = name + self._dataloader_suffix
+        m, step_key = self._results.log(
+            name, value, on_step, on_epoch, prog_bar, logger, reduce_fx, sync_dist, batch_size
+        )
+        if step_key is not None:
+            self.callback_metrics[step_key] = value
+            self.callback_metrics[name] = value
+            if prog_bar:
+                self.progress_bar_metrics[step_key] = value
+            if logger:
+                self._pending_step_logs[step_key] = value
+
+    def _update_epoch_metrics(self) -> dict[str, torch.Tensor]:
+        """Epoch reductions into callback/progress-bar metrics; returns what goes to the loggers."""
+        to_log = {}
+        for name, (m, key, v) in self._results.epoch_values(self.strategy.reduce).items():
+            self.callback_metrics[key] = v
+            self.callback_metrics[name] = v
+            if m.prog_bar:
+                self.progress_bar_metrics[key] = v
+            if m.logger:
+                to_log[key] = v
+        return to_log
+
+    def _log_to_loggers(self, metrics: dict[str, torch.Tensor], step: int, epoch: bool = False) -> None:
+        if not metrics:
+            return
+        self.logged_metrics.update(metrics)
+        if not self.loggers or not self.is_global_zero:
+            return
+        floats = {k: float(v) for k, v in metrics.items()}
+        floats["epoch"] = float(self.current_epoch)
+        for lg in self.loggers:
+            lg.log_metrics(floats, step)
+
+    # ------------------------------------------------------------ public API
+    def fit(
+        self,
+        module: Module,
+        train_dataloaders: Any = None,
+        val_dataloaders: Any = None,
+        datamodule: DataModule | None = None,
+        ckpt_path: str | os.PathLike | None = None,
+    ) -> None:
+        if isinstance(train_dataloaders, DataModule):
+            datamodule, train_dataloaders = train_dataloaders, None
+        if ckpt_path is None and os.environ.get("GRIDLAB_RESUME_FROM"):
+            ckpt_path = os.environ["GRIDLAB_RESUME_FROM"]
+        self._run("fit", module, datamodule, ckpt_path, train=train_dataloaders, val=val_dataloaders)
+
+    def validate(
+        self,
+        module: Module | None = None,
+        dataloaders: Any = None,
+        datamodule: DataModule | None = None,
+        ckpt_path: str | os.PathLike | None = None,
+        verbose: bool = True,
+    ) -> list[dict[str, float]]:
+        return self._run("validate", module, datamodule, ckpt_path, val=dataloaders, verbose=verbose)
+
+    def test(
+        self,
+        module: Module | None = None,
+        dataloaders: Any = None,
+        datamodule: DataModule | None = None,
+        ckpt_path: str | os.PathLike | None = None,
+        verbose: bool = True,
+    ) -> list[dict[str, float]]:
+        return self._run("test", module, datamodule, ckpt_path, test=dataloaders, verbose=verbose)
+
+    def predict(
+        self,
+        module: Module | None = None,
+        dataloaders: Any = None,
+        datamodule: DataModule | None = None,
+        ckpt_path: str | os.PathLike | None = None,
+        return_predictions: bool = True,
+    ) -> list[Any]:
+        return self._run("predict", module, datamodule, ckpt_path, predict=dataloaders)
+
+    def save_checkpoint(self, filepath: str | os.PathLike, weights_only: bool = False) -> None:
+        if self.module is None:
+            raise RuntimeError("save_checkpoint needs a module: call fit/validate/test first.")
+        ckpt = self._dump_checkpoint(weights_only)
+        self.strategy.save_checkpoint(ckpt, filepath)
+        for lg in self.loggers:
+            lg.save()
+        self.strategy.barrier("save_checkpoint")
+
+    # ------------------------------------------------------------- the run
+    def _run(
+        self,
+        stage: str,
+        module: Module | None,
+        datamodule: DataModule | None,
+        ckpt_path: Any,
+        train: Any = None,
+        val: Any = None,
+        test: Any = None,
+        predict: Any = None,
+        verbose: bool = True,
+    ) -> Any:
+        if module is None:
+            module = self.module
+        if module is None:
+            raise MisconfigurationError(f"trainer.{stage}() needs a module: trainer.{stage}(model, ...).")
+        if not isinstance(module, Module):
+            raise MisconfigurationError(f"{type(module).__name__} is not a gridlab.trainer.Module: subclass Module.")
+        self.module, self.datamodule = module, datamodule
+        module.trainer = self
+        if datamodule is not None:
+            datamodule.trainer = self
+        self.state = TrainerState(stage=stage, status="running")
+        self.should_stop = False
+        prev_det = torch.are_deterministic_algorithms_enabled()
+        prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+        if self.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=self.deterministic == "warn")
+        try:
+            if datamodule is not None and self.is_global_zero:
+                datamodule.prepare_data()
+            if self.is_global_zero:
+                module.prepare_data()
+            if datamodule is not None:
+                datamodule.setup(stage)
+            self._setup_callbacks(module)
+            for cb in self.callbacks:
+                cb.setup(self, module, stage)
+            module.setup(stage)
+            self.strategy.setup_module(module)
+            out = getattr(self, f"_run_{stage}")(
+                module, ckpt_path, train=train, val=val, test=test, predict=predict, verbose=verbose
+            )
+            self.state.status = "finished"
+            for lg in self.loggers:
+                lg.finalize("success")
+            return out
+        except KeyboardInterrupt:
+            self.state.status = "interrupted"
+            for cb in self.callbacks:
+                cb.on_exception(self, module, KeyboardInterrupt())
+            for lg in self.loggers:
+                lg.finalize("interrupted")
+            return None
+        except BaseException as exc:
+            self.state.status = "failed"
+            for cb in self.callbacks:
+                cb.on_exception(self, module, exc)
+            for lg in self.loggers:
+                lg.finalize("failed")
+            raise
+        finally:
+            for cb in self.callbacks:
+                cb.teardown(self, module, stage)
+            module.teardown(stage)
+            if datamodule is not None:
+                datamodule.teardown(stage)
+            torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
+
+    def _setup_callbacks(self, module: Module) -> None:
+        extra = _as_list(module.configure_callbacks())
+        if extra:
+            kinds = {type(c) for c in extra}
+            self.callbacks = [c for c in self.callbacks if type(c) not in kinds] + extra
+        # Checkpoint callbacks run last, so they save what the others recorded.
+        self.callbacks.sort(key=lambda c: type(c).__name__ == "ModelCheckpoint")
+        self._hooks = {}
+
+    def _loaders(self, given: Any, kind: str) -> list[Any]:
+        loaders = _as_list(given)
+        if not loaders:
+            source = self.datamodule if self.datamodule is not None else self.module
+            method = getattr(source, f"{kind}_dataloader", None)
+            if method is not None:
+                try:
+                    loaders = _as_list(method())
+                except NotImplementedError:
+                    loaders = []
+        out = []
+        for dl in loaders:
+            if (
+                os.environ.get(SEED_WORKERS_ENV) == "1"
+                and getattr(dl, "num_workers", 0) > 0
+                and getattr(dl, "worker_init_fn", 1) is None
+            ):
+                dl.worker_init_fn = worker_init_fn
+            out.append(self.strategy.process_dataloader(dl))
+        return out
+
+    def _overfit_loader(self, dl: Any) -> Any:
+        from torch.utils.data import DataLoader
+
+        return DataLoader(
+            dl.dataset,
+            batch_size=dl.batch_size,
+            shuffle=False,
+            num_workers=dl.num_workers,
+            collate_fn=dl.collate_fn,
+            drop_last=dl.drop_last,
+        )
+
+    # ------------------------------------------------------------------ fit
+    def _run_fit(self, module: Module, ckpt_path: Any, train: Any, val: Any, **_: Any) -> None:
+        self.optimizers, self.lr_scheduler_configs = parse_optimizers(module.configure_optimizers())
+        self._wrapped_optimizers = [_WrappedOptimizer(o, self) for o in self.optimizers]
+        if module.automatic_optimization:
+            if len(self.optimizers) > 1:
+                raise MisconfigurationError(
+                    "Several optimizers need manual optimization: set `self.automatic_optimization = False` "
+                    "in __init__ and step them in training_step."
+                )
+        else:
+            if self.gradient_clip_val:
+                raise MisconfigurationError(
+                    "gradient_clip_val does not apply to manual optimization: call "
+                    "`self.clip_gradients(opt, gradient_clip_val=...)` in training_step."
+                )
+            if self.accumulate_grad_batches != 1:
+                raise MisconfigurationError(
+                    "accumulate_grad_batches does not apply to manual optimization: step the optimizer every "
+                    "N batches yourself in training_step."
+                )
+        loaders = self._loaders(train, "train")
+        if not loaders:
+            raise MisconfigurationError(
+                "fit() has no training data: pass train_dataloaders=, a datamodule=, or define train_dataloader()."
+            )
+        self.train_dataloader = loaders[0]
+        if self.overfit_batches:
+            self.train_dataloader = self._overfit_loader(self.train_dataloader)
+            self.val_dataloaders = [self.train_dataloader]
+        else:
+            self.val_dataloaders = self._loaders(val, "val")
+        self.num_training_batches = _limit(_len(self.train_dataloader), self.limit_train_batches)
+        self.num_val_batches = [_limit(_len(dl), self.limit_val_batches) for dl in self.val_dataloaders]
+
+        if ckpt_path is not None:
+            self._restore(module, ckpt_path)
+        if self.is_global_zero:
+            for lg in self.loggers:
+                lg.log_hyperparams(dict(module.hparams))
+
+        self._call("on_fit_start")
+        if self.num_sanity_val_steps and self._has_validation() and self._resume is None:
+            self.state.stage = "sanity_check"
+            with self._isolated_rng():
+                self._call("on_sanity_check_start")
+                self._evaluate(
+                    "validation",
+                    self.val_dataloaders,
+                    [min(n, self.num_sanity_val_steps) for n in self.num_val_batches],
+                    log=False,
+                )
+                self._call("on_sanity_check_end")
+            self.state.stage = "fit"
+            self.callback_metrics, self.progress_bar_metrics = {}, {}
+        module.train()
+        self._fit_loop(module)
+        self._call("on_fit_end")
+
+    def _has_validation(self) -> bool:
+        return (
+            bool(self.val_dataloaders)
+            and any(self.num_val_batches)
+            and type(self.module).validation_step is not Module.validation_step
+        )
+
+    @contextmanager
+    def _isolated_rng(self) -> Any:
+        snapshot = collect_rng_states()
+        outer, self._rng_snapshot = self._rng_snapshot, snapshot
+        try:
+            yield
+        finally:
+            set_rng_states(snapshot)
+            self._rng_snapshot = outer
+
+    def _done(self) -> bool:
+        if self.max_steps != -1 and self.global_step >= self.max_steps:
+            return True
+        if self.max_epochs != -1 and self.current_epoch >= self.max_epochs:
+            return True
+        return self.should_stop and self.current_epoch >= self.min_epochs
+
+    def _fit_loop(self, module: Module) -> None:
+        self._t0 = time.monotonic() - self._time_elapsed
+        resume, self._resume = self._resume, None
+        if resume is not None and resume["batches"] == 0:
+            set_rng_states(resume["rng"])
+            resume = None
+        self._call("on_train_start")
+        while not self._done():
+            self._train_epoch(module, resume)
+            resume = None
+        self._call("on_train_end")
+
+    def _val_check_batch(self) -> float:
+        vci = self.val_check_interval
+        if isinstance(vci, int) and not isinstance(vci, bool):
+            return vci
+        return max(1, int(self.num_training_batches * vci)) if self.num_training_batches != math.inf else math.inf
+
+    def _train_epoch(self, module: Module, resume: dict[str, Any] | None) -> None:
+        prog = self.fit_progress
+        prog.epoch.ready += 1
+        if resume is None:
+            self._train_results = Results()
+        self._results = self._train_results
+        prog.batch_current = Progress() if resume is None else prog.batch_current
+        self._call("on_train_epoch_start")
+        prog.epoch.started += 1
+        sampler = getattr(self.train_dataloader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.current_epoch)
+        if resume is not None:
+            set_rng_states(resume["epoch_rng"])
+        self._epoch_rng = collect_rng_states()
+        iterator = iter(self.train_dataloader)  # draws the shuffle permutation (see the module docstring)
+        start = 0
+        if resume is not None:
+            start = resume["batches"]
+            for _ in range(min(start, self.num_training_batches)):
+                next(iterator)
+            set_rng_states(resume["rng"])
+        n = self.num_training_batches
+        val_every = self._val_check_batch()
+        val_this_epoch = self._has_validation() and (
+            self.check_val_every_n_epoch is None or (self.current_epoch + 1) % self.check_val_every_n_epoch == 0
+        )
+        acc = self.accumulate_grad_batches
+        batch_idx = start
+        stopped_mid_epoch = False
+        while batch_idx < n:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                break
+            self.batch_idx = batch_idx
+            batch = self.strategy.batch_to_device(batch)
+            self._current_batch, self._batch_size = batch, None
+            self._pending_step_logs = {}
+            prog.batch_total.ready += 1
+            prog.batch_current.ready += 1
+            if self._call("on_train_batch_start", batch, batch_idx) == -1:
+                break
+            prog.batch_total.started += 1
+            prog.batch_current.started += 1
+            last = batch_idx + 1 >= n
+            step_before = self.global_step
+            if self.truncated_bptt_steps:
+                outputs = self._tbptt_batch(module, batch, batch_idx)
+            elif module.automatic_optimization:
+                outputs = self._automatic_batch(module, batch, batch_idx, (batch_idx + 1) % acc == 0 or last)
+            else:
+                with self.strategy.precision.forward_context():
+                    outputs = module.training_step(batch, batch_idx)
+            stepped = self.global_step != step_before
+            prog.batch_total.processed += 1
+            prog.batch_current.processed += 1
+            if stepped:
+                self._step_schedulers("step")
+                if (self._batches_that_stepped + 1) % self.log_every_n_steps == 0 or self.should_stop:
+                    self._log_to_loggers(self._pending_step_logs, self._batches_that_stepped)
+                self._batches_that_stepped += 1
+            self._call("on_train_batch_end", outputs, batch, batch_idx)
+            prog.batch_total.completed += 1
+            prog.batch_current.completed += 1
+            self._current_batch = None
+            batch_idx += 1
+            if val_this_epoch and (batch_idx % val_every == 0 or (last and self.val_check_interval == 1.0)):
+                self._validate_during_fit()
+            if self._max_time is not None and time.monotonic() - self._t0 >= self._max_time:
+                self.should_stop = True
+            if (
+                stepped
+                and not last
+                and (self.should_stop or self.max_steps != -1 and self.global_step >= self.max_steps)
+            ):
+                stopped_mid_epoch = True
+                break
+        self._time_elapsed = time.monotonic() - self._t0
+        if stopped_mid_epoch:
+            # The epoch stays open: a checkpoint taken now resumes inside it, exactly.
+            return
+        to_log = self._update_epoch_metrics()
+        self._step_schedulers("epoch")
+        prog.epoch.processed += 1
+        self._call("on_train_epoch_end", module_first=True)
+        to_log.update(self._update_epoch_metrics())
+        self._log_to_loggers(to_log, max(self._batches_that_stepped - 1, 0), epoch=True)
+        for lg in self.loggers:
+            lg.save()
+        prog.epoch.completed += 1
+        self.current_epoch += 1
+
+    def _training_loss(self, output: Any) -> torch.Tensor:
+        if isinstance(output, torch.Tensor):
+            return output
+        if isinstance(output, dict) and "loss" in output:
+            return output["loss"]
+        if output is None:
+            raise MisconfigurationError(
+                "training_step returned None: return the loss, or set automatic_optimization = False "
+                "(and step the optimizers yourself)."
+            )
+        raise MisconfigurationError(
+            f"training_step returned {type(output).__name__}: return the loss tensor or a dict with a 'loss' key."
+        )
+
+    def _automatic_batch(self, module: Module, batch: Any, batch_idx: int, step: bool, *extra: Any) -> Any:
+        with self.strategy.precision.forward_context():
+            output = module.training_step(batch, batch_idx, *extra)
+        loss = self._training_loss(output)
+        self._backward(loss / self.accumulate_grad_batches if self.accumulate_grad_batches > 1 else loss)
+        if step:
+            opt = self.optimizers[0]
+            self._optimizer_step(opt)
+            self._call("on_before_zero_grad", opt)
+            opt.zero_grad(set_to_none=True)
+        if isinstance(output, dict):
+            return {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in output.items()}
+        return {"loss": loss.detach()}
+
+    def _tbptt_batch(self, module: Module, batch: Any, batch_idx: int) -> Any:
+        if not module.automatic_optimization:
+            raise MisconfigurationError("truncated_bptt_steps needs automatic optimization.")
+        hiddens = None
+        outputs = []
+        for chunk in module.tbptt_split_batch(batch, self.truncated_bptt_steps):
+            out = self._automatic_batch(module, chunk, batch_idx, True, hiddens)
+            hiddens = out.get("hiddens") if isinstance(out, dict) else None
+            hiddens = _detach(hiddens)
+            outputs.append(out)
+        return outputs[-1] if outputs else None
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        self._call("on_before_backward", loss)
+        self.strategy.backward(loss)
+        self._call("on_after_backward")
+
+    def _optimizer_step(self, optimizer: torch.optim.Optimizer, closure: Any = None) -> Any:
+        self._call("on_before_optimizer_step", optimizer)
+        if self.gradient_clip_val and self.module is not None and self.module.automatic_optimization:
+            self._clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
+        out = self.strategy.optimizer_step(optimizer, closure)
+        self.global_step += 1
+        return out
+
+    def _clip_gradients(self, optimizer: torch.optim.Optimizer, value: float | None, algorithm: str | None) -> None:
+        value = self.gradient_clip_val if value is None else value
+        if not value:
+            return
+        self.strategy.precision.unscale_gradients(optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if (algorithm or self.gradient_clip_algorithm) == "value":
+            torch.nn.utils.clip_grad_value_(params, value)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, value)
+
+    def _step_schedulers(self, interval: str) -> None:
+        for cfg in self.lr_scheduler_configs:
+            if cfg.interval != interval:
+                continue
+            count = self.global_step if interval == "step" else self.current_epoch + 1
+            if cfg.frequency and count % cfg.frequency:
+                continue
+            if cfg.reduce_on_plateau:
+                value = self.callback_metrics.get(cfg.monitor)
+                if value is None:
+                    if cfg.strict:
+                        raise MisconfigurationError(
+                            f"ReduceLROnPlateau monitors {cfg.monitor!r}, which was not logged; logged: "
+                            f"{sorted(self.callback_metrics)}. Log it with self.log({cfg.monitor!r}, ...)."
+                        )
+                    continue
+                cfg.scheduler.step(float(value))
+            else:
+                cfg.scheduler.step()
+
+    def _validate_during_fit(self) -> None:
+        module = self.module
+        with self._isolated_rng():
+            self._evaluate("validation", self.val_dataloaders, self.num_val_batches, log=True)
+        module.train()
+
+    # ------------------------------------------------------------ evaluation
+    def _evaluate(self, prefix: str, loaders: list[Any], limits: list[float], log: bool) -> list[dict[str, float]]:
+        module = self.module
+        step_fn = getattr(module, f"{prefix}_step")
+        saved_results, saved_batch = self._results, self._current_batch
+        self._results = Results()
+        self._in_eval = True
+        was_training = module.training
+        module.eval()
+        try:
+            self._call(f"on_{prefix}_start")
+            self._call(f"on_{prefix}_epoch_start")
+            with torch.no_grad():
+                for dl_idx, loader in enumerate(loaders):
+                    self._dataloader_suffix = f"/dataloader_idx_{dl_idx}" if len(loaders) > 1 else ""
+                    extra = (dl_idx,) if len(loaders) > 1 else ()
+                    for batch_idx, batch in enumerate(loader):
+                        if batch_idx >= limits[dl_idx]:
+                            break
+                        batch = self.strategy.batch_to_device(batch)
+                        self._current_batch, self._batch_size = batch, None
+                        self._call(f"on_{prefix}_batch_start", batch, batch_idx, *extra)
+                        with self.strategy.precision.forward_context():
+                            out = step_fn(batch, batch_idx, *extra)
+                        self._call(f"on_{prefix}_batch_end", out, batch, batch_idx, *extra)
+                    self._dataloader_suffix = ""
+            to_log = self._update_epoch_metrics()
+            self._call(f"on_{prefix}_epoch_end")
+            to_log.update(self._update_epoch_metrics())
+            if log:
+                self._log_to_loggers(to_log, self._batches_that_stepped)
+            self._call(f"on_{prefix}_end")
+            results = self._results
+        finally:
+            self._dataloader_suffix = ""
+            self._in_eval = False
+            self._results, self._current_batch = saved_results, saved_batch
+            module.train(was_training)
+        per_loader: list[dict[str, float]] = [{} for _ in loaders]
+        for name, (_m, key, v) in results.epoch_values().items():
+            m = re.search(r"/dataloader_idx_(\d+)$", name)
+            idx = int(m.group(1)) if m else None
+            for i, d in enumerate(per_loader):
+                if idx is None or idx == i:
+                    d[key] = float(v)
+        return per_loader
+
+    def _run_eval_stage(self, stage: str, module: Module, ckpt_path: Any, given: Any, verbose: bool) -> Any:
+        kind = "val" if stage == "validate" else "test"
+        prefix = "validation" if stage == "validate" else "test"
+        loaders = self._loaders(given, kind)
+        if not loaders:
+            raise MisconfigurationError(f"trainer.{stage}() has no data: pass dataloaders= or a datamodule=.")
+        limit = self.limit_val_batches if stage == "validate" else self.limit_test_batches
+        limits = [_limit(_len(dl), limit) for dl in loaders]
+        if stage == "validate":
+            self.val_dataloaders, self.num_val_batches = loaders, limits
+        else:
+            self.test_dataloaders, self.num_test_batches = loaders, limits
+        if ckpt_path is not None:
+            self._restore(module, ckpt_path, weights_only=True)
+        results = self._evaluate(prefix, loaders, limits, log=True)
+        if verbose and self.is_global_zero:
+            for i, r in enumerate(results):
+                title = f"{stage} results" + (f" (dataloader {i})" if len(results) > 1 else "")
+                print(title + ": " + ", ".join(f"{k}={v:.6g}" for k, v in sorted(r.items())))
+        return results
+
+    def _run_validate(self, module: Module, ckpt_path: Any, val: Any, verbose: bool, **_: Any) -> Any:
+        return self._run_eval_stage("validate", module, ckpt_path, val, verbose)
+
+    def _run_test(self, module: Module, ckpt_path: Any, test: Any, verbose: bool, **_: Any) -> Any:
+        return self._run_eval_stage("test", module, ckpt_path, test, verbose)
+
+    def _run_predict(self, module: Module, ckpt_path: Any, predict: Any, **_: Any) -> list[Any]:
+        loaders = self._loaders(predict, "predict")
+        if not loaders:
+            raise MisconfigurationError("trainer.predict() has no data: pass dataloaders= or a datamodule=.")
+        self.predict_dataloaders = loaders
+        self.num_predict_batches = [_limit(_len(dl), self.limit_predict_batches) for dl in loaders]
+        if ckpt_path is not None:
+            self._restore(module, ckpt_path, weights_only=True)
+        was_training = module.training
+        module.eval()
+        all_preds: list[list[Any]] = []
+        try:
+            self._call("on_predict_start")
+            self._call("on_predict_epoch_start")
+            with torch.no_grad():
+                for dl_idx, loader in enumerate(loaders):
+                    extra = (dl_idx,) if len(loaders) > 1 else ()
+                    preds = []
+                    for batch_idx, batch in enumerate(loader):
+                        if batch_idx >= self.num_predict_batches[dl_idx]:
+                            break
+                        batch = self.strategy.batch_to_device(batch)
+                        self._call("on_predict_batch_start", batch, batch_idx, *extra)
+                        with self.strategy.precision.forward_context():
+                            out = module.predict_step(batch, batch_idx, *extra)
+                        self._call("on_predict_batch_end", out, batch, batch_idx, *extra)
+                        preds.append(out)
+                    all_preds.append(preds)
+            self._call("on_predict_epoch_end")
+            self._call("on_predict_end")
+        finally:
+            module.train(was_training)
+        return all_preds[0] if len(all_preds) == 1 else all_preds
+
+    # ------------------------------------------------------------ checkpoints
+    def _dump_checkpoint(self, weights_only: bool = False) -> dict[str, Any]:
+        module = self.module
+        if module is None:
+            raise RuntimeError("No module attached: call fit/validate/test first.")
+        ckpt: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "epoch": self.current_epoch,
+            "global_step": self.global_step,
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+        }
+        if self.datamodule is not None and self.datamodule.hparams:
+            ckpt["datamodule_hyper_parameters"] = dict(self.datamodule.hparams)
+        if not weights_only:
+            prog = self.fit_progress
+            ckpt.update(
+                {
+                    "optimizer_states": [o.state_dict() for o in self.optimizers],
+                    "lr_schedulers": [c.scheduler.state_dict() for c in self.lr_scheduler_configs],
+                    "precision": self.strategy.precision.state_dict(),
+                    "loops": {
+                        "fit_loop": {
+                            "epoch_progress": asdict(prog.epoch),
+                            "batch_progress": {
+                                "total": asdict(prog.batch_total),
+                                "current": asdict(prog.batch_current),
+                            },
+                            "batches_that_stepped": self._batches_that_stepped,
+                            "epoch_rng_states": self._epoch_rng,
+                            "time_elapsed": self._time_elapsed
+                            if self._current_batch is None
+                            else time.monotonic() - self._t0,
+                            "results": self._train_results.state_dict(),
+                        }
+                    },
+                    "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
+                    "rng_states": self._rng_snapshot if self._rng_snapshot is not None else collect_rng_states(),
+                }
+            )
+            if self.datamodule is not None:
+                ckpt["datamodule"] = self.datamodule.state_dict()
+            for cb in self._hook_fns("on_save_checkpoint"):
+                cb(self, module, ckpt)
+        module.on_save_checkpoint(ckpt)
+        return ckpt
+
+    def _resolve_ckpt_path(self, ckpt_path: Any) -> str | None:
+        if ckpt_path == "last":
+            found = glob.glob(os.path.join(self.checkpoint_dir, "**", "last*.ckpt"), recursive=True)
+            if not found:
+                warnings.warn(
+                    f'ckpt_path="last" but no last*.ckpt in {self.checkpoint_dir}: starting fresh.', stacklevel=3
+                )
+                return None
+            return max(found, key=os.path.getmtime)
+        return os.fspath(ckpt_path)
+
+    def _restore(self, module: Module, ckpt_path: Any, weights_only: bool = False) -> None:
+        path = self._resolve_ckpt_path(ckpt_path)
+        if path is None:
+            return
+        self.ckpt_path = path
+        ckpt = self.strategy.load_checkpoint(path)
+        version = ckpt.get("format_version", 0)
+        if version > FORMAT_VERSION:
+            raise MisconfigurationError(
+                f"{path} has checkpoint format {version}, newer than this trainer's {FORMAT_VERSION}: upgrade gridlab."
+            )
+        module.on_load_checkpoint(ckpt)
+        module.load_state_dict(ckpt["state_dict"])
+        if weights_only or "loops" not in ckpt:
+            return
+        for cb in self._hook_fns("on_load_checkpoint"):
+            cb(self, module, ckpt)
+        states = ckpt.get("callbacks", {})
+        for cb in self.callbacks:
+            if cb.state_key in states:
+                cb.load_state_dict(states[cb.state_key])
+        for opt, state in zip(self.optimizers, ckpt.get("optimizer_states", []), strict=False):
+            opt.load_state_dict(state)
+        for cfg, state in zip(self.lr_scheduler_configs, ckpt.get("lr_schedulers", []), strict=False):
+            cfg.scheduler.load_state_dict(state)
+        self.strategy.precision.load_state_dict(ckpt.get("precision", {}))
+        if self.datamodule is not None and "datamodule" in ckpt:
+            self.datamodule.load_state_dict(ckpt["datamodule"])
+        fit = ckpt["loops"]["fit_loop"]
+        prog = self.fit_progress
+        prog.epoch.load(fit["epoch_progress"])
+        prog.batch_total.load(fit["batch_progress"]["total"])
+        prog.batch_current.load(fit["batch_progress"]["current"])
+        self.current_epoch = ckpt["epoch"]
+        self.global_step = ckpt["global_step"]
+        self._batches_that_stepped = fit["batches_that_stepped"]
+        self._time_elapsed = fit.get("time_elapsed", 0.0)
+        open_epoch = prog.epoch.started > prog.epoch.processed
+        batches = prog.batch_current.processed if open_epoch else 0
+        if open_epoch:
+            # The epoch's ready/started counters are counted again when it re-enters.
+            prog.epoch.ready -= 1
+            prog.epoch.started -= 1
+            self._train_results.load_state_dict(fit.get("results", {}))
+        self._resume = {"batches": batches, "epoch_rng": fit["epoch_rng_states"], "rng": ckpt["rng_states"]}
+
+
+def _detach(h: Any) -> Any:
+    if isinstance(h, torch.Tensor):
+        return h.detach()
+    if isinstance(h, (list, tuple)):
+        return type(h)(_detach(x) for x in h)
+    return h
