@@ -77,15 +77,21 @@ class Module(HyperparametersMixin, nn.Module):
         """Split every tensor of the batch with a time dimension (dim 1) into chunks of `split_size`."""
         from .precision import apply_to_tensors
 
-        lengths = []
-        apply_to_tensors(batch, lambda t: lengths.append(t.shape[1]) or t if t.dim() > 1 else t)
+        lengths: list[int] = []
+
+        def measure(t: torch.Tensor) -> torch.Tensor:
+            if t.dim() > 1:
+                lengths.append(t.shape[1])
+            return t
+
+        apply_to_tensors(batch, measure)
         if not lengths:
             return [batch]
-        steps = max(lengths)
-        return [
-            apply_to_tensors(batch, lambda t, s=s: t[:, s : s + split_size] if t.dim() > 1 else t)
-            for s in range(0, steps, split_size)
-        ]
+
+        def chunk(start: int) -> Any:
+            return apply_to_tensors(batch, lambda t: t[:, start : start + split_size] if t.dim() > 1 else t)
+
+        return [chunk(start) for start in range(0, max(lengths), split_size)]
 
     # -- hooks (Lightning's names; each default does nothing) ---------------
     def prepare_data(self) -> None: ...

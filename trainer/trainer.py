@@ -697,6 +697,7 @@ class Trainer:
         return (
             bool(self.val_dataloaders)
             and any(self.num_val_batches)
+            and self.module is not None
             and type(self.module).validation_step is not Module.validation_step
         )
 
@@ -744,9 +745,9 @@ class Trainer:
         prog.batch_current = Progress() if resume is None else prog.batch_current
         self._call("on_train_epoch_start")
         prog.epoch.started += 1
-        sampler = getattr(self.train_dataloader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(self.current_epoch)
+        set_epoch = getattr(getattr(self.train_dataloader, "sampler", None), "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(self.current_epoch)
         if resume is not None:
             set_rng_states(resume["epoch_rng"])
         self._epoch_rng = collect_rng_states()
@@ -861,6 +862,7 @@ class Trainer:
             raise MisconfigurationError("truncated_bptt_steps needs automatic optimization.")
         hiddens = None
         outputs = []
+        assert self.truncated_bptt_steps is not None  # noqa: S101 - the caller checked
         for chunk in module.tbptt_split_batch(batch, self.truncated_bptt_steps):
             out = self._automatic_batch(module, chunk, batch_idx, True, hiddens)
             hiddens = out.get("hiddens") if isinstance(out, dict) else None
@@ -900,7 +902,7 @@ class Trainer:
             if cfg.frequency and count % cfg.frequency:
                 continue
             if cfg.reduce_on_plateau:
-                value = self.callback_metrics.get(cfg.monitor)
+                value = self.callback_metrics.get(cfg.monitor or "")
                 if value is None:
                     if cfg.strict:
                         raise MisconfigurationError(
@@ -913,14 +915,19 @@ class Trainer:
                 cfg.scheduler.step()
 
     def _validate_during_fit(self) -> None:
-        module = self.module
+        module = self._require_module()
         with self._isolated_rng():
             self._evaluate("validation", self.val_dataloaders, self.num_val_batches, log=True)
         module.train()
 
     # ------------------------------------------------------------ evaluation
+    def _require_module(self) -> Module:
+        if self.module is None:
+            raise MisconfigurationError("no module is attached: call fit/validate/test/predict with a Module")
+        return self.module
+
     def _evaluate(self, prefix: str, loaders: list[Any], limits: list[float], log: bool) -> list[dict[str, float]]:
-        module = self.module
+        module = self._require_module()
         step_fn = getattr(module, f"{prefix}_step")
         saved_results, saved_batch = self._results, self._current_batch
         self._results = Results()

@@ -29,7 +29,7 @@ _BN = (nn.modules.batchnorm._BatchNorm,)
 def _scheduler_config(trainer: Any, scheduler: Any) -> Any:
     """A config for SWALR, of the Trainer's own config class when it has one."""
     cfgs = trainer.lr_scheduler_configs
-    if cfgs and dataclasses.is_dataclass(cfgs[0]):
+    if cfgs and dataclasses.is_dataclass(cfgs[0]) and not isinstance(cfgs[0], type):
         return dataclasses.replace(cfgs[0], scheduler=scheduler, interval="epoch", frequency=1, monitor=None)
     try:
         from ..optim import LRSchedulerConfig
@@ -134,8 +134,8 @@ class StochasticWeightAveraging(Callback):
             )
             if self._scheduler_state is not None:
                 self._scheduler.load_state_dict(self._scheduler_state)
-                for group, lr in zip(optimizer.param_groups, self._scheduler.get_last_lr(), strict=True):
-                    group["lr"] = lr
+                for group, last in zip(optimizer.param_groups, self._scheduler.get_last_lr(), strict=True):
+                    group["lr"] = last
                 self._scheduler_state = None
             cfg = _scheduler_config(trainer, self._scheduler)
             if trainer.lr_scheduler_configs:
