@@ -194,7 +194,8 @@ class Trainer:
             limit_train_batches = limit_val_batches = limit_test_batches = limit_predict_batches = n
             log_every_n_steps, logger, enable_checkpointing = 1, False, False
         if max_epochs is None:
-            max_epochs = 1000 if max_steps == -1 else -1
+            # Lightning: 1000 epochs unless max_steps or max_time bounds the run.
+            max_epochs = 1000 if max_steps == -1 and max_time is None else -1
         self.max_epochs = max_epochs
         self.min_epochs = min_epochs or 0
         self.max_steps = max_steps
@@ -551,6 +552,8 @@ class Trainer:
         if self.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=self.deterministic == "warn")
+        elif self.deterministic is not None:  # deterministic=False turns them off for the run, as in Lightning
+            torch.use_deterministic_algorithms(False)
         try:
             if datamodule is not None and self.is_global_zero:
                 datamodule.prepare_data()
@@ -662,12 +665,13 @@ class Trainer:
             )
         self.train_dataloader = loaders[0]
         if self.overfit_batches:
+            # Lightning 2.x: the train loader loses its shuffle; validation keeps its own loaders, limited to
+            # the same number of batches (limit_val_batches = overfit_batches).
             self.train_dataloader = self._overfit_loader(self.train_dataloader)
-            self.val_dataloaders = [self.train_dataloader]
-        else:
-            self.val_dataloaders = self._loaders(val, "val")
+        self.val_dataloaders = self._loaders(val, "val")
         self.num_training_batches = _limit(_len(self.train_dataloader), self.limit_train_batches)
         self.num_val_batches = [_limit(_len(dl), self.limit_val_batches) for dl in self.val_dataloaders]
+        self._check_val_check_interval()
 
         if ckpt_path is not None:
             self._restore(module, ckpt_path)
@@ -683,7 +687,10 @@ class Trainer:
                 self._evaluate(
                     "validation",
                     self.val_dataloaders,
-                    [min(n, self.num_sanity_val_steps) for n in self.num_val_batches],
+                    [
+                        n if self.num_sanity_val_steps == -1 else min(n, self.num_sanity_val_steps)
+                        for n in self.num_val_batches
+                    ],
                     log=False,
                 )
                 self._call("on_sanity_check_end")
@@ -692,6 +699,21 @@ class Trainer:
         module.train()
         self._fit_loop(module)
         self._call("on_fit_end")
+
+    def _check_val_check_interval(self) -> None:
+        vci, n = self.val_check_interval, self.num_training_batches
+        is_int = isinstance(vci, int) and not isinstance(vci, bool)
+        if self.check_val_every_n_epoch is None:
+            if not is_int and vci != 1.0:  # 1.0 is the default, as Lightning's None
+                raise MisconfigurationError(
+                    f"val_check_interval={vci!r} must be an int (train batches) when check_val_every_n_epoch=None."
+                )
+        elif is_int and 0 < n < vci:
+            raise MisconfigurationError(
+                f"val_check_interval ({vci}) must be at most the number of training batches ({n}). To validate "
+                "every N batches across epochs set check_val_every_n_epoch=None; to disable validation set "
+                "limit_val_batches=0."
+            )
 
     def _has_validation(self) -> bool:
         return (
@@ -803,7 +825,9 @@ class Trainer:
             prog.batch_current.completed += 1
             self._current_batch = None
             batch_idx += 1
-            if val_this_epoch and (batch_idx % val_every == 0 or (last and self.val_check_interval == 1.0)):
+            # check_val_every_n_epoch=None: every val_check_interval batches counted across epochs.
+            seen = prog.batch_total.completed if self.check_val_every_n_epoch is None else batch_idx
+            if val_this_epoch and (seen % val_every == 0 or (last and self.val_check_interval == 1.0)):
                 self._validate_during_fit()
             if self._max_time is not None and time.monotonic() - self._t0 >= self._max_time:
                 self.should_stop = True
@@ -819,10 +843,12 @@ class Trainer:
             # The epoch stays open: a checkpoint taken now resumes inside it, exactly.
             return
         to_log = self._update_epoch_metrics()
-        self._step_schedulers("epoch")
+        self._step_schedulers("epoch", plateau=False)
         prog.epoch.processed += 1
         self._call("on_train_epoch_end", module_first=True)
         to_log.update(self._update_epoch_metrics())
+        # Lightning steps ReduceLROnPlateau after on_train_epoch_end, so it may monitor what that hook logs.
+        self._step_schedulers("epoch", plateau=True)
         self._log_to_loggers(to_log, max(self._batches_that_stepped - 1, 0), epoch=True)
         for lg in self.loggers:
             lg.save()
@@ -894,9 +920,9 @@ class Trainer:
         else:
             torch.nn.utils.clip_grad_norm_(params, value)
 
-    def _step_schedulers(self, interval: str) -> None:
+    def _step_schedulers(self, interval: str, plateau: bool | None = None) -> None:
         for cfg in self.lr_scheduler_configs:
-            if cfg.interval != interval:
+            if cfg.interval != interval or (plateau is not None and cfg.reduce_on_plateau != plateau):
                 continue
             count = self.global_step if interval == "step" else self.current_epoch + 1
             if cfg.frequency and count % cfg.frequency:
@@ -1082,11 +1108,13 @@ class Trainer:
 
     def _resolve_ckpt_path(self, ckpt_path: Any) -> str | None:
         if ckpt_path == "last":
-            found = glob.glob(os.path.join(self.checkpoint_dir, "**", "last*.ckpt"), recursive=True)
+            # Lightning looks where the checkpoint callbacks write, not only the default folder.
+            dirs = {self.checkpoint_dir, *(d for c in self.checkpoint_callbacks if (d := getattr(c, "dirpath", None)))}
+            found = sorted(
+                {f for d in dirs for f in glob.glob(os.path.join(os.fspath(d), "**", "last*.ckpt"), recursive=True)}
+            )
             if not found:
-                warnings.warn(
-                    f'ckpt_path="last" but no last*.ckpt in {self.checkpoint_dir}: starting fresh.', stacklevel=3
-                )
+                warnings.warn(f'ckpt_path="last" but no last*.ckpt in {sorted(dirs)}: starting fresh.', stacklevel=3)
                 return None
             return max(found, key=os.path.getmtime)
         return os.fspath(ckpt_path)
@@ -1128,6 +1156,11 @@ class Trainer:
         self.global_step = ckpt["global_step"]
         self._batches_that_stepped = fit["batches_that_stepped"]
         self._time_elapsed = fit.get("time_elapsed", 0.0)
+        if prog.epoch.processed > prog.epoch.completed:
+            # Saved in on_train_epoch_end (ModelCheckpoint's usual place): that epoch is done, so resume at the
+            # next one, as Lightning does, instead of training the saved epoch again.
+            prog.epoch.completed = prog.epoch.processed
+            self.current_epoch += 1
         open_epoch = prog.epoch.started > prog.epoch.processed
         batches = prog.batch_current.processed if open_epoch else 0
         if open_epoch:
