@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from .hparams import HyperparametersMixin
+import torch
+
+from .hparams import HyperparametersMixin, instantiate_from_hparams
 
 
 class DataModule(HyperparametersMixin):
@@ -37,3 +40,13 @@ class DataModule(HyperparametersMixin):
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | os.PathLike, **hparam_overrides: Any) -> Any:
+        """Rebuild from the checkpoint's datamodule_hyper_parameters (plus overrides) and load its state."""
+        ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)  # noqa: S614
+        hp = ckpt.get("datamodule_hyper_parameters") or {}
+        dm = instantiate_from_hparams(cls, hp, hparam_overrides, checkpoint_path)
+        if "datamodule" in ckpt:
+            dm.load_state_dict(ckpt["datamodule"])
+        return dm

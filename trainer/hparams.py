@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any
 
 
@@ -59,3 +60,19 @@ class HyperparametersMixin:
         if not hasattr(self, "_hparams"):
             object.__setattr__(self, "_hparams", AttributeDict())
         return self._hparams  # type: ignore[attr-defined]
+
+
+def instantiate_from_hparams(cls: type, hparams: dict[str, Any], overrides: dict[str, Any], path: Any) -> Any:
+    """`cls(**{**hparams, **overrides})`, with a clear error when the checkpoint lacks what __init__ needs."""
+    kwargs = {**hparams, **overrides}
+    try:
+        inspect.signature(cls).bind(**kwargs)
+    except TypeError as exc:
+        from .errors import MisconfigurationError
+
+        hint = "" if hparams else " The checkpoint holds no hyper_parameters (call self.save_hyperparameters())."
+        raise MisconfigurationError(
+            f"cannot rebuild {cls.__name__} from {os.fspath(path)}: {exc}.{hint} Pass the missing arguments as "
+            f"{cls.__name__}.load_from_checkpoint(path, name=value)."
+        ) from exc
+    return cls(**kwargs)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .errors import MisconfigurationError
-from .hparams import HyperparametersMixin
+from .hparams import HyperparametersMixin, instantiate_from_hparams
 
 
 class Module(HyperparametersMixin, nn.Module):
@@ -24,6 +24,26 @@ class Module(HyperparametersMixin, nn.Module):
         self.automatic_optimization: bool = True
         self._trainer: Any = None
         self._device_hint = torch.device("cpu")
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | os.PathLike,
+        map_location: Any = None,
+        strict: bool = True,
+        **hparam_overrides: Any,
+    ) -> Any:
+        """Rebuild the module from a checkpoint's hyper_parameters (plus overrides) and load its weights.
+
+        Returned in eval mode, as Lightning does.
+        """
+        ckpt = torch.load(checkpoint_path, map_location=map_location or "cpu", weights_only=False)  # noqa: S614
+        module = instantiate_from_hparams(cls, ckpt.get("hyper_parameters") or {}, hparam_overrides, checkpoint_path)
+        module.on_load_checkpoint(ckpt)
+        module.load_state_dict(ckpt["state_dict"], strict=strict)
+        if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+            module.to(map_location)
+        return module.eval()
 
     # -- context ----------------------------------------------------------
     @property

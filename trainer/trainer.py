@@ -491,6 +491,8 @@ class Trainer:
         ckpt_path: str | os.PathLike | None = None,
         verbose: bool = True,
     ) -> list[dict[str, float]]:
+        if isinstance(dataloaders, DataModule):
+            datamodule, dataloaders = dataloaders, None
         return self._run("validate", module, datamodule, ckpt_path, val=dataloaders, verbose=verbose)
 
     def test(
@@ -501,6 +503,8 @@ class Trainer:
         ckpt_path: str | os.PathLike | None = None,
         verbose: bool = True,
     ) -> list[dict[str, float]]:
+        if isinstance(dataloaders, DataModule):
+            datamodule, dataloaders = dataloaders, None
         return self._run("test", module, datamodule, ckpt_path, test=dataloaders, verbose=verbose)
 
     def predict(
@@ -511,6 +515,8 @@ class Trainer:
         ckpt_path: str | os.PathLike | None = None,
         return_predictions: bool = True,
     ) -> list[Any]:
+        if isinstance(dataloaders, DataModule):
+            datamodule, dataloaders = dataloaders, None
         return self._run("predict", module, datamodule, ckpt_path, predict=dataloaders)
 
     def save_checkpoint(self, filepath: str | os.PathLike, weights_only: bool = False) -> None:
@@ -816,7 +822,9 @@ class Trainer:
             prog.batch_total.processed += 1
             prog.batch_current.processed += 1
             if stepped:
-                self._step_schedulers("step")
+                if module.automatic_optimization:
+                    # Manual optimization steps its schedulers itself (sch.step()), as Lightning documents.
+                    self._step_schedulers("step")
                 if (self._batches_that_stepped + 1) % self.log_every_n_steps == 0 or self.should_stop:
                     self._log_to_loggers(self._pending_step_logs, self._batches_that_stepped)
                 self._batches_that_stepped += 1
@@ -834,24 +842,35 @@ class Trainer:
             if (
                 stepped
                 and not last
-                and (self.should_stop or self.max_steps != -1 and self.global_step >= self.max_steps)
+                and (
+                    self.should_stop
+                    and self.current_epoch >= self.min_epochs
+                    or self.max_steps != -1
+                    and self.global_step >= self.max_steps
+                )
             ):
                 stopped_mid_epoch = True
                 break
         self._time_elapsed = time.monotonic() - self._t0
-        if stopped_mid_epoch:
-            # The epoch stays open: a checkpoint taken now resumes inside it, exactly.
-            return
+        # A stop inside the epoch (max_steps, max_time, should_stop) still runs the epoch end, as Lightning does:
+        # epoch metrics, on_train_epoch_end (so ModelCheckpoint saves), the logger flush. The epoch's counters
+        # stay "started, not processed", so a checkpoint taken now resumes inside it, exactly; for the same
+        # reason epoch-interval schedulers step only when the epoch really finishes.
         to_log = self._update_epoch_metrics()
-        self._step_schedulers("epoch", plateau=False)
-        prog.epoch.processed += 1
+        if not stopped_mid_epoch:
+            if module.automatic_optimization:
+                self._step_schedulers("epoch", plateau=False)
+            prog.epoch.processed += 1
         self._call("on_train_epoch_end", module_first=True)
         to_log.update(self._update_epoch_metrics())
         # Lightning steps ReduceLROnPlateau after on_train_epoch_end, so it may monitor what that hook logs.
-        self._step_schedulers("epoch", plateau=True)
+        if not stopped_mid_epoch and module.automatic_optimization:
+            self._step_schedulers("epoch", plateau=True)
         self._log_to_loggers(to_log, max(self._batches_that_stepped - 1, 0), epoch=True)
         for lg in self.loggers:
             lg.save()
+        if stopped_mid_epoch:
+            return
         prog.epoch.completed += 1
         self.current_epoch += 1
 
@@ -902,6 +921,9 @@ class Trainer:
         self._call("on_after_backward")
 
     def _optimizer_step(self, optimizer: torch.optim.Optimizer, closure: Any = None) -> Any:
+        if closure is None:
+            # Lightning's order: unscale (16-mixed; once per step) so the hook sees real gradients, then clip.
+            self.strategy.precision.unscale_gradients(optimizer)
         self._call("on_before_optimizer_step", optimizer)
         if self.gradient_clip_val and self.module is not None and self.module.automatic_optimization:
             self._clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
@@ -1117,6 +1139,15 @@ class Trainer:
                 warnings.warn(f'ckpt_path="last" but no last*.ckpt in {sorted(dirs)}: starting fresh.', stacklevel=3)
                 return None
             return max(found, key=os.path.getmtime)
+        if ckpt_path == "best":
+            cb = self.checkpoint_callback
+            best = getattr(cb, "best_model_path", "") if cb is not None else ""
+            if not best:
+                raise MisconfigurationError(
+                    'ckpt_path="best" but there is no best checkpoint: add ModelCheckpoint(monitor=...) to the '
+                    "trainer's callbacks and fit first, or pass a checkpoint path."
+                )
+            return os.fspath(best)
         return os.fspath(ckpt_path)
 
     def _restore(self, module: Module, ckpt_path: Any, weights_only: bool = False) -> None:
@@ -1156,9 +1187,11 @@ class Trainer:
         self.global_step = ckpt["global_step"]
         self._batches_that_stepped = fit["batches_that_stepped"]
         self._time_elapsed = fit.get("time_elapsed", 0.0)
+        # Resume is decided by the counters alone: an epoch that stopped inside (max_steps, max_time) ran its
+        # epoch end but stays "started, not processed"; one whose batches all ran is "processed".
         if prog.epoch.processed > prog.epoch.completed:
-            # Saved in on_train_epoch_end (ModelCheckpoint's usual place): that epoch is done, so resume at the
-            # next one, as Lightning does, instead of training the saved epoch again.
+            # Processed but saved before completion (on_train_epoch_end, ModelCheckpoint's usual place): that
+            # epoch is done, so resume at the next one, as Lightning does, instead of training it again.
             prog.epoch.completed = prog.epoch.processed
             self.current_epoch += 1
         open_epoch = prog.epoch.started > prog.epoch.processed
