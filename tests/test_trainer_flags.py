@@ -342,3 +342,20 @@ def test_accumulate_grad_batches_steps_on_the_last_batch_of_a_ragged_epoch(tmp_p
     trainer, m = run(tmp_path, n_train=20, max_epochs=2, accumulate_grad_batches=2)  # 5 batches an epoch
     assert m.steps_at == [1, 3, 4, 1, 3, 4]
     assert trainer.global_step == 6
+
+
+def test_predict_without_keeping_predictions(tmp_path) -> None:
+    from gridlab.trainer import Callback
+
+    seen = []
+
+    class Count(Callback):
+        def on_predict_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+            seen.append(outputs.shape[0])
+
+    model = BoringModel()
+    trainer = Trainer(callbacks=[Count()], **quiet_trainer_kwargs(tmp_path))
+    loader = DataLoader(regression_data(24), batch_size=8)
+    assert trainer.predict(model, loader, return_predictions=False) is None
+    assert seen == [8, 8, 8]
+    assert len(trainer.predict(model, loader)) == 3

@@ -88,6 +88,13 @@ class _WrappedOptimizer:
         return getattr(self.optimizer, name)
 
 
+def _split_datamodule(loaders: Any, datamodule: DataModule | None) -> tuple[Any, DataModule | None]:
+    """Accept a DataModule in the dataloaders position, as Lightning does."""
+    if isinstance(loaders, DataModule):
+        return None, loaders
+    return loaders, datamodule
+
+
 def _parse_max_time(value: Any) -> float | None:
     if value is None:
         return None
@@ -477,8 +484,7 @@ class Trainer:
         datamodule: DataModule | None = None,
         ckpt_path: str | os.PathLike | None = None,
     ) -> None:
-        if isinstance(train_dataloaders, DataModule):
-            datamodule, train_dataloaders = train_dataloaders, None
+        train_dataloaders, datamodule = _split_datamodule(train_dataloaders, datamodule)
         if ckpt_path is None and os.environ.get("GRIDLAB_RESUME_FROM"):
             ckpt_path = os.environ["GRIDLAB_RESUME_FROM"]
         self._run("fit", module, datamodule, ckpt_path, train=train_dataloaders, val=val_dataloaders)
@@ -491,8 +497,7 @@ class Trainer:
         ckpt_path: str | os.PathLike | None = None,
         verbose: bool = True,
     ) -> list[dict[str, float]]:
-        if isinstance(dataloaders, DataModule):
-            datamodule, dataloaders = dataloaders, None
+        dataloaders, datamodule = _split_datamodule(dataloaders, datamodule)
         return self._run("validate", module, datamodule, ckpt_path, val=dataloaders, verbose=verbose)
 
     def test(
@@ -503,8 +508,7 @@ class Trainer:
         ckpt_path: str | os.PathLike | None = None,
         verbose: bool = True,
     ) -> list[dict[str, float]]:
-        if isinstance(dataloaders, DataModule):
-            datamodule, dataloaders = dataloaders, None
+        dataloaders, datamodule = _split_datamodule(dataloaders, datamodule)
         return self._run("test", module, datamodule, ckpt_path, test=dataloaders, verbose=verbose)
 
     def predict(
@@ -514,10 +518,13 @@ class Trainer:
         datamodule: DataModule | None = None,
         ckpt_path: str | os.PathLike | None = None,
         return_predictions: bool = True,
-    ) -> list[Any]:
-        if isinstance(dataloaders, DataModule):
-            datamodule, dataloaders = dataloaders, None
-        return self._run("predict", module, datamodule, ckpt_path, predict=dataloaders)
+    ) -> list[Any] | None:
+        """The predict_step outputs (a list per dataloader when there are several); None with
+        return_predictions=False, which keeps no outputs in memory (callbacks still see each)."""
+        dataloaders, datamodule = _split_datamodule(dataloaders, datamodule)
+        return self._run(
+            "predict", module, datamodule, ckpt_path, predict=dataloaders, return_predictions=return_predictions
+        )
 
     def save_checkpoint(self, filepath: str | os.PathLike, weights_only: bool = False) -> None:
         if self.module is None:
@@ -540,6 +547,7 @@ class Trainer:
         test: Any = None,
         predict: Any = None,
         verbose: bool = True,
+        return_predictions: bool = True,
     ) -> Any:
         if module is None:
             module = self.module
@@ -573,7 +581,14 @@ class Trainer:
             module.setup(stage)
             self.strategy.setup_module(module)
             out = getattr(self, f"_run_{stage}")(
-                module, ckpt_path, train=train, val=val, test=test, predict=predict, verbose=verbose
+                module,
+                ckpt_path,
+                train=train,
+                val=val,
+                test=test,
+                predict=predict,
+                verbose=verbose,
+                return_predictions=return_predictions,
             )
             self.state.status = "finished"
             for lg in self.loggers:
@@ -1047,7 +1062,9 @@ class Trainer:
     def _run_test(self, module: Module, ckpt_path: Any, test: Any, verbose: bool, **_: Any) -> Any:
         return self._run_eval_stage("test", module, ckpt_path, test, verbose)
 
-    def _run_predict(self, module: Module, ckpt_path: Any, predict: Any, **_: Any) -> list[Any]:
+    def _run_predict(
+        self, module: Module, ckpt_path: Any, predict: Any, return_predictions: bool = True, **_: Any
+    ) -> list[Any] | None:
         loaders = self._loaders(predict, "predict")
         if not loaders:
             raise MisconfigurationError("trainer.predict() has no data: pass dataloaders= or a datamodule=.")
@@ -1073,12 +1090,15 @@ class Trainer:
                         with self.strategy.precision.forward_context():
                             out = module.predict_step(batch, batch_idx, *extra)
                         self._call("on_predict_batch_end", out, batch, batch_idx, *extra)
-                        preds.append(out)
+                        if return_predictions:
+                            preds.append(out)
                     all_preds.append(preds)
             self._call("on_predict_epoch_end")
             self._call("on_predict_end")
         finally:
             module.train(was_training)
+        if not return_predictions:
+            return None
         return all_preds[0] if len(all_preds) == 1 else all_preds
 
     # ------------------------------------------------------------ checkpoints
