@@ -530,7 +530,7 @@ def test_progress_live_bar_on_a_terminal(tmp_path: Any) -> None:
     assert "ETA" in text
 
 
-def test_progress_redraws_are_rate_limited_and_cheap(tmp_path: Any) -> None:
+def test_progress_redraws_are_rate_limited(tmp_path: Any) -> None:
     out = TTY()
     bar = ProgressBar(stream=out)  # 0.1 s between redraws on a terminal
     t = trainer_for(tmp_path, [bar])
@@ -542,8 +542,7 @@ def test_progress_redraws_are_rate_limited_and_cheap(tmp_path: Any) -> None:
     start = time.perf_counter()
     for i in range(n):
         bar.on_train_batch_end(t, t.module, outputs, None, i)
-    per_call = (time.perf_counter() - start) / n
-    assert per_call < 20e-6, per_call  # typically ~0.3 us
+    # Redraws are limited by time, not by steps (its cost is measured in bench/trainer_overhead.py).
     assert out.getvalue().count("\r") <= 2 + int((time.perf_counter() - start) / 0.1)
 
 
