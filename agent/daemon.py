@@ -48,6 +48,7 @@ DEFAULT_HEARTBEAT = 5.0
 WELCOME_TIMEOUT = 30.0
 DRAIN_TIMEOUT = 30.0  # longest wait for an attempt's logs before its terminal update
 SHUTDOWN_DRAIN_TIMEOUT = 3.0  # the same wait while the agent itself is stopping
+FINAL_FLUSH_TIMEOUT = 10.0  # at exit, for the last updates to reach the scheduler
 
 
 class ProtocolError(Exception):
@@ -95,6 +96,7 @@ class Agent:
         self._stub: agent_pb2_grpc.AgentGatewayAsyncStub | None = None
         self._stop = asyncio.Event()
         self._stopping = False
+        self._closing = False  # stopping, and every attempt has ended
         self._session_welcomed = False
 
     def _state_dir(self) -> Path:
@@ -154,11 +156,13 @@ class Agent:
         # task must end (reporting PREEMPTED) before the stream is closed too.
         while pending := [task for task in self._tasks.values() if not task.done()]:
             await asyncio.wait(pending)
+        # Every attempt has ended: no more heartbeats, so the outbox can drain to empty.
+        self._closing = True
         outbox, call = self._outbox, self._call
         if outbox is not None and call is not None:  # let the last updates out, then say bye
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(outbox.join(), 2.0)
-                await asyncio.wait_for(call.done_writing(), 2.0)
+                await asyncio.wait_for(outbox.join(), FINAL_FLUSH_TIMEOUT)
+                await asyncio.wait_for(call.done_writing(), FINAL_FLUSH_TIMEOUT)
 
     # -- the control stream ---------------------------------------------------------------
 
@@ -266,7 +270,8 @@ class Agent:
             await asyncio.sleep(interval)
             reap_orphans()  # orphans that re-parented to the agent and exited by themselves
             inventory = await asyncio.to_thread(self.inventory.collect)
-            outbox.put_nowait(self._heartbeat(inventory))
+            if not self._closing:
+                outbox.put_nowait(self._heartbeat(inventory))
 
     def _heartbeat(self, inventory: types_pb2.Inventory | None = None) -> agent_pb2.AgentMessage:
         beat = agent_pb2.Heartbeat(attempts=[a.status() for a in self.attempts.values()], draining=self._stopping)

@@ -33,8 +33,20 @@ PY = sys.executable
 TOKEN = "glt_test"
 
 
+# One event loop for the whole module. grpc.aio ties its poller thread to the loop it first
+# runs on; a fresh asyncio.run() per test left pollers of closed loops behind, and the final
+# garbage collection of the test session could then block forever joining one of them.
+_RUNNER = asyncio.Runner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_loop() -> Iterator[None]:
+    yield
+    _RUNNER.close()
+
+
 def arun(coro: Coroutine[Any, Any, T], timeout: float = 20) -> T:
-    return asyncio.run(asyncio.wait_for(coro, timeout))
+    return _RUNNER.run(asyncio.wait_for(coro, timeout))
 
 
 async def until(predicate: Callable[[], object], timeout: float = 10, what: str = "") -> None:
