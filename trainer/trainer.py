@@ -20,7 +20,6 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
 from typing import Any
 
 import torch
@@ -28,6 +27,7 @@ import torch
 from .callbacks.base import Callback
 from .checkpoint import FORMAT_VERSION
 from .datamodule import DataModule
+from .durations import parse_duration
 from .errors import MisconfigurationError
 from .module import Module
 from .optim import LRSchedulerConfig, parse_optimizers
@@ -93,22 +93,6 @@ def _split_datamodule(loaders: Any, datamodule: DataModule | None) -> tuple[Any,
     if isinstance(loaders, DataModule):
         return None, loaders
     return loaders, datamodule
-
-
-def _parse_max_time(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, dict):
-        return timedelta(**value).total_seconds()
-    if isinstance(value, str):
-        parts = value.split(":")
-        if len(parts) != 4 or not all(p.isdigit() for p in parts):
-            raise MisconfigurationError(f'max_time must look like "DD:HH:MM:SS", got {value!r}.')
-        d, h, m, s = map(int, parts)
-        return timedelta(days=d, hours=h, minutes=m, seconds=s).total_seconds()
-    raise MisconfigurationError(f"max_time must be a timedelta, a dict or 'DD:HH:MM:SS', got {type(value).__name__}.")
 
 
 def _limit(n: float, limit: int | float) -> float:
@@ -206,7 +190,7 @@ class Trainer:
         self.max_epochs = max_epochs
         self.min_epochs = min_epochs or 0
         self.max_steps = max_steps
-        self._max_time = _parse_max_time(max_time)
+        self._max_time = parse_duration(max_time, "max_time")
         if accumulate_grad_batches < 1:
             raise MisconfigurationError("accumulate_grad_batches must be >= 1.")
         self.accumulate_grad_batches = int(accumulate_grad_batches)

@@ -5,30 +5,14 @@ Elapsed training time is saved in checkpoints, so a resumed run has only the rem
 
 from __future__ import annotations
 
-import re
 import time
 from datetime import timedelta
 from typing import Any
 
+from ..durations import parse_duration
 from .base import Callback
 
 _STAGES = ("train", "validate", "test", "predict")
-
-
-def _parse_duration(duration: str | timedelta | dict[str, int] | None) -> float | None:
-    if duration is None:
-        return None
-    if isinstance(duration, timedelta):
-        return duration.total_seconds()
-    if isinstance(duration, dict):
-        return timedelta(**duration).total_seconds()
-    if isinstance(duration, str):
-        m = re.fullmatch(r"\s*(\d+):(\d{1,2}):(\d{1,2}):(\d{1,2})\s*", duration)
-        if m is None:
-            raise ValueError(f"Timer(duration={duration!r}): expected 'DD:HH:MM:SS', e.g. '00:12:00:00' for 12 hours")
-        days, hours, minutes, seconds = map(int, m.groups())
-        return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds).total_seconds()
-    raise TypeError(f"Timer(duration=...) takes a timedelta, a dict or 'DD:HH:MM:SS', not {duration!r}")
 
 
 class Timer(Callback):
@@ -49,7 +33,7 @@ class Timer(Callback):
     ) -> None:
         if interval not in ("step", "epoch"):
             raise ValueError(f"Timer(interval={interval!r}): use 'step' or 'epoch'")
-        self._duration = _parse_duration(duration)
+        self._duration = parse_duration(duration, "Timer(duration)")
         self._interval = interval
         self._verbose = verbose
         self._start_time: dict[str, float | None] = dict.fromkeys(_STAGES)
