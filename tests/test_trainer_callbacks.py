@@ -30,6 +30,8 @@ from gridlab.trainer.callbacks import (
     Timer,
 )
 from gridlab.trainer.loggers import Logger
+from gridlab.trainer.precision import Precision
+from gridlab.trainer.strategy import SingleDeviceStrategy
 
 torch.set_num_threads(1)
 
@@ -101,7 +103,7 @@ class FakeTrainer:
         self.is_global_zero = True
         self.default_root_dir = checkpoint_dir
         self.checkpoint_dir = checkpoint_dir
-        self.strategy = None
+        self.strategy = SingleDeviceStrategy(torch.device("cpu"), Precision())
         self.should_stop = False
         self.log_every_n_steps = 1
         self.saved: list[str] = []

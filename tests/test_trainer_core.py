@@ -73,9 +73,12 @@ def test_unknown_precision_names_the_valid_values() -> None:
         Trainer(precision="fp8", logger=False, enable_checkpointing=False, enable_progress_bar=False)
 
 
-def test_devices_above_one_point_to_the_distributed_trainer() -> None:
-    with pytest.raises(NotImplementedError, match="DDP/FSDP come with the distributed trainer"):
-        Trainer(devices=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+def test_devices_above_one_choose_ddp() -> None:
+    trainer = Trainer(devices=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    assert type(trainer.strategy).__name__ == "DDPStrategy"
+    assert (trainer.world_size, trainer.num_devices, trainer.global_rank) == (2, 2, 0)
+    with pytest.raises(MisconfigurationError, match='use strategy="ddp" or "fsdp"'):
+        Trainer(devices=2, strategy="single_device", accelerator="cpu", logger=False)
 
 
 def test_misuse_errors_name_the_fix(tmp_path) -> None:

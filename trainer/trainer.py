@@ -27,11 +27,14 @@ import torch
 from .callbacks.base import Callback
 from .checkpoint import FORMAT_VERSION
 from .datamodule import DataModule
+from .distributed import DistributedStrategy
 from .durations import parse_duration
+from .environment import ClusterEnvironment
 from .errors import MisconfigurationError
 from .module import Module
 from .optim import LRSchedulerConfig, parse_optimizers
 from .precision import make_precision, normalize_precision
+from .preemption import PREEMPTION_CHECKPOINT, Preempted, SigtermFlag
 from .results import Results
 from .seed import SEED_WORKERS_ENV, collect_rng_states, set_rng_states, worker_init_fn
 from .strategy import SingleDeviceStrategy, Strategy
@@ -137,6 +140,7 @@ class Trainer:
         *,
         accelerator: str = "auto",
         devices: int | str | list[int] = "auto",
+        num_nodes: int = 1,
         precision: str | int = "32-true",
         max_epochs: int | None = None,
         min_epochs: int | None = None,
@@ -163,18 +167,12 @@ class Trainer:
         default_root_dir: str | os.PathLike | None = None,
         truncated_bptt_steps: int | None = None,
         strategy: Strategy | str = "auto",
+        use_distributed_sampler: bool = True,
     ) -> None:
         self.default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
         self.precision = normalize_precision(precision)
-        device = self._select_device(accelerator, devices)
-        if isinstance(strategy, Strategy):
-            self.strategy = strategy
-        elif strategy in ("auto", "single_device"):
-            self.strategy = SingleDeviceStrategy(device, make_precision(self.precision, device.type))
-        else:
-            raise NotImplementedError(
-                f"strategy={strategy!r}: DDP/FSDP come with the distributed trainer (issue 4); use devices=1."
-            )
+        self.strategy = self._make_strategy(accelerator, devices, num_nodes, strategy)
+        self.use_distributed_sampler = use_distributed_sampler
 
         self.fast_dev_run = int(fast_dev_run)
         if fast_dev_run is not False and int(fast_dev_run) < 1:
@@ -269,31 +267,58 @@ class Trainer:
         self._pending_step_logs: dict[str, torch.Tensor] = {}
         self._train_results = self._results
         self._t0 = time.monotonic()
+        self._sigterm = SigtermFlag()
 
     # ------------------------------------------------------------------ setup
-    @staticmethod
-    def _select_device(accelerator: str, devices: Any) -> torch.device:
-        count = devices if isinstance(devices, int) else len(devices) if isinstance(devices, list) else 1
-        if (
-            devices not in ("auto", 1, "1", -1)
-            and count != 1
-            or devices in (-1, "-1")
-            and torch.cuda.device_count() > 1
-        ):
-            raise NotImplementedError(
-                f"devices={devices!r}: this trainer runs one device per process; DDP/FSDP come with the "
-                "distributed trainer (issue 4). Use devices=1."
-            )
+    def _make_strategy(self, accelerator: str, devices: Any, num_nodes: int, strategy: Strategy | str) -> Strategy:
+        """Resolve accelerator x devices x num_nodes x strategy into one Strategy (Lightning's rules, with the
+        environment of torchrun or the gridlab agent taking precedence over `devices`)."""
+        from .ddp import DDPStrategy
+        from .fsdp import FSDPStrategy
+
         if accelerator == "auto":
             accelerator = "cuda" if torch.cuda.is_available() else "cpu"
-        if accelerator in ("gpu", "cuda"):
-            if not torch.cuda.is_available():
-                raise MisconfigurationError(f'accelerator="{accelerator}" but no CUDA GPU is visible: use "cpu".')
-            index = devices[0] if isinstance(devices, list) else int(os.environ.get("LOCAL_RANK", 0))
-            return torch.device("cuda", index)
-        if accelerator != "cpu":
+        if accelerator == "gpu":
+            accelerator = "cuda"
+        if accelerator not in ("cpu", "cuda"):
             raise MisconfigurationError(f'accelerator must be "auto", "cpu", "gpu" or "cuda", got {accelerator!r}.')
-        return torch.device("cpu")
+        if accelerator == "cuda" and not torch.cuda.is_available():
+            raise MisconfigurationError('accelerator="gpu" but no CUDA GPU is visible: use accelerator="cpu".')
+        ids = _parse_devices(devices, accelerator)
+        if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
+            raise MisconfigurationError(f"num_nodes must be a positive int, got {num_nodes!r}.")
+        env = ClusterEnvironment.detect()
+        if env is not None and env.world_size > 1 and devices in ("auto", 1, "1"):
+            # The same script under torchrun or the agent: the launcher decided the topology.
+            ids, num_nodes = list(range(env.local_world_size)), env.num_nodes
+        world = len(ids) * num_nodes
+        if isinstance(strategy, str):
+            name = strategy.lower()
+            if name == "auto":
+                name = "ddp" if world > 1 or (env is not None and env.world_size > 1) else "single_device"
+            if name == "single_device":
+                if world > 1:
+                    raise MisconfigurationError(
+                        f'strategy="single_device" runs one process, but devices x num_nodes is {world}: use '
+                        'strategy="ddp" or "fsdp".'
+                    )
+                index = ids[0] if accelerator == "cuda" else None
+                if accelerator == "cuda" and env is not None:
+                    index = env.local_rank
+                device = torch.device(accelerator, index) if index is not None else torch.device(accelerator)
+                return SingleDeviceStrategy(device, make_precision(self.precision, device.type))
+            kinds: dict[str, type[DistributedStrategy]] = {"ddp": DDPStrategy, "fsdp": FSDPStrategy}
+            if name not in kinds:
+                raise MisconfigurationError(
+                    f'strategy must be "auto", "single_device", "ddp", "fsdp" or a Strategy, got {strategy!r}.'
+                )
+            strategy = kinds[name]()
+        if isinstance(strategy, DistributedStrategy):
+            strategy.configure(accelerator, len(ids), num_nodes, lambda dt: make_precision(self.precision, dt))
+            return strategy
+        if not isinstance(strategy, Strategy):
+            raise MisconfigurationError(f"strategy must be a string or a Strategy, got {type(strategy).__name__}.")
+        return strategy
 
     def _make_loggers(self, logger: Any) -> list[Any]:
         if logger is None or logger is False:
@@ -334,6 +359,22 @@ class Trainer:
     @property
     def world_size(self) -> int:
         return self.strategy.world_size
+
+    @property
+    def local_rank(self) -> int:
+        return self.strategy.local_rank
+
+    @property
+    def num_devices(self) -> int:
+        return getattr(self.strategy, "num_devices", 1)
+
+    @property
+    def num_nodes(self) -> int:
+        return getattr(self.strategy, "num_nodes", 1)
+
+    @property
+    def received_sigterm(self) -> bool:
+        return self._sigterm.requested
 
     @property
     def sanity_checking(self) -> bool:
@@ -425,10 +466,14 @@ class Trainer:
                 self._batch_size = _infer_batch_size(self._current_batch) if self._current_batch is not None else 1
             batch_size = self._batch_size
         name = name + self._dataloader_suffix
+        if sync_dist and on_step and not on_epoch:
+            value = self.strategy.reduce(value, reduce_fx)
         m, step_key = self._results.log(
             name, value, on_step, on_epoch, prog_bar, logger, reduce_fx, sync_dist, batch_size
         )
         if step_key is not None:
+            if sync_dist and on_epoch:  # the epoch accumulator keeps the local value; the step value is global
+                value = self.strategy.reduce(value, reduce_fx)
             self.callback_metrics[step_key] = value
             self.callback_metrics[name] = value
             if prog_bar:
@@ -513,11 +558,16 @@ class Trainer:
     def save_checkpoint(self, filepath: str | os.PathLike, weights_only: bool = False) -> None:
         if self.module is None:
             raise RuntimeError("save_checkpoint needs a module: call fit/validate/test first.")
+        filepath = self.strategy.broadcast(os.fspath(filepath))  # every rank writes (FSDP) or agrees on one path
         ckpt = self._dump_checkpoint(weights_only)
         self.strategy.save_checkpoint(ckpt, filepath)
-        for lg in self.loggers:
+        for lg in self._rank_zero_loggers():
             lg.save()
         self.strategy.barrier("save_checkpoint")
+
+    def _rank_zero_loggers(self) -> list[Any]:
+        """Loggers write from rank 0 only (other ranks would each open their own version folder)."""
+        return self.loggers if self.is_global_zero else []
 
     # ------------------------------------------------------------- the run
     def _run(
@@ -543,6 +593,7 @@ class Trainer:
         module.trainer = self
         if datamodule is not None:
             datamodule.trainer = self
+        self.strategy.setup_environment()
         self.state = TrainerState(stage=stage, status="running")
         self.should_stop = False
         prev_det = torch.are_deterministic_algorithms_enabled()
@@ -575,22 +626,36 @@ class Trainer:
                 return_predictions=return_predictions,
             )
             self.state.status = "finished"
-            for lg in self.loggers:
+            for lg in self._rank_zero_loggers():
                 lg.finalize("success")
             return out
+        except Preempted as stop:
+            self.state.status = "interrupted"
+            for lg in self._rank_zero_loggers():
+                lg.finalize("preempted")
+            if self.is_global_zero:
+                print(
+                    f"gridlab.trainer: SIGTERM received; saved {stop.path} at epoch {self.current_epoch}, step "
+                    f"{self.global_step}; exiting 0 so the run resumes from it",
+                    flush=True,
+                )
+            raise SystemExit(0) from None
         except KeyboardInterrupt:
             self.state.status = "interrupted"
             for cb in self.callbacks:
                 cb.on_exception(self, module, KeyboardInterrupt())
-            for lg in self.loggers:
+            for lg in self._rank_zero_loggers():
                 lg.finalize("interrupted")
             return None
         except BaseException as exc:
             self.state.status = "failed"
+            clearer = self.strategy.on_exception(exc)
             for cb in self.callbacks:
                 cb.on_exception(self, module, exc)
-            for lg in self.loggers:
+            for lg in self._rank_zero_loggers():
                 lg.finalize("failed")
+            if clearer is not None:
+                raise clearer from exc
             raise
         finally:
             for cb in self.callbacks:
@@ -627,7 +692,7 @@ class Trainer:
                 and getattr(dl, "worker_init_fn", 1) is None
             ):
                 dl.worker_init_fn = worker_init_fn
-            out.append(self.strategy.process_dataloader(dl))
+            out.append(self.strategy.process_dataloader(dl) if self.use_distributed_sampler else dl)
         return out
 
     def _overfit_loader(self, dl: Any) -> Any:
@@ -673,6 +738,8 @@ class Trainer:
             # Lightning 2.x: the train loader loses its shuffle; validation keeps its own loaders, limited to
             # the same number of batches (limit_val_batches = overfit_batches).
             self.train_dataloader = self._overfit_loader(self.train_dataloader)
+            if self.use_distributed_sampler:
+                self.train_dataloader = self.strategy.process_dataloader(self.train_dataloader)
         self.val_dataloaders = self._loaders(val, "val")
         self.num_training_batches = _limit(_len(self.train_dataloader), self.limit_train_batches)
         self.num_val_batches = [_limit(_len(dl), self.limit_val_batches) for dl in self.val_dataloaders]
@@ -752,9 +819,13 @@ class Trainer:
             set_rng_states(resume["rng"])
             resume = None
         self._call("on_train_start")
-        while not self._done():
-            self._train_epoch(module, resume)
-            resume = None
+        self._sigterm.install()
+        try:
+            while not self._done():
+                self._train_epoch(module, resume)
+                resume = None
+        finally:
+            self._sigterm.uninstall()
         self._call("on_train_end")
 
     def _val_check_batch(self) -> float:
@@ -816,7 +887,7 @@ class Trainer:
                 outputs = self._automatic_batch(module, batch, batch_idx, (batch_idx + 1) % acc == 0 or last)
             else:
                 with self.strategy.precision.forward_context():
-                    outputs = module.training_step(batch, batch_idx)
+                    outputs = self.strategy.training_step(module, batch, batch_idx)
             stepped = self.global_step != step_before
             prog.batch_total.processed += 1
             prog.batch_current.processed += 1
@@ -838,6 +909,8 @@ class Trainer:
                 self._validate_during_fit()
             if self._max_time is not None and time.monotonic() - self._t0 >= self._max_time:
                 self.should_stop = True
+            if stepped and self._preemption_agreed():
+                self._save_preemption_checkpoint()
             if (
                 stepped
                 and not last
@@ -866,12 +939,24 @@ class Trainer:
         if not stopped_mid_epoch and module.automatic_optimization:
             self._step_schedulers("epoch", plateau=True)
         self._log_to_loggers(to_log, max(self._batches_that_stepped - 1, 0), epoch=True)
-        for lg in self.loggers:
+        for lg in self._rank_zero_loggers():
             lg.save()
         if stopped_mid_epoch:
             return
         prog.epoch.completed += 1
         self.current_epoch += 1
+
+    def _preemption_agreed(self) -> bool:
+        """At an optimizer step boundary: did any rank get SIGTERM? One all-reduce when distributed."""
+        if self.world_size == 1:
+            return self._sigterm.requested
+        return self.strategy.reduce_boolean_decision(self._sigterm.requested, all=False)
+
+    def _save_preemption_checkpoint(self) -> None:
+        self._time_elapsed = time.monotonic() - self._t0
+        path = os.path.join(self.checkpoint_dir, PREEMPTION_CHECKPOINT)
+        self.save_checkpoint(path)
+        raise Preempted(path)
 
     def _training_loss(self, output: Any) -> torch.Tensor:
         if isinstance(output, torch.Tensor):
@@ -888,10 +973,11 @@ class Trainer:
         )
 
     def _automatic_batch(self, module: Module, batch: Any, batch_idx: int, step: bool, *extra: Any) -> Any:
-        with self.strategy.precision.forward_context():
-            output = module.training_step(batch, batch_idx, *extra)
-        loss = self._training_loss(output)
-        self._backward(loss / self.accumulate_grad_batches if self.accumulate_grad_batches > 1 else loss)
+        with self.strategy.backward_sync(step):  # DDP: no gradient all-reduce inside an accumulation window
+            with self.strategy.precision.forward_context():
+                output = self.strategy.training_step(module, batch, batch_idx, *extra)
+            loss = self._training_loss(output)
+            self._backward(loss / self.accumulate_grad_batches if self.accumulate_grad_batches > 1 else loss)
         if step:
             opt = self.optimizers[0]
             self._optimizer_step(opt)
@@ -1094,7 +1180,7 @@ class Trainer:
             "format_version": FORMAT_VERSION,
             "epoch": self.current_epoch,
             "global_step": self.global_step,
-            "state_dict": module.state_dict(),
+            "state_dict": self.strategy.module_state_dict(module),
             "hyper_parameters": dict(module.hparams),
         }
         if self.datamodule is not None and self.datamodule.hparams:
@@ -1103,7 +1189,7 @@ class Trainer:
             prog = self.fit_progress
             ckpt.update(
                 {
-                    "optimizer_states": [o.state_dict() for o in self.optimizers],
+                    "optimizer_states": [self.strategy.optimizer_state_dict(o) for o in self.optimizers],
                     "lr_schedulers": [c.scheduler.state_dict() for c in self.lr_scheduler_configs],
                     "precision": self.strategy.precision.state_dict(),
                     "loops": {
@@ -1137,7 +1223,12 @@ class Trainer:
             # Lightning looks where the checkpoint callbacks write, not only the default folder.
             dirs = {self.checkpoint_dir, *(d for c in self.checkpoint_callbacks if (d := getattr(c, "dirpath", None)))}
             found = sorted(
-                {f for d in dirs for f in glob.glob(os.path.join(os.fspath(d), "**", "last*.ckpt"), recursive=True)}
+                {
+                    f
+                    for d in dirs
+                    for pattern in ("last*.ckpt", PREEMPTION_CHECKPOINT)
+                    for f in glob.glob(os.path.join(os.fspath(d), "**", pattern), recursive=True)
+                }
             )
             if not found:
                 warnings.warn(f'ckpt_path="last" but no last*.ckpt in {sorted(dirs)}: starting fresh.', stacklevel=3)
@@ -1159,6 +1250,7 @@ class Trainer:
         if path is None:
             return
         self.ckpt_path = path
+        self.strategy.optimizers = [] if weights_only else self.optimizers
         ckpt = self.strategy.load_checkpoint(path)
         version = ckpt.get("format_version", 0)
         if version > FORMAT_VERSION:
@@ -1166,7 +1258,7 @@ class Trainer:
                 f"{path} has checkpoint format {version}, newer than this trainer's {FORMAT_VERSION}: upgrade gridlab."
             )
         module.on_load_checkpoint(ckpt)
-        module.load_state_dict(ckpt["state_dict"])
+        self.strategy.load_module_state_dict(module, ckpt["state_dict"])
         if weights_only or "loops" not in ckpt:
             return
         for cb in self._hook_fns("on_load_checkpoint"):
@@ -1176,7 +1268,7 @@ class Trainer:
             if cb.state_key in states:
                 cb.load_state_dict(states[cb.state_key])
         for opt, state in zip(self.optimizers, ckpt.get("optimizer_states", []), strict=False):
-            opt.load_state_dict(state)
+            self.strategy.load_optimizer_state_dict(opt, state)
         for cfg, state in zip(self.lr_scheduler_configs, ckpt.get("lr_schedulers", []), strict=False):
             cfg.scheduler.load_state_dict(state)
         self.strategy.precision.load_state_dict(ckpt.get("precision", {}))
@@ -1214,3 +1306,33 @@ def _detach(h: Any) -> Any:
     if isinstance(h, (list, tuple)):
         return type(h)(_detach(x) for x in h)
     return h
+
+
+def _parse_devices(devices: Any, accelerator: str) -> list[int]:
+    """Device indices on this node: "auto" (every GPU, or one CPU process), N, -1 (every GPU), "0,1", [0, 1]."""
+    gpus = torch.cuda.device_count() if accelerator == "cuda" else 0
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text == "auto":
+            return list(range(gpus)) if gpus else [0]
+        try:
+            devices = [int(x) for x in text.split(",") if x.strip()] if "," in text else int(text)
+        except ValueError:
+            raise MisconfigurationError(f'devices must be "auto", an int, -1 or indices, got {devices!r}.') from None
+    if isinstance(devices, bool):
+        raise MisconfigurationError("devices must be an int or a list of indices, not a bool.")
+    if isinstance(devices, int):
+        if devices == -1:
+            if accelerator != "cuda":
+                raise MisconfigurationError("devices=-1 means every GPU; on CPU give the number of processes.")
+            return list(range(gpus))
+        if devices < 1:
+            raise MisconfigurationError(f"devices must be >= 1 (or -1 for every GPU), got {devices}.")
+        if accelerator == "cuda" and devices > gpus:
+            raise MisconfigurationError(f"devices={devices} but only {gpus} CUDA GPU(s) are visible.")
+        return list(range(devices))
+    if isinstance(devices, (list, tuple)) and devices and all(isinstance(d, int) for d in devices):
+        if accelerator == "cuda" and any(not 0 <= d < gpus for d in devices):
+            raise MisconfigurationError(f"devices={list(devices)} names GPUs that are not visible ({gpus} are).")
+        return list(devices)
+    raise MisconfigurationError(f'devices must be "auto", an int, -1 or a list of indices, got {devices!r}.')

@@ -11,7 +11,6 @@ global-zero process only.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import re
@@ -228,7 +227,8 @@ class ModelCheckpoint(Callback):
                 "or should the checkpoint be saved after validation (save_on_train_epoch_end=False)?"
             )
         current = _as_tensor(metrics[self.monitor])
-        if self._check_monitor_top_k(current):
+        # Every rank must take the same branch (FSDP saves collectively): rank 0's metrics decide for all.
+        if trainer.strategy.broadcast(self._check_monitor_top_k(current)):
             self._update_best_and_save(current, trainer, metrics)
         elif self.verbose:
             print(f"Epoch {trainer.current_epoch}, step {trainer.global_step}: {self.monitor!r} not in top k")
@@ -316,6 +316,5 @@ class ModelCheckpoint(Callback):
         trainer.save_checkpoint(filepath)
 
     def _remove(self, trainer: Any, filepath: str) -> None:
-        if trainer.is_global_zero and filepath != self.last_model_path:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(filepath)
+        if filepath != self.last_model_path:
+            trainer.strategy.remove_checkpoint(filepath)  # rank 0 only; a file or a sharded folder
