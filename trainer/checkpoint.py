@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -119,7 +120,9 @@ def load_sharded(
                 f"{path} holds {saved_opts} optimizer state(s) but configure_optimizers returned {len(optimizers)}."
             )
         template["optimizer_states"] = {str(i): get_optimizer_state_dict(module, o) for i, o in enumerate(optimizers)}
-    dcp.load(template, checkpoint_id=os.fspath(path), no_dist=no_dist)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+        dcp.load(template, checkpoint_id=os.fspath(path), no_dist=no_dist)
     meta["state_dict"] = template["state_dict"]
     if "optimizer_states" in template:
         meta["optimizer_states"] = [template["optimizer_states"][str(i)] for i in range(len(optimizers))]

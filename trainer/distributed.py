@@ -59,6 +59,7 @@ class DistributedStrategy(Strategy):
         self.num_nodes = 1
         self.env: ClusterEnvironment | None = None
         self._failed = False
+        self._launcher: Any = None
 
     # -- wiring from the Trainer ------------------------------------------
     def configure(self, device_type: str, num_devices: int, num_nodes: int, precision_factory: Any) -> None:
@@ -136,7 +137,8 @@ class DistributedStrategy(Strategy):
             return env
         from .launcher import SubprocessLauncher
 
-        return SubprocessLauncher(self.num_devices).launch()
+        self._launcher = SubprocessLauncher(self.num_devices)
+        return self._launcher.launch()
 
     def _teardown_at_exit(self) -> None:
         """At interpreter exit: a last barrier, then destroy the group (skipping either can abort at exit)."""
@@ -196,6 +198,8 @@ class DistributedStrategy(Strategy):
         if not self._ready() or isinstance(exc, KeyboardInterrupt):
             return None
         self._failed = True
+        if self._launcher is not None:
+            self._launcher.abort()
         store = _default_store()
         first = _read_error(store)
         if first is None and store is not None and not _is_comm_error(exc):

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 from .environment import LAUNCHED_ENV, LAUNCHER_PID_ENV, ClusterEnvironment, free_port
 from .errors import MisconfigurationError
@@ -58,11 +59,13 @@ def set_parent_death_signal(parent_pid: int) -> None:
 class SubprocessLauncher:
     """Starts ranks 1..N-1 of a one-node group; `launch()` returns rank 0's environment."""
 
-    def __init__(self, num_processes: int, *, poll_interval: float = 0.2) -> None:
+    def __init__(self, num_processes: int, *, poll_interval: float = 0.2, grace: float = 5.0) -> None:
         self.num_processes = num_processes
         self.poll_interval = poll_interval
+        self.grace = grace
         self.procs: list[subprocess.Popen[bytes]] = []
         self._stop = threading.Event()
+        self._rank0_failed = False
 
     def launch(self) -> ClusterEnvironment:
         cmd = script_command()
@@ -90,6 +93,9 @@ class SubprocessLauncher:
     def _fail(self, rank: int, code: int) -> None:
         why = f"signal {-code}" if code < 0 else f"code {code}"
         print(f"gridlab.trainer: rank {rank} exited with {why}; stopping every rank", file=sys.stderr, flush=True)
+        # A moment for this rank to fail on its own (its collective errors out) and report the first error;
+        # a rank stuck in NCCL would not, so then it is stopped here.
+        time.sleep(self.grace)
         self._kill_all()
         os._exit(128 - code if code < 0 else code)
 
@@ -100,9 +106,23 @@ class SubprocessLauncher:
         for proc in self.procs:
             proc.wait()
 
+    def abort(self) -> None:
+        """Rank 0 failed: at exit, give the other ranks a moment, then kill them. (They may be blocked in a
+        collective on rank 0, whose sockets stay open while this process waits for them.)"""
+        self._rank0_failed = True
+
     def _wait_at_exit(self) -> None:
         """Rank 0 ends after its peers, so the launch exits with the group's status."""
         self._stop.set()
+        if self._rank0_failed:
+            deadline = time.monotonic() + 2.0
+            for proc in self.procs:
+                try:
+                    proc.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            return  # exit with rank 0's own status
         failed = 0
         for proc in self.procs:
             code = proc.wait()
