@@ -234,7 +234,7 @@ class DistributedStrategy(Strategy):
                 stacklevel=3,
             )
             return dataloader
-        sampler = DistributedSampler(
+        sampler: DistributedSampler[Any] = DistributedSampler(
             dataloader.dataset,
             num_replicas=self.world_size,
             rank=self.global_rank,

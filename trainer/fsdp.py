@@ -47,7 +47,7 @@ class FSDPStrategy(DistributedStrategy):
         if state_dict_type not in ("sharded", "full"):
             raise MisconfigurationError(f'state_dict_type must be "sharded" or "full", got {state_dict_type!r}.')
         if auto_wrap_policy is None or callable(auto_wrap_policy) and not isinstance(auto_wrap_policy, type):
-            self._wrap: Callable[[torch.nn.Module], bool] | None = auto_wrap_policy  # type: ignore[assignment]
+            self._wrap: Callable[[torch.nn.Module], bool] | None = auto_wrap_policy
         else:
             classes = tuple(auto_wrap_policy) if not isinstance(auto_wrap_policy, type) else (auto_wrap_policy,)
             self._wrap = lambda m: isinstance(m, classes)
