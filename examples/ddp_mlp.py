@@ -53,6 +53,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--devices", type=int, default=1, help="processes to start (ignored under torchrun)")
     p.add_argument("--strategy", default="auto", help='"auto", "ddp" or "fsdp"')
+    p.add_argument("--accelerator", default="cpu", help='"cpu", "gpu" or "auto"')
+    p.add_argument("--precision", default="32-true", help='"32-true", "bf16-mixed", ...')
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32, help="global batch, split across the processes")
     p.add_argument("--root", default="runs/ddp_mlp", help="default_root_dir (logs, checkpoints)")
@@ -67,8 +69,9 @@ def main() -> None:
     val = DataLoader(make_data(128), batch_size=64)
     model = Regressor()
     trainer = Trainer(
-        accelerator="cpu",
+        accelerator=args.accelerator,
         devices=args.devices,
+        precision=args.precision,
         strategy=args.strategy,
         max_epochs=args.epochs,
         default_root_dir=args.root,
