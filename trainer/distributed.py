@@ -170,13 +170,13 @@ class DistributedStrategy(Strategy):
     def reduce(self, value: Any, reduce_op: str = "mean") -> Any:
         if not self._ready() or not isinstance(value, torch.Tensor):
             return value
-        t = value.detach().to(self.root_device, dtype=torch.float64 if value.dtype == torch.float64 else None)
-        t = t.float().clone() if not t.is_floating_point() else t.clone()
+        dtype = torch.float64 if value.dtype == torch.float64 else torch.float32  # gloo reduces no bf16
+        t = value.detach().to(self.root_device, dtype=dtype, copy=True)
         op = {"max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}.get(reduce_op, dist.ReduceOp.SUM)
         dist.all_reduce(t, op=op)
         if reduce_op == "mean":
             t = t / dist.get_world_size()
-        return t.to(value.device)
+        return t.to(value.device, value.dtype if value.is_floating_point() else dtype)
 
     def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:  # noqa: A002
         if not self._ready():

@@ -806,6 +806,8 @@ class Trainer:
             self._rng_snapshot = outer
 
     def _done(self) -> bool:
+        if self.world_size > 1:  # epoch-end hooks may have set should_stop on some ranks only
+            self.should_stop = self.strategy.reduce_boolean_decision(self.should_stop, all=False)
         if self.max_steps != -1 and self.global_step >= self.max_steps:
             return True
         if self.max_epochs != -1 and self.current_epoch >= self.max_epochs:
@@ -909,7 +911,7 @@ class Trainer:
                 self._validate_during_fit()
             if self._max_time is not None and time.monotonic() - self._t0 >= self._max_time:
                 self.should_stop = True
-            if stepped and self._preemption_agreed():
+            if stepped and self._sync_stop_flags():
                 self._save_preemption_checkpoint()
             if (
                 stepped
@@ -946,11 +948,16 @@ class Trainer:
         prog.epoch.completed += 1
         self.current_epoch += 1
 
-    def _preemption_agreed(self) -> bool:
-        """At an optimizer step boundary: did any rank get SIGTERM? One all-reduce when distributed."""
+    def _sync_stop_flags(self) -> bool:
+        """At an optimizer step boundary, agree on stopping: any rank's SIGTERM preempts every rank, and any
+        rank's should_stop (a callback, max_time on a slightly faster clock) stops every rank, so no rank is
+        left waiting in a collective. One tiny all-reduce per step when distributed. Returns "preempt"."""
         if self.world_size == 1:
             return self._sigterm.requested
-        return self.strategy.reduce_boolean_decision(self._sigterm.requested, all=False)
+        flags = torch.tensor([float(self._sigterm.requested), float(self.should_stop)])
+        flags = self.strategy.reduce(flags, "max")
+        self.should_stop = bool(flags[1])
+        return bool(flags[0])
 
     def _save_preemption_checkpoint(self) -> None:
         self._time_elapsed = time.monotonic() - self._t0
