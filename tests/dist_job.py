@@ -43,6 +43,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--accumulate", type=int, default=1)
     p.add_argument("--shuffle", action="store_true")
+    p.add_argument("--clip", type=float, default=None)
+    p.add_argument("--precision", default="32-true")
     p.add_argument("--global-batch", type=int, default=16)
     p.add_argument("--root", required=True)
     p.add_argument("--ckpt-path", default=None)
@@ -67,6 +69,8 @@ def main() -> None:
         strategy=args.strategy,
         max_epochs=args.epochs,
         accumulate_grad_batches=args.accumulate,
+        gradient_clip_val=args.clip,
+        precision=args.precision,
         default_root_dir=args.root,
         enable_progress_bar=False,
         enable_checkpointing=False,

@@ -191,3 +191,29 @@ def test_fsdp_trains_and_its_sharded_checkpoint_resumes_in_one_process_and_in_tw
     assert max_diff(tmp_path / "ref.pt", tmp_path / "one.pt") < 1e-5
     assert max_diff(tmp_path / "ref.pt", tmp_path / "two.pt") < 1e-5
     assert not leftover(str(tmp_path))
+
+
+def test_fsdp_clips_the_global_gradient_norm_and_trains_in_bf16(tmp_path: Path) -> None:
+    """Clipping under FSDP sees the whole (sharded) gradient: it matches one process clipping everything."""
+    clip = [JOB, "--clip", "0.05"]
+    ok(run(*clip, "--root", tmp_path / "a", "--save-weights", tmp_path / "one.pt", cwd=tmp_path))
+    ok(
+        run(
+            *clip,
+            "--devices",
+            2,
+            "--strategy",
+            "fsdp",
+            "--root",
+            tmp_path / "b",
+            "--save-weights",
+            tmp_path / "fsdp.pt",
+            cwd=tmp_path,
+        )
+    )
+    assert max_diff(tmp_path / "one.pt", tmp_path / "fsdp.pt") < 1e-6
+    bf16 = [JOB, "--devices", 2, "--strategy", "fsdp", "--precision", "bf16-mixed"]
+    ok(run(*bf16, "--root", tmp_path / "c", "--save-weights", tmp_path / "bf16.pt", cwd=tmp_path))
+    weights = torch.load(tmp_path / "bf16.pt")
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())  # fp32 master weights
+    assert 0 < max_diff(tmp_path / "one.pt", tmp_path / "bf16.pt") < 0.5
