@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import torch
@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 from gridlab.trainer import MisconfigurationError, Trainer
 from gridlab.trainer import checkpoint as ckpt_io
 from gridlab.trainer.ddp import DDPStrategy
+from gridlab.trainer.distributed import DistributedStrategy
 from gridlab.trainer.environment import ClusterEnvironment
 from gridlab.trainer.fsdp import FSDPStrategy
 from gridlab.trainer.launcher import script_command
@@ -30,6 +31,7 @@ GROUP = {
     "MASTER_ADDR": "10.0.0.5",
     "MASTER_PORT": "29500",
 }
+S = TypeVar("S", bound=DistributedStrategy)
 QUIET: dict[str, Any] = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
 
 
@@ -83,7 +85,7 @@ def test_the_launcher_refuses_to_rerun_pytest() -> None:
         script_command()
 
 
-def _rank(strategy: DDPStrategy, rank: int, world: int) -> DDPStrategy:
+def _rank(strategy: S, rank: int, world: int) -> S:
     strategy.env = ClusterEnvironment(rank, world, rank, world, 0, "127.0.0.1", 1)
     return strategy
 
@@ -106,7 +108,7 @@ def test_loaders_get_a_distributed_sampler_that_follows_their_shuffle() -> None:
 
 def test_use_distributed_sampler_false_leaves_loaders_alone() -> None:
     trainer = Trainer(accelerator="cpu", devices=2, use_distributed_sampler=False, **QUIET)
-    _rank(trainer.strategy, 0, 2)  # type: ignore[arg-type]
+    _rank(trainer.strategy, 0, 2)  # type: ignore[type-var]
     loader = DataLoader(regression_data(), batch_size=4)
     assert trainer._loaders(loader, "train") == [loader]
 
@@ -227,3 +229,11 @@ def test_one_process_preemption_saves_exits_zero_and_resumes_exactly(
         assert torch.equal(p, q)
     monkeypatch.delenv("GRIDLAB_RESUME_FROM")
     assert fit(SigtermAt(), "last", ckpt_path="last").ckpt_path == str(path)  # "last" finds it too
+
+
+def test_fsdp_options_fail_early_with_the_fix() -> None:
+    with pytest.raises(MisconfigurationError, match='"sharded" or "full"'):
+        FSDPStrategy(state_dict_type="zero3")
+    strategy = _rank(FSDPStrategy(cpu_offload=True), 0, 2)
+    with pytest.raises(MisconfigurationError, match="drop cpu_offload"):
+        strategy.setup_module(BoringModel())

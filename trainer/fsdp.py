@@ -51,7 +51,7 @@ class FSDPStrategy(DistributedStrategy):
         else:
             classes = tuple(auto_wrap_policy) if not isinstance(auto_wrap_policy, type) else (auto_wrap_policy,)
             self._wrap = lambda m: isinstance(m, classes)
-        self.cpu_offload = cpu_offload
+        self.cpu_offload = cpu_offload  # checked in setup_module: it needs the accelerator the trainer picked
         self.reshard_after_forward = reshard_after_forward
         self.state_dict_type = state_dict_type
 
@@ -61,6 +61,11 @@ class FSDPStrategy(DistributedStrategy):
         if isinstance(module, FSDPModule):  # a second fit/test on the same module: already sharded
             self.module = module
             return module
+        if self.cpu_offload and self.root_device.type == "cpu":
+            raise MisconfigurationError(
+                "FSDPStrategy(cpu_offload=True) moves shards between GPU and CPU memory; on accelerator='cpu' the "
+                "shards are in CPU memory already: drop cpu_offload."
+            )
         module = super().setup_module(module)
         self._shard(module)
         return module
