@@ -237,3 +237,15 @@ def test_fsdp_options_fail_early_with_the_fix() -> None:
     strategy = _rank(FSDPStrategy(cpu_offload=True), 0, 2)
     with pytest.raises(MisconfigurationError, match="drop cpu_offload"):
         strategy.setup_module(BoringModel())
+
+
+def test_module_print_speaks_from_rank_zero_only(capsys: pytest.CaptureFixture[str]) -> None:
+    from types import SimpleNamespace
+
+    model = BoringModel()
+    model.print("alone")
+    model.trainer = SimpleNamespace(is_global_zero=False)
+    model.print("rank 1")
+    model.trainer = SimpleNamespace(is_global_zero=True)
+    model.print("rank 0")
+    assert capsys.readouterr().out == "alone\nrank 0\n"

@@ -53,6 +53,11 @@ class Module(HyperparametersMixin, nn.Module):
             module.to(map_location)
         return module.eval()
 
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """print() from global rank 0 only, so a message appears once however many processes train."""
+        if self._trainer is None or self._trainer.is_global_zero:
+            print(*args, **kwargs)
+
     # -- context ----------------------------------------------------------
     @property
     def trainer(self) -> Any:

@@ -604,10 +604,11 @@ class Trainer:
         elif self.deterministic is not None:  # deterministic=False turns them off for the run, as in Lightning
             torch.use_deterministic_algorithms(False)
         try:
-            if datamodule is not None and self.is_global_zero:
-                datamodule.prepare_data()
-            if self.is_global_zero:
+            if self.local_rank == 0:  # download/unpack once per node (Lightning's prepare_data_per_node)
+                if datamodule is not None:
+                    datamodule.prepare_data()
                 module.prepare_data()
+            self.strategy.barrier("prepare_data")
             if datamodule is not None:
                 datamodule.setup(stage)
             self._setup_callbacks(module)
