@@ -194,8 +194,9 @@ def test_fsdp_trains_and_its_sharded_checkpoint_resumes_in_one_process_and_in_tw
 
 
 def test_fsdp_clips_the_global_gradient_norm_and_trains_in_bf16(tmp_path: Path) -> None:
-    """Clipping under FSDP sees the whole (sharded) gradient: it matches one process clipping everything."""
-    clip = [JOB, "--clip", "0.05"]
+    """Clipping under FSDP sees the whole (sharded) gradient, and accumulation reduce-scatters once per step:
+    it matches one process doing the same."""
+    clip = [JOB, "--clip", "0.05", "--accumulate", "2"]
     ok(run(*clip, "--root", tmp_path / "a", "--save-weights", tmp_path / "one.pt", cwd=tmp_path))
     ok(
         run(

@@ -220,15 +220,21 @@ def test_one_process_preemption_saves_exits_zero_and_resumes_exactly(
     assert f"saved {path} at epoch 0, step 6; exiting 0" in capsys.readouterr().out
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with fit
 
-    monkeypatch.setenv("GRIDLAB_RESUME_FROM", str(path))
-    resumed = SigtermAt()
-    trainer = fit(resumed, "res")
-    assert trainer.ckpt_path == str(path)
-    assert trainer.global_step == 16
-    for p, q in zip(ref.parameters(), resumed.parameters(), strict=True):
-        assert torch.equal(p, q)
-    monkeypatch.delenv("GRIDLAB_RESUME_FROM")
-    assert fit(SigtermAt(), "last", ckpt_path="last").ckpt_path == str(path)  # "last" finds it too
+    copy = tmp_path / "copy.ckpt"
+    copy.write_bytes(path.read_bytes())
+
+    def resume(root: str, **kw: Any) -> SigtermAt:
+        model = SigtermAt()
+        trainer = fit(model, root, **kw)
+        assert trainer.global_step == 16
+        for p, q in zip(ref.parameters(), model.parameters(), strict=True):
+            assert torch.equal(p, q)
+        return model
+
+    assert resume("last", ckpt_path="last").trainer.ckpt_path == str(path)  # "last" finds it
+    assert not path.exists()  # a finished fit removes the preemption checkpoint: it must not win "last" later
+    monkeypatch.setenv("GRIDLAB_RESUME_FROM", str(copy))  # what the agent sets for the next attempt
+    assert resume("env").trainer.ckpt_path == str(copy)
 
 
 def test_fsdp_options_fail_early_with_the_fix() -> None:
@@ -249,3 +255,14 @@ def test_module_print_speaks_from_rank_zero_only(capsys: pytest.CaptureFixture[s
     model.trainer = SimpleNamespace(is_global_zero=True)
     model.print("rank 0")
     assert capsys.readouterr().out == "alone\nrank 0\n"
+
+
+def test_strategies_are_exported_and_device_lists_pick_each_ranks_gpu() -> None:
+    import gridlab.trainer as gt
+
+    assert gt.DDPStrategy is DDPStrategy
+    assert gt.FSDPStrategy is FSDPStrategy
+    strategy = DDPStrategy()
+    strategy.configure("cpu", [2, 3], 1, lambda dt: None)
+    strategy.env = ClusterEnvironment(1, 2, 1, 2, 0, "127.0.0.1", 1)
+    assert strategy._device_index() == 3  # devices=[2, 3]: local rank 1 on cuda:3

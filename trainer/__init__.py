@@ -20,6 +20,8 @@ from .strategy import SingleDeviceStrategy, Strategy
 from .trainer import Trainer
 
 _LAZY = {
+    "DDPStrategy": ".ddp",
+    "FSDPStrategy": ".fsdp",
     "ModelCheckpoint": ".callbacks.checkpoint",
     "EarlyStopping": ".callbacks.early_stopping",
     "LearningRateMonitor": ".callbacks.lr_monitor",

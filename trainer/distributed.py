@@ -55,6 +55,7 @@ class DistributedStrategy(Strategy):
         seconds = DEFAULT_TIMEOUT_S if raw is None else _timeout_seconds(raw)
         self.timeout = datetime.timedelta(seconds=seconds)
         self.process_group_backend = process_group_backend
+        self.device_ids: list[int] = [0]
         self.num_devices = 1
         self.num_nodes = 1
         self.env: ClusterEnvironment | None = None
@@ -62,13 +63,11 @@ class DistributedStrategy(Strategy):
         self._launcher: Any = None
 
     # -- wiring from the Trainer ------------------------------------------
-    def configure(self, device_type: str, num_devices: int, num_nodes: int, precision_factory: Any) -> None:
-        """Pick this rank's device from the environment (LOCAL_RANK) before anything is built."""
-        self.num_devices, self.num_nodes = num_devices, num_nodes
-        env = ClusterEnvironment.detect()
-        local_rank = env.local_rank if env is not None else 0
+    def configure(self, device_type: str, device_ids: list[int], num_nodes: int, precision_factory: Any) -> None:
+        """Pick this rank's device from the environment (LOCAL_RANK indexes `device_ids`) before anything is built."""
+        self.device_ids, self.num_devices, self.num_nodes = device_ids, len(device_ids), num_nodes
         if device_type == "cuda":
-            self.root_device = torch.device("cuda", local_rank)
+            self.root_device = torch.device("cuda", self._device_index())
         else:
             self.root_device = torch.device(device_type)
         self.precision = precision_factory(self.root_device.type)
@@ -109,7 +108,7 @@ class DistributedStrategy(Strategy):
             set_parent_death_signal(int(os.environ[LAUNCHER_PID_ENV]))
         self.env = env
         if self.root_device.type == "cuda":
-            self.root_device = torch.device("cuda", env.local_rank)
+            self.root_device = torch.device("cuda", self._device_index())
             torch.cuda.set_device(self.root_device)
         if not dist.is_initialized():
             backend = self.process_group_backend or ("nccl" if self.root_device.type == "cuda" else "gloo")
@@ -122,6 +121,14 @@ class DistributedStrategy(Strategy):
                 device_id=self.root_device if self.root_device.type == "cuda" else None,
             )
             atexit.register(self._teardown_at_exit)
+
+    def _device_index(self) -> int:
+        """This rank's GPU: devices=[2, 3] puts local rank 1 on cuda:3; under a launcher that set the
+        topology (torchrun, the agent's CUDA_VISIBLE_DEVICES), LOCAL_RANK itself."""
+        env = self.env or ClusterEnvironment.detect()
+        local = env.local_rank if env is not None else 0
+        ids = getattr(self, "device_ids", [])
+        return ids[local] if local < len(ids) else local
 
     def _launch(self) -> ClusterEnvironment:
         if self.num_nodes > 1:

@@ -14,9 +14,10 @@ wrapped block at a time for compute.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -66,9 +67,21 @@ class FSDPStrategy(DistributedStrategy):
                 "FSDPStrategy(cpu_offload=True) moves shards between GPU and CPU memory; on accelerator='cpu' the "
                 "shards are in CPU memory already: drop cpu_offload."
             )
-        module = super().setup_module(module)
+        # No module.to(device) first: fully_shard moves each unit's parameters to the device as it shards
+        # them, so the device never holds more than one unit's full parameters at a time.
+        module = self.precision.convert_module(module)
         self._shard(module)
+        self.module = module
         return module
+
+    def backward_sync(self, should_sync: bool) -> contextlib.AbstractContextManager:
+        """Inside an accumulation window, keep unsharded gradients and reduce-scatter once, at the last one."""
+        from torch.distributed.fsdp import FSDPModule
+
+        module = self.module
+        if should_sync or not isinstance(module, FSDPModule):
+            return contextlib.nullcontext()
+        return _no_gradient_sync(module)
 
     def _mp_policy(self) -> Any:
         from torch.distributed.fsdp import MixedPrecisionPolicy
@@ -78,8 +91,8 @@ class FSDPStrategy(DistributedStrategy):
             return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         if name == "16-mixed":
             raise MisconfigurationError(
-                'FSDP here supports precision "32-true", "bf16-mixed", "bf16-true" and "64-true"; fp16 needs a '
-                'sharded gradient scaler: use "bf16-mixed".'
+                'FSDP here supports precision "32-true", "bf16-mixed" and "64-true"; fp16 needs a sharded gradient '
+                'scaler: use "bf16-mixed".'
             )
         return MixedPrecisionPolicy()
 
@@ -146,3 +159,12 @@ class FSDPStrategy(DistributedStrategy):
             super().save_checkpoint(checkpoint, path)
             return
         ckpt_io.save_sharded(checkpoint, path, is_global_zero=self.is_global_zero, barrier=self.barrier)
+
+
+@contextlib.contextmanager
+def _no_gradient_sync(module: Any) -> Iterator[None]:
+    module.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        module.set_requires_gradient_sync(True)

@@ -10,6 +10,7 @@ rank 0 dies (PR_SET_PDEATHSIG), so no orphan outlives the launch.
 from __future__ import annotations
 
 import atexit
+import builtins
 import ctypes
 import ctypes.util
 import os
@@ -29,15 +30,18 @@ def script_command() -> list[str]:
     """The command that started this interpreter, runnable again from any rank."""
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
-    if spec is not None and spec.name in ("pytest", "pytest.__main__", "_pytest"):
+    if "pytest" in os.path.basename(sys.argv[0] if sys.argv else "") or (
+        spec is not None and spec.name in ("pytest", "pytest.__main__", "_pytest")
+    ):
         raise MisconfigurationError(
             "devices>1 re-runs the command that started Python, and that is pytest here: start the training in "
             "a script (subprocess) instead."
         )
-    if spec is not None and spec.name and spec.name != "__main__":
-        return [sys.executable, "-m", spec.name, *sys.argv[1:]]
     script = sys.argv[0] if sys.argv else ""
-    if not script or script in ("-c", "-") or not os.path.isfile(script) or not getattr(main, "__file__", None):
+    interactive = "ipykernel" in sys.modules or hasattr(builtins, "__IPYTHON__")
+    if not interactive and spec is not None and spec.name and spec.name != "__main__":
+        return [sys.executable, "-m", spec.name, *sys.argv[1:]]
+    if interactive or script in ("", "-c", "-") or not os.path.isfile(script) or not getattr(main, "__file__", None):
         raise MisconfigurationError(
             "devices>1 starts one process per device by re-running your script, but this is an interactive "
             "session (notebook, REPL or `python -c`). Put the training in a .py file and run it, or launch it "

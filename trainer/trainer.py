@@ -12,6 +12,7 @@ restored, so adding or removing validation never changes the training trajectory
 
 from __future__ import annotations
 
+import functools
 import glob
 import math
 import os
@@ -314,7 +315,7 @@ class Trainer:
                 )
             strategy = kinds[name]()
         if isinstance(strategy, DistributedStrategy):
-            strategy.configure(accelerator, len(ids), num_nodes, lambda dt: make_precision(self.precision, dt))
+            strategy.configure(accelerator, ids, num_nodes, lambda dt: make_precision(self.precision, dt))
             return strategy
         if not isinstance(strategy, Strategy):
             raise MisconfigurationError(f"strategy must be a string or a Strategy, got {type(strategy).__name__}.")
@@ -692,7 +693,7 @@ class Trainer:
                 and getattr(dl, "num_workers", 0) > 0
                 and getattr(dl, "worker_init_fn", 1) is None
             ):
-                dl.worker_init_fn = worker_init_fn
+                dl.worker_init_fn = functools.partial(worker_init_fn, rank=self.global_rank)
             out.append(self.strategy.process_dataloader(dl) if self.use_distributed_sampler else dl)
         return out
 
@@ -772,6 +773,8 @@ class Trainer:
         module.train()
         self._fit_loop(module)
         self._call("on_fit_end")
+        # The run got past the point it was preempted at: that checkpoint is stale now (and must not win "last").
+        self.strategy.remove_checkpoint(os.path.join(self.checkpoint_dir, PREEMPTION_CHECKPOINT))
 
     def _check_val_check_interval(self) -> None:
         vci, n = self.val_check_interval, self.num_training_batches
@@ -1105,7 +1108,8 @@ class Trainer:
             self._results, self._current_batch = saved_results, saved_batch
             module.train(was_training)
         per_loader: list[dict[str, float]] = [{} for _ in loaders]
-        for name, (_m, key, v) in results.epoch_values().items():
+        # sync_dist metrics come back reduced over the ranks (as callback_metrics are); the rest are this rank's.
+        for name, (_m, key, v) in results.epoch_values(self.strategy.reduce).items():
             m = re.search(r"/dataloader_idx_(\d+)$", name)
             idx = int(m.group(1)) if m else None
             for i, d in enumerate(per_loader):
@@ -1239,7 +1243,10 @@ class Trainer:
                 }
             )
             if not found:
-                warnings.warn(f'ckpt_path="last" but no last*.ckpt in {sorted(dirs)}: starting fresh.', stacklevel=3)
+                warnings.warn(
+                    f'ckpt_path="last" but no last*.ckpt or {PREEMPTION_CHECKPOINT} in {sorted(dirs)}: starting fresh.',
+                    stacklevel=3,
+                )
                 return None
             return max(found, key=os.path.getmtime)
         if ckpt_path == "best":
