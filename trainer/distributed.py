@@ -61,6 +61,7 @@ class DistributedStrategy(Strategy):
         self.env: ClusterEnvironment | None = None
         self._failed = False
         self._launcher: Any = None
+        self._flag_group: Any = None
 
     # -- wiring from the Trainer ------------------------------------------
     def configure(self, device_type: str, device_ids: list[int], num_nodes: int, precision_factory: Any) -> None:
@@ -121,6 +122,10 @@ class DistributedStrategy(Strategy):
                 device_id=self.root_device if self.root_device.type == "cuda" else None,
             )
             atexit.register(self._teardown_at_exit)
+        if self._flag_group is None and dist.get_backend() != "gloo":
+            # The per-step stop flags go over gloo on the CPU: an NCCL all-reduce would need the flags on the GPU
+            # and a device sync every step to read them back.
+            self._flag_group = dist.new_group(backend="gloo")
 
     def _device_index(self) -> int:
         """This rank's GPU: devices=[2, 3] puts local rank 1 on cuda:3; under a launcher that set the
@@ -191,6 +196,13 @@ class DistributedStrategy(Strategy):
         t = torch.tensor(int(bool(decision)), device=self.root_device)
         dist.all_reduce(t, op=dist.ReduceOp.MIN if all else dist.ReduceOp.MAX)
         return bool(t.item())
+
+    def any_of(self, flags: list[bool]) -> list[bool]:
+        if not self._ready():
+            return flags
+        t = torch.tensor([int(f) for f in flags], dtype=torch.int32)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._flag_group)
+        return [bool(v) for v in t.tolist()]
 
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Stack every rank's `tensor` along a new first dimension."""

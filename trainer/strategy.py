@@ -56,6 +56,10 @@ class Strategy:
         """With all=True: every rank decided so; with all=False: any rank did."""
         return decision
 
+    def any_of(self, flags: list[bool]) -> list[bool]:
+        """Element-wise: did any rank set each flag? (The per-step stop check; one process: the flags.)"""
+        return flags
+
     def on_exception(self, exc: BaseException) -> BaseException | None:
         """A fit/validate/test/predict raised on this rank; may return a clearer error to raise instead."""
         return None

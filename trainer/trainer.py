@@ -958,10 +958,8 @@ class Trainer:
         left waiting in a collective. One tiny all-reduce per step when distributed. Returns "preempt"."""
         if self.world_size == 1:
             return self._sigterm.requested
-        flags = torch.tensor([float(self._sigterm.requested), float(self.should_stop)])
-        flags = self.strategy.reduce(flags, "max")
-        self.should_stop = bool(flags[1])
-        return bool(flags[0])
+        preempt, self.should_stop = self.strategy.any_of([self._sigterm.requested, self.should_stop])
+        return preempt
 
     def _save_preemption_checkpoint(self) -> None:
         self._time_elapsed = time.monotonic() - self._t0
