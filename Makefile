@@ -41,6 +41,7 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/submit_latency.py
+	$(PY) bench/ddp_scaling.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
