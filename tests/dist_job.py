@@ -15,8 +15,11 @@ from gridlab.trainer import Module, Trainer, seed_everything
 
 
 class Job(Module):
-    def __init__(self, sigterm_at: int, sigterm_ranks: list[int], raise_at: int, raise_rank: int) -> None:
+    def __init__(
+        self, sigterm_at: int, sigterm_ranks: list[int], raise_at: int, raise_rank: int, print_every: int = 0
+    ) -> None:
         super().__init__()
+        self.print_every = print_every
         self.net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
         self.faults = (sigterm_at, sigterm_ranks, raise_at, raise_rank)
 
@@ -27,6 +30,8 @@ class Job(Module):
             os.kill(os.getpid(), signal.SIGTERM)
         if self.trainer.global_step == raise_at and rank == raise_rank:
             raise ValueError(f"boom on rank {rank}")
+        if self.print_every and self.trainer.global_step % self.print_every == 0:
+            self.print(f"step {self.trainer.global_step}", flush=True)
         x, y = batch
         loss = nn.functional.mse_loss(self.net(x), y)
         self.log("loss", loss, sync_dist=True, on_epoch=True)
@@ -53,6 +58,7 @@ def main() -> None:
     p.add_argument("--sigterm-ranks", default="0,1")
     p.add_argument("--raise-at", type=int, default=-1)
     p.add_argument("--raise-rank", type=int, default=1)
+    p.add_argument("--print-every", type=int, default=0, help="rank 0 prints 'step N' every N steps")
     args = p.parse_args()
 
     seed_everything(0)
@@ -62,7 +68,7 @@ def main() -> None:
     world = int(os.environ.get("WORLD_SIZE", args.devices))
     loader = DataLoader(data, batch_size=args.global_batch // world, shuffle=args.shuffle)
     ranks = [int(r) for r in args.sigterm_ranks.split(",") if r]
-    model = Job(args.sigterm_at, ranks, args.raise_at, args.raise_rank)
+    model = Job(args.sigterm_at, ranks, args.raise_at, args.raise_rank, args.print_every)
     trainer = Trainer(
         accelerator="cpu",
         devices=args.devices,

@@ -34,3 +34,33 @@ def test_a_trainer_script_checkpoints_and_reports_metrics_under_an_agent(make_cl
     assert all(isinstance(r["step"], int) for r in rows)
     assert any("val_loss" in r for r in rows)
     assert rows[-1]["step"] >= rows[0]["step"]
+
+
+@pytest.mark.slow
+def test_a_two_rank_ddp_run_under_an_agent_checkpoints_on_cancel_and_resumes(make_cluster) -> None:
+    """The stop protocol end to end: the agent starts two ranks (RANK, WORLD_SIZE, MASTER_* from the
+    agent, no gridlab code in the script); cancel sends SIGTERM; the ranks agree, save preempted.ckpt
+    into GRIDLAB_CHECKPOINT_DIR and exit 0; a new run resumes from it and finishes."""
+    cluster: LocalCluster = make_cluster()
+    cluster.start_scheduler()
+    cluster.start_agent("ddp-box", fake_gpus="2xA100:80")
+    client = cluster.client()
+    job = [sys.executable, str(ROOT / "tests" / "dist_job.py"), "--root", "root", "--print-every", "5"]
+    run = client.submit([*job, "--epochs", "1000"], gpus=2, name="ddp-long")
+    for line in client.logs(run.id, follow=True, timeout=120):
+        if line.startswith("step 10"):
+            break
+    run.cancel(grace=60)
+    status = run.wait(timeout=120)
+    assert status.state == "CANCELLED"
+    lines = list(client.logs(run.id))
+    saved = [line for line in lines if "SIGTERM received; saved" in line]
+    assert len(saved) == 1, lines[-20:]  # rank 0 says it, once
+    (attempt,) = client.get_run(run.id).attempts
+    ckpt = cluster.root / "agents" / "ddp-box" / "attempts" / attempt.id / "checkpoints" / "preempted.ckpt"
+    assert ckpt.is_file()
+    assert str(ckpt) in saved[0]
+
+    resumed = client.submit([*job, "--epochs", "3", "--ckpt-path", str(ckpt)], gpus=2, name="ddp-resume")
+    assert resumed.wait(timeout=120).state == "SUCCEEDED", list(client.logs(resumed.id))
+    assert "done world_size=2 steps=48" in list(client.logs(resumed.id))
