@@ -27,6 +27,7 @@ import torch.distributed as dist
 from .durations import parse_duration
 from .environment import LAUNCHED_ENV, LAUNCHER_PID_ENV, ClusterEnvironment
 from .errors import MisconfigurationError
+from .loaders import with_sampler
 from .precision import Precision
 from .seed import SEED_ENV
 from .strategy import Strategy
@@ -260,21 +261,7 @@ class DistributedStrategy(Strategy):
             shuffle=isinstance(dataloader.sampler, RandomSampler),
             seed=int(os.environ.get(SEED_ENV, "0")),
         )
-        return DataLoader(
-            dataloader.dataset,
-            batch_size=dataloader.batch_size,
-            sampler=sampler,
-            num_workers=dataloader.num_workers,
-            collate_fn=dataloader.collate_fn,
-            pin_memory=dataloader.pin_memory,
-            drop_last=dataloader.drop_last,
-            timeout=dataloader.timeout,
-            worker_init_fn=dataloader.worker_init_fn,
-            multiprocessing_context=dataloader.multiprocessing_context,
-            generator=dataloader.generator,
-            prefetch_factor=dataloader.prefetch_factor,
-            persistent_workers=dataloader.persistent_workers,
-        )
+        return with_sampler(dataloader, sampler)
 
 
 def _timeout_seconds(raw: Any) -> float:

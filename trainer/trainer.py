@@ -32,6 +32,7 @@ from .distributed import DistributedStrategy
 from .durations import parse_duration
 from .environment import ClusterEnvironment
 from .errors import MisconfigurationError
+from .loaders import with_sampler
 from .module import Module
 from .optim import LRSchedulerConfig, parse_optimizers
 from .precision import make_precision, normalize_precision
@@ -698,16 +699,9 @@ class Trainer:
         return out
 
     def _overfit_loader(self, dl: Any) -> Any:
-        from torch.utils.data import DataLoader
+        from torch.utils.data import SequentialSampler
 
-        return DataLoader(
-            dl.dataset,
-            batch_size=dl.batch_size,
-            shuffle=False,
-            num_workers=dl.num_workers,
-            collate_fn=dl.collate_fn,
-            drop_last=dl.drop_last,
-        )
+        return with_sampler(dl, SequentialSampler(dl.dataset))
 
     # ------------------------------------------------------------------ fit
     def _run_fit(self, module: Module, ckpt_path: Any, train: Any, val: Any, **_: Any) -> None:
