@@ -218,3 +218,27 @@ def test_fsdp_clips_the_global_gradient_norm_and_trains_in_bf16(tmp_path: Path) 
     weights = torch.load(tmp_path / "bf16.pt")
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())  # fp32 master weights
     assert 0 < max_diff(tmp_path / "one.pt", tmp_path / "bf16.pt") < 0.5
+
+
+def test_devices_2_from_a_notebook_like_session_forks_and_hands_results_back(tmp_path: Path) -> None:
+    """`python -c` stands in for a notebook: nothing on disk to re-run, the Module defined in the session."""
+    code = (ROOT / "tests" / "notebook_job.py").read_text()
+    out = ok(run("-c", code, cwd=tmp_path))
+    # The parent's own Module object holds the trained weights, equal to one process's (the same global batch).
+    assert "forked steps=16 epoch=2" in out
+    assert "status=finished" in out
+    diff = float(out.split("diff=")[1].split()[0])
+    assert diff < 1e-6
+
+    failed = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "BOOM": "1", "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert failed.returncode != 0
+    assert "GroupError: rank 1: ValueError: boom in a notebook" in failed.stderr
+    assert "RuntimeError: rank 1 of 2 failed: ValueError: boom in a notebook" in failed.stderr

@@ -153,6 +153,23 @@ class DistributedStrategy(Strategy):
         self._launcher = SubprocessLauncher(self.num_devices)
         return self._launcher.launch()
 
+    def should_fork(self) -> bool:
+        """No launcher set up a group and there is no script to re-run (a notebook): fit forks the ranks."""
+        from .launcher import is_interactive
+
+        return (
+            self.num_devices * self.num_nodes > 1
+            and not dist.is_initialized()
+            and ClusterEnvironment.detect() is None
+            and is_interactive()
+        )
+
+    def full_state_dict(self, module: torch.nn.Module) -> dict[str, Any]:
+        return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+    def close_group(self) -> None:
+        self._teardown_at_exit()
+
     def _teardown_at_exit(self) -> None:
         """At interpreter exit: a last barrier, then destroy the group (skipping either can abort at exit)."""
         if not dist.is_initialized():
@@ -297,6 +314,11 @@ def _read_error(store: Any) -> str | None:
     except Exception:
         return None
     return None
+
+
+def is_secondary_failure(exc: BaseException) -> bool:
+    """A rank that failed because a peer did (a broken collective), not on its own account."""
+    return isinstance(exc, GroupError) or _is_comm_error(exc)
 
 
 def _is_comm_error(exc: BaseException) -> bool:

@@ -136,6 +136,12 @@ class FSDPStrategy(DistributedStrategy):
         assert self.module is not None  # noqa: S101 - setup_module ran first
         return get_optimizer_state_dict(self.module, optimizer, options=self._options())
 
+    def full_state_dict(self, module: torch.nn.Module) -> dict[str, Any]:
+        """Every rank calls this (it gathers); rank 0 gets the whole model on the CPU, the others {}."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
     def load_module_state_dict(self, module: torch.nn.Module, state: dict[str, Any], strict: bool = True) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
         from torch.distributed.tensor import DTensor

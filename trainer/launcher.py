@@ -1,6 +1,11 @@
-"""The Trainer's own launcher for `devices=N` without torchrun: this process becomes rank 0 and
-re-runs the same command line (script or `-m module`) for ranks 1..N-1, as Lightning's subprocess
-launcher does (no pickled closures, so anything the script defines works in every rank).
+"""The Trainer's own launchers for `devices=N` without torchrun.
+
+- From a script: this process becomes rank 0 and re-runs the same command line (script or
+  `-m module`) for ranks 1..N-1, as Lightning's subprocess launcher does (no pickled closures,
+  so anything the script defines works in every rank).
+- From a notebook, a REPL or `python -c` (no script to re-run): `fit` forks N ranks (Lightning's
+  "ddp_notebook"); the forked children share what the session defined, train, and rank 0 hands
+  the results (weights, counters, metrics, callback state) back to this process, which waits.
 
 The group fails as a unit: a watcher thread in rank 0 stops every rank and exits with the failing
 rank's code as soon as one rank exits non-zero, and each child asks the kernel to kill it when
@@ -13,17 +18,124 @@ import atexit
 import builtins
 import ctypes
 import ctypes.util
+import math
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from .environment import LAUNCHED_ENV, LAUNCHER_PID_ENV, ClusterEnvironment, free_port
 from .errors import MisconfigurationError
 
 _PR_SET_PDEATHSIG = 1
+
+
+def is_interactive() -> bool:
+    """A notebook, a REPL or `python -c`: nothing on disk that another process could run again."""
+    main = sys.modules.get("__main__")
+    script = sys.argv[0] if sys.argv else ""
+    if "ipykernel" in sys.modules or hasattr(builtins, "__IPYTHON__"):
+        return True
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name and spec.name != "__main__":
+        return False  # python -m module
+    return script in ("", "-c", "-") or not os.path.isfile(script) or not getattr(main, "__file__", None)
+
+
+def run_forked(num_processes: int, fn: Callable[[], Any], *, grace: float = 5.0) -> Any:
+    """Fork ranks 0..N-1 of a one-node group, each running `fn`; return rank 0's result.
+
+    Raises RuntimeError naming the first rank that failed (the others are stopped)."""
+    import multiprocessing
+
+    import torch
+
+    if torch.cuda.is_initialized():
+        raise MisconfigurationError(
+            "devices>1 from a notebook forks one process per GPU, and CUDA was already initialised in this "
+            "session (forked children cannot use it). Restart the kernel and call trainer.fit before anything "
+            "touches CUDA, or run the training as a script."
+        )
+    ctx = multiprocessing.get_context("fork")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="gridlab-fork-") as tmp:
+        result_path = os.path.join(tmp, _RESULT)
+        procs = [
+            ctx.Process(target=_forked_rank, args=(rank, num_processes, port, os.getpid(), fn, tmp))
+            for rank in range(num_processes)
+        ]
+        for p in procs:
+            p.start()
+        failed: tuple[int, int] | None = None
+        deadline = math.inf
+        try:
+            while any(p.is_alive() for p in procs):
+                if failed is None and (failed := _first_failure(procs)) is not None:
+                    deadline = time.monotonic() + grace  # let the others fail on their own and report
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+        finally:
+            for p in procs:
+                if p.is_alive():
+                    p.kill()
+                p.join()
+        failed = failed or _first_failure(procs)
+        if failed is not None:
+            raise RuntimeError(_failure_message(tmp, failed, num_processes))
+        if not os.path.exists(result_path):  # rank 0 ended without a result (a preemption exit)
+            return None
+        return torch.load(result_path, weights_only=False)  # noqa: S614 - written by our own rank 0 just now
+
+
+def _first_failure(procs: list[Any]) -> tuple[int, int] | None:
+    for rank, p in enumerate(procs):
+        if p.exitcode:
+            return rank, int(p.exitcode)
+    return None
+
+
+_RESULT = "rank0.pt"
+
+
+def _forked_rank(rank: int, world: int, port: int, parent: int, fn: Callable[[], Any], folder: str) -> None:
+    import torch
+
+    from .distributed import is_secondary_failure
+
+    set_parent_death_signal(parent)
+    os.environ.update(ClusterEnvironment(rank, world, rank, world, 0, "127.0.0.1", port).to_env())
+    try:
+        out = fn()
+    except BaseException as exc:
+        if not isinstance(exc, SystemExit) or exc.code:
+            # For the parent's message: the rank whose own error started it, not the peers it took down.
+            with open(os.path.join(folder, f"error-{rank}"), "w") as f:
+                f.write(f"{int(is_secondary_failure(exc))}\t{time.time()}\t{type(exc).__name__}: {exc}"[:2000])
+        raise
+    if rank == 0 and out is not None:
+        torch.save(out, os.path.join(folder, _RESULT))
+
+
+def _failure_message(folder: str, failed: tuple[int, int], world: int) -> str:
+    errors = []
+    for rank in range(world):
+        path = os.path.join(folder, f"error-{rank}")
+        if os.path.exists(path):
+            with open(path) as f:
+                secondary, when, text = f.read().split("\t", 2)
+            errors.append((int(secondary), float(when), rank, text))
+    if errors:
+        _, _, rank, text = min(errors)
+        return f"rank {rank} of {world} failed: {text} (its traceback is printed above)"
+    rank, code = failed
+    why = f"signal {-code}" if code < 0 else f"code {code}"
+    return f"rank {rank} of {world} exited with {why} (its traceback is printed above)"
 
 
 def script_command() -> list[str]:
@@ -37,17 +149,13 @@ def script_command() -> list[str]:
             "devices>1 re-runs the command that started Python, and that is pytest here: start the training in "
             "a script (subprocess) instead."
         )
-    script = sys.argv[0] if sys.argv else ""
-    interactive = "ipykernel" in sys.modules or hasattr(builtins, "__IPYTHON__")
-    if not interactive and spec is not None and spec.name and spec.name != "__main__":
-        return [sys.executable, "-m", spec.name, *sys.argv[1:]]
-    if interactive or script in ("", "-c", "-") or not os.path.isfile(script) or not getattr(main, "__file__", None):
+    if is_interactive():
         raise MisconfigurationError(
-            "devices>1 starts one process per device by re-running your script, but this is an interactive "
-            "session (notebook, REPL or `python -c`). Put the training in a .py file and run it, or launch it "
-            "with `torchrun --nproc-per-node N file.py`."
+            "devices>1 from an interactive session forks its ranks (run_forked); there is no script to re-run."
         )
-    return [sys.executable, os.path.abspath(script), *sys.argv[1:]]
+    if spec is not None and spec.name and spec.name != "__main__":
+        return [sys.executable, "-m", spec.name, *sys.argv[1:]]
+    return [sys.executable, os.path.abspath(sys.argv[0]), *sys.argv[1:]]
 
 
 def set_parent_death_signal(parent_pid: int) -> None:

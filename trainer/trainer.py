@@ -591,6 +591,11 @@ class Trainer:
             raise MisconfigurationError(f"trainer.{stage}() needs a module: trainer.{stage}(model, ...).")
         if not isinstance(module, Module):
             raise MisconfigurationError(f"{type(module).__name__} is not a gridlab.trainer.Module: subclass Module.")
+        if isinstance(self.strategy, DistributedStrategy) and self.strategy.should_fork():
+            kwargs = {"train": train, "val": val, "test": test, "predict": predict, "verbose": verbose}
+            return self._run_forked(
+                stage, module, datamodule, ckpt_path, return_predictions=return_predictions, **kwargs
+            )
         self.module, self.datamodule = module, datamodule
         module.trainer = self
         if datamodule is not None:
@@ -667,6 +672,46 @@ class Trainer:
             if datamodule is not None:
                 datamodule.teardown(stage)
             torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
+
+    def _run_forked(self, stage: str, module: Module, datamodule: DataModule | None, ckpt_path: Any, **kw: Any) -> Any:
+        """devices=N from a notebook: fork the ranks, then take rank 0's results into this process (the
+        trained weights, counters, metrics and callback state), as if this process had trained."""
+        from .launcher import run_forked
+
+        strategy = self.strategy
+        assert isinstance(strategy, DistributedStrategy)  # noqa: S101 - the caller checked
+
+        def rank_main() -> dict[str, Any] | None:
+            out = self._run(stage, module, datamodule, ckpt_path, **kw)
+            weights = strategy.full_state_dict(module)  # a collective under FSDP: every rank calls it
+            payload = None
+            if self.is_global_zero:
+                payload = {
+                    "out": out,
+                    "state_dict": weights,
+                    "global_step": self.global_step,
+                    "current_epoch": self.current_epoch,
+                    "status": self.state.status,
+                    "callback_metrics": {k: v.detach().cpu() for k, v in self.callback_metrics.items()},
+                    "logged_metrics": {k: v.detach().cpu() for k, v in self.logged_metrics.items()},
+                    "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
+                }
+            strategy.close_group()
+            return payload
+
+        payload = run_forked(strategy.num_devices, rank_main)
+        self.module, self.datamodule, module.trainer = module, datamodule, self
+        if payload is None:  # the ranks were preempted: their checkpoint is on disk
+            self.state = TrainerState(stage=stage, status="interrupted")
+            return None
+        module.load_state_dict(payload["state_dict"])
+        self.global_step, self.current_epoch = payload["global_step"], payload["current_epoch"]
+        self.callback_metrics, self.logged_metrics = payload["callback_metrics"], payload["logged_metrics"]
+        for cb in self.callbacks:
+            if cb.state_key in payload["callbacks"]:
+                cb.load_state_dict(payload["callbacks"][cb.state_key])
+        self.state = TrainerState(stage=stage, status=payload["status"])
+        return payload["out"]
 
     def _setup_callbacks(self, module: Module) -> None:
         extra = _as_list(module.configure_callbacks())
