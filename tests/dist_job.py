@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import time
 
 import torch
 from torch import nn
@@ -20,6 +21,7 @@ class Job(Module):
     ) -> None:
         super().__init__()
         self.print_every = print_every
+        self.sleep = (-1, -1, 0.0)
         self.net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
         self.faults = (sigterm_at, sigterm_ranks, raise_at, raise_rank)
 
@@ -30,6 +32,8 @@ class Job(Module):
             os.kill(os.getpid(), signal.SIGTERM)
         if self.trainer.global_step == raise_at and rank == raise_rank:
             raise ValueError(f"boom on rank {rank}")
+        if self.trainer.global_step == self.sleep[0] and rank == self.sleep[1]:
+            time.sleep(self.sleep[2])  # its peers wait in the next collective meanwhile
         if self.print_every and self.trainer.global_step % self.print_every == 0:
             self.print(f"step {self.trainer.global_step}", flush=True)
         x, y = batch
@@ -59,6 +63,7 @@ def main() -> None:
     p.add_argument("--raise-at", type=int, default=-1)
     p.add_argument("--raise-rank", type=int, default=1)
     p.add_argument("--print-every", type=int, default=0, help="rank 0 prints 'step N' every N steps")
+    p.add_argument("--sleep", default="-1,-1,0", help="STEP,RANK,SECONDS: that rank sleeps at that step")
     args = p.parse_args()
 
     seed_everything(0)
@@ -69,6 +74,8 @@ def main() -> None:
     loader = DataLoader(data, batch_size=args.global_batch // world, shuffle=args.shuffle)
     ranks = [int(r) for r in args.sigterm_ranks.split(",") if r]
     model = Job(args.sigterm_at, ranks, args.raise_at, args.raise_rank, args.print_every)
+    step, rank, seconds = args.sleep.split(",")
+    model.sleep = (int(step), int(rank), float(seconds))
     trainer = Trainer(
         accelerator="cpu",
         devices=args.devices,

@@ -6,6 +6,7 @@ Each run costs ~4-6 s here (imports and rendezvous), so the runs are few and eac
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -242,3 +243,32 @@ def test_devices_2_from_a_notebook_like_session_forks_and_hands_results_back(tmp
     assert failed.returncode != 0
     assert "GroupError: rank 1: ValueError: boom in a notebook" in failed.stderr
     assert "RuntimeError: rank 1 of 2 failed: ValueError: boom in a notebook" in failed.stderr
+
+
+def test_a_second_sigterm_ends_a_rank_at_once_even_inside_a_collective(tmp_path: Path) -> None:
+    """Rank 1 sleeps at step 3, so rank 0 sits in the gradient all-reduce, where no Python handler can run;
+    two SIGTERMs there must still end rank 0 at once (143), not a checkpoint 20 s later."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GRIDLAB_DIST_TIMEOUT": "60"}
+    cmd = [sys.executable, str(JOB), "--devices", "2", "--root", str(tmp_path / "r"), "--print-every", "1"]
+    proc = subprocess.Popen([*cmd, "--sleep", "3,1,20"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("step 3"):
+                break
+        time.sleep(1.0)  # rank 0 is inside the all-reduce of step 3's backward by now
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=10)
+        assert time.monotonic() - t0 < 5
+        assert code == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    deadline = time.monotonic() + 10  # rank 1 dies with rank 0 (parent-death signal)
+    while leftover(str(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not leftover(str(tmp_path))

@@ -52,11 +52,24 @@ def write_file(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
             torch.save(checkpoint, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if os.path.isdir(path):  # a sharded folder of the same name (an FSDP attempt before this one)
+            _swap_in(tmp, path)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _swap_in(new: str, path: str) -> None:
+    """Put `new` (a file or a folder) at `path`, whatever `path` is now. rename() cannot replace a folder,
+    so the old one steps aside first; a crash between the two renames leaves it as `<path>.old-*`."""
+    old = f"{path}.old-{uuid.uuid4().hex[:8]}"
+    if os.path.lexists(path):
+        os.replace(path, old)
+    os.replace(new, path)
+    remove(old)
 
 
 def remove(path: str | os.PathLike) -> None:
@@ -89,11 +102,7 @@ def save_sharded(
         meta = {k: v for k, v in checkpoint.items() if k not in _TENSOR_KEYS}
         meta["sharded"] = {"optimizers": len(checkpoint.get("optimizer_states", []))}
         write_file(meta, os.path.join(partial, META_FILE))
-        old = f"{path}.old-{uuid.uuid4().hex[:8]}"
-        if os.path.lexists(path):
-            os.replace(path, old)
-        os.replace(partial, path)
-        remove(old)
+        _swap_in(partial, path)
     barrier()
 
 

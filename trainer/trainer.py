@@ -1298,7 +1298,7 @@ class Trainer:
         return os.fspath(ckpt_path)
 
     def _restore(self, module: Module, ckpt_path: Any, weights_only: bool = False) -> None:
-        path = self._resolve_ckpt_path(ckpt_path)
+        path = self.strategy.broadcast(self._resolve_ckpt_path(ckpt_path))  # "last"/"best": rank 0's choice
         if path is None:
             return
         self.ckpt_path = path

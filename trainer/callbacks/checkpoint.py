@@ -207,7 +207,9 @@ class ModelCheckpoint(Callback):
     # -- saving --------------------------------------------------------------------------
 
     def _save(self, trainer: Any) -> None:
-        metrics = self._monitor_candidates(trainer)
+        # Rank 0's metrics decide for every rank (which checkpoints to keep, their names, best_model_path):
+        # the ranks must agree, as FSDP saves collectively and "best" must name the same file everywhere.
+        metrics = trainer.strategy.broadcast(self._monitor_candidates(trainer))
         self._save_topk(trainer, metrics)
         self._save_last(trainer, metrics)
         self._last_global_step_saved = trainer.global_step
@@ -227,8 +229,7 @@ class ModelCheckpoint(Callback):
                 "or should the checkpoint be saved after validation (save_on_train_epoch_end=False)?"
             )
         current = _as_tensor(metrics[self.monitor])
-        # Every rank must take the same branch (FSDP saves collectively): rank 0's metrics decide for all.
-        if trainer.strategy.broadcast(self._check_monitor_top_k(current)):
+        if self._check_monitor_top_k(current):
             self._update_best_and_save(current, trainer, metrics)
         elif self.verbose:
             print(f"Epoch {trainer.current_epoch}, step {trainer.global_step}: {self.monitor!r} not in top k")
