@@ -92,7 +92,8 @@ def main() -> None:
     trainer.fit(model, loader, ckpt_path=args.ckpt_path)
     weights = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach() for k, v in model.state_dict().items()}
     if trainer.is_global_zero:
-        print(f"done world_size={trainer.world_size} steps={trainer.global_step}", flush=True)
+        loss = float(trainer.callback_metrics["loss_epoch"])
+        print(f"done world_size={trainer.world_size} steps={trainer.global_step} epoch_loss={loss!r}", flush=True)
         if args.save_weights:
             torch.save(weights, args.save_weights)
 

@@ -98,7 +98,7 @@ def test_ddp_with_accumulation_matches_one_process_and_sigterm_resume_is_exact(t
     assert max_diff(tmp_path / "one.pt", tmp_path / "ref.pt") < 1e-6
 
     shuffled = [*job, "--shuffle", "--devices", 2]
-    ok(run(*shuffled, "--root", tmp_path / "sref", "--save-weights", tmp_path / "sref.pt", cwd=tmp_path))
+    ref_out = ok(run(*shuffled, "--root", tmp_path / "sref", "--save-weights", tmp_path / "sref.pt", cwd=tmp_path))
     stopped = run(
         *shuffled, "--root", tmp_path / "pre", "--sigterm-at", 10, "--save-weights", tmp_path / "x.pt", cwd=tmp_path
     )
@@ -121,8 +121,12 @@ def test_ddp_with_accumulation_matches_one_process_and_sigterm_resume_is_exact(t
         tmp_path / "res.pt",
         cwd=tmp_path,
     )
-    assert "done world_size=2 steps=16" in ok(resumed)
+    res_out = ok(resumed)
+    assert "done world_size=2 steps=16" in res_out
     assert max_diff(tmp_path / "sref.pt", tmp_path / "res.pt") == 0.0
+    # Each rank got its own share of the half-finished epoch's metric totals back: the synced epoch loss too.
+    assert ref_out.split("epoch_loss=")[1].split()[0] == res_out.split("epoch_loss=")[1].split()[0]
+    assert len(ckpt["loops"]["fit_loop"]["per_rank"]) == 2
     assert not leftover(str(tmp_path))
 
 

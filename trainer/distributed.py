@@ -215,6 +215,13 @@ class DistributedStrategy(Strategy):
         dist.all_reduce(t, op=dist.ReduceOp.MIN if all else dist.ReduceOp.MAX)
         return bool(t.item())
 
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        if not self._ready():
+            return [obj]
+        out: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+
     def any_of(self, flags: list[bool]) -> list[bool]:
         if not self._ready():
             return flags

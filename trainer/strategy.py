@@ -56,6 +56,10 @@ class Strategy:
         """With all=True: every rank decided so; with all=False: any rank did."""
         return decision
 
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's `obj` (picklable), in rank order."""
+        return [obj]
+
     def any_of(self, flags: list[bool]) -> list[bool]:
         """Element-wise: did any rank set each flag? (The per-step stop check; one process: the flags.)"""
         return flags

@@ -35,7 +35,7 @@ from .errors import MisconfigurationError
 from .loaders import with_sampler
 from .module import Module
 from .optim import LRSchedulerConfig, parse_optimizers
-from .precision import make_precision, normalize_precision
+from .precision import apply_to_tensors, make_precision, normalize_precision
 from .preemption import PREEMPTION_CHECKPOINT, Preempted, SigtermFlag
 from .results import Results
 from .seed import SEED_WORKERS_ENV, collect_rng_states, set_rng_states, worker_init_fn
@@ -1262,6 +1262,13 @@ class Trainer:
             )
             if self.datamodule is not None:
                 ckpt["datamodule"] = self.datamodule.state_dict()
+            if self.world_size > 1:
+                # What differs between ranks (RNG streams, each rank's share of the epoch metrics), from every
+                # rank, so a resume at the same world size gives each rank its own back.
+                fit_loop = ckpt["loops"]["fit_loop"]
+                mine = {"rng_states": ckpt["rng_states"], "epoch_rng_states": self._epoch_rng}
+                mine["results"] = apply_to_tensors(fit_loop["results"], lambda t: t.detach().cpu())
+                fit_loop["per_rank"] = self.strategy.all_gather_object(mine)
             for cb in self._hook_fns("on_save_checkpoint"):
                 cb(self, module, ckpt)
         module.on_save_checkpoint(ckpt)
@@ -1348,8 +1355,13 @@ class Trainer:
             # The epoch's ready/started counters are counted again when it re-enters.
             prog.epoch.ready -= 1
             prog.epoch.started -= 1
-            self._train_results.load_state_dict(fit.get("results", {}))
-        self._resume = {"batches": batches, "epoch_rng": fit["epoch_rng_states"], "rng": ckpt["rng_states"]}
+        per_rank = fit.get("per_rank") or []
+        own = per_rank[self.global_rank] if len(per_rank) == self.world_size else None  # else rank 0's
+        if open_epoch:
+            self._train_results.load_state_dict(own["results"] if own else fit.get("results", {}))
+        epoch_rng = own["epoch_rng_states"] if own else fit["epoch_rng_states"]
+        rng = own["rng_states"] if own else ckpt["rng_states"]
+        self._resume = {"batches": batches, "epoch_rng": epoch_rng, "rng": rng}
 
 
 def _detach(h: Any) -> Any:
