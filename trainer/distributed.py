@@ -104,6 +104,14 @@ class DistributedStrategy(Strategy):
                     f"devices={self.num_devices} x num_nodes={self.num_nodes} is {expected} processes, but the "
                     f"launcher started WORLD_SIZE={env.world_size}: make them agree, or leave devices at its default."
                 )
+        try:
+            self._join(env)
+        except BaseException:
+            if self._launcher is not None:  # the other ranks are started: do not leave them in the rendezvous
+                self._launcher.abort()
+            raise
+
+    def _join(self, env: ClusterEnvironment) -> None:
         if os.environ.get(LAUNCHED_ENV) == "1" and LAUNCHER_PID_ENV in os.environ:
             from .launcher import set_parent_death_signal
 
@@ -113,7 +121,7 @@ class DistributedStrategy(Strategy):
             self.root_device = torch.device("cuda", self._device_index())
             torch.cuda.set_device(self.root_device)
         if not dist.is_initialized():
-            backend = self.process_group_backend or ("nccl" if self.root_device.type == "cuda" else "gloo")
+            backend = self.process_group_backend or self._default_backend()
             dist.init_process_group(
                 backend,
                 init_method=f"tcp://{_host(env.master_addr)}:{env.master_port}",
@@ -127,6 +135,9 @@ class DistributedStrategy(Strategy):
             # The per-step stop flags go over gloo on the CPU: an NCCL all-reduce would need the flags on the GPU
             # and a device sync every step to read them back.
             self._flag_group = dist.new_group(backend="gloo")
+
+    def _default_backend(self) -> str:
+        return "nccl" if self.root_device.type == "cuda" else "gloo"
 
     def _device_index(self) -> int:
         """This rank's GPU: devices=[2, 3] puts local rank 1 on cuda:3; under a launcher that set the
@@ -239,7 +250,7 @@ class DistributedStrategy(Strategy):
 
     # -- failing as a group --------------------------------------------------
     def on_exception(self, exc: BaseException) -> BaseException | None:
-        if not self._ready() or isinstance(exc, KeyboardInterrupt):
+        if not self._ready():
             return None
         self._failed = True
         if self._launcher is not None:
@@ -249,7 +260,8 @@ class DistributedStrategy(Strategy):
         if first is None and store is not None and not _is_comm_error(exc):
             # Best effort; leaving the group below is what matters.
             with contextlib.suppress(Exception):
-                store.set(_ERROR_KEY, f"rank {self.global_rank}: {type(exc).__name__}: {exc}"[:2000])
+                # compare_set: the first writer wins; a later rank's error does not overwrite it.
+                store.compare_set(_ERROR_KEY, "", f"rank {self.global_rank}: {type(exc).__name__}: {exc}"[:2000])
         dist.destroy_process_group()
         if first is not None and _is_comm_error(exc):
             return GroupError(f"{first} (this is rank {self.global_rank}; its own error: {exc})")

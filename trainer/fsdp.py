@@ -83,6 +83,13 @@ class FSDPStrategy(DistributedStrategy):
             return contextlib.nullcontext()
         return _no_gradient_sync(module)
 
+    def _default_backend(self) -> str:
+        # With cpu_offload the gradients live on the CPU: clipping reduces their norms there, which needs gloo
+        # beside NCCL (torch routes each collective by the tensors' device).
+        if self.cpu_offload and self.root_device.type == "cuda":
+            return "cpu:gloo,cuda:nccl"
+        return super()._default_backend()
+
     def _mp_policy(self) -> Any:
         from torch.distributed.fsdp import MixedPrecisionPolicy
 

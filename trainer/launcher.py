@@ -20,6 +20,7 @@ import ctypes
 import ctypes.util
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -158,6 +159,13 @@ def script_command() -> list[str]:
     return [sys.executable, os.path.abspath(sys.argv[0]), *sys.argv[1:]]
 
 
+def _with_parent_death_signal(cmd: list[str]) -> list[str]:
+    """Arm PR_SET_PDEATHSIG before Python even starts (setpriv, util-linux), so a child still importing or
+    preparing data dies with rank 0 too; without setpriv it is armed when the child joins the group."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *cmd] if setpriv and sys.platform.startswith("linux") else cmd
+
+
 def set_parent_death_signal(parent_pid: int) -> None:
     """Linux: die with SIGKILL when the launching rank 0 dies; exit at once if it already has."""
     if not sys.platform.startswith("linux"):
@@ -188,7 +196,7 @@ class SubprocessLauncher:
             env.update(ClusterEnvironment(rank, n, rank, n, 0, "127.0.0.1", port).to_env())
             env[LAUNCHED_ENV] = "1"
             env[LAUNCHER_PID_ENV] = str(os.getpid())
-            self.procs.append(subprocess.Popen(cmd, env=env))  # noqa: S603 - our own interpreter and script
+            self.procs.append(subprocess.Popen(_with_parent_death_signal(cmd), env=env))  # noqa: S603 - our script
         rank0 = ClusterEnvironment(0, n, 0, n, 0, "127.0.0.1", port)
         os.environ.update(rank0.to_env())  # so user code and torch see what the other ranks see
         threading.Thread(target=self._watch, name="gridlab-rank-watcher", daemon=True).start()

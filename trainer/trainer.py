@@ -648,12 +648,16 @@ class Trainer:
                     flush=True,
                 )
             raise SystemExit(0) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             self.state.status = "interrupted"
             for cb in self.callbacks:
                 cb.on_exception(self, module, KeyboardInterrupt())
             for lg in self._rank_zero_loggers():
                 lg.finalize("interrupted")
+            if self.world_size > 1:
+                # Ctrl-C on one rank only: carrying on alone would leave the others in a collective. Stop the group.
+                self.strategy.on_exception(interrupt)
+                raise
             return None
         except BaseException as exc:
             self.state.status = "failed"
