@@ -37,7 +37,7 @@ typecheck: $(STAMP)
 	ln -s ../../proto/gridlab/v1 .mypy-src/gridlab/v1
 	for d in common scheduler agent client trainer; do ln -s ../../$$d .mypy-src/gridlab/$$d; done
 	cd .mypy-src && ../$(VENV)/bin/mypy --config-file ../pyproject.toml -p gridlab.common -p gridlab.scheduler -p gridlab.agent -p gridlab.client -p gridlab.trainer
-	cd .mypy-src && ../$(VENV)/bin/mypy --config-file ../pyproject.toml --strict -m gridlab.scheduler.state -m gridlab.scheduler.placement
+	cd .mypy-src && ../$(VENV)/bin/mypy --config-file ../pyproject.toml --strict -m gridlab.scheduler.state -m gridlab.scheduler.placement -m gridlab.scheduler.watchdog
 
 bench: $(STAMP)
 	$(PY) bench/submit_latency.py

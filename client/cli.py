@@ -211,6 +211,8 @@ def cmd_submit(args: argparse.Namespace, client: Client) -> int:
         env=dict(args.env or ()),
         name=args.name,
         idempotency_key=args.idempotency_key,
+        max_retries=args.max_retries,
+        hang_timeout=args.hang_timeout,
     )
     as_json = _output(args) == "json"
     if not as_json:
@@ -504,6 +506,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="environment variable for the run (repeatable)",
     )
     p.add_argument("--idempotency-key", metavar="KEY", help="submitting again with this key returns the same run")
+    p.add_argument("--max-retries", type=int, default=0, help="retries after a failed or hung attempt (default 0)")
+    p.add_argument(
+        "--hang-timeout",
+        type=_seconds_arg,
+        metavar="SECONDS",
+        help="stop (and retry) an attempt whose step has not advanced this long (needs GRIDLAB_METRICS_FILE)",
+    )
     p.add_argument("--wait", action="store_true", help="wait for the run to finish; exit 0 only if it succeeded")
     p.add_argument(
         "-f", "--follow", action="store_true", help="stream the logs, then print the final state (implies --wait)"

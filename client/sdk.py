@@ -245,6 +245,8 @@ def build_spec(
     cpus: float = 1,
     env: Mapping[str, str] | None = None,
     name: str | None = None,
+    max_retries: int = 0,
+    hang_timeout: float | timedelta | None = None,
 ) -> types_pb2.RunSpec:
     """The `RunSpec` that `Client.submit` sends, without sending it (a dry run).
 
@@ -259,6 +261,9 @@ def build_spec(
         cpus: CPU cores per node.
         env: Extra environment variables for every rank.
         name: A name to recognise the run by; need not be unique.
+        max_retries: How many times a failed attempt (non-zero exit, or hung) is retried.
+        hang_timeout: Stop the attempt when its step (from `GRIDLAB_METRICS_FILE`, which
+            the trainer writes) has not advanced for this long; None for no watchdog.
 
     Returns:
         A one-node `RunSpec`.
@@ -279,12 +284,17 @@ def build_spec(
             if not isinstance(key, str) or not isinstance(value, str):
                 raise TypeError(f"env must map str to str, got {key!r}: {value!r}")
             env_map[key] = value
-    return types_pb2.RunSpec(
+    _check("max_retries", max_retries, int, "an int")
+    spec = types_pb2.RunSpec(
         name=name or "",
         command=argv,
         env=env_map,
         resources=types_pb2.Resources(nodes=1, gpus=gpus, cpus=float(cpus)),
+        max_retries=max_retries,
     )
+    if hang_timeout is not None:
+        spec.hang_timeout.CopyFrom(timeutil.duration(_seconds("hang_timeout", hang_timeout)))
+    return spec
 
 
 # --- RunStatus and Run ----------------------------------------------------------------
@@ -511,6 +521,8 @@ class Client:
         env: Mapping[str, str] | None = None,
         name: str | None = None,
         idempotency_key: str | None = None,
+        max_retries: int = 0,
+        hang_timeout: float | timedelta | None = None,
     ) -> Run:
         """Queue a command to run on the cluster.
 
@@ -529,6 +541,9 @@ class Client:
             idempotency_key: A key you choose; submitting again with the same key
                 returns the run the first submit created instead of a second one, so a
                 retried submit is safe.
+            max_retries: How many times a failed attempt (non-zero exit, or hung) is retried.
+            hang_timeout: Stop an attempt whose step has not advanced for this long (see
+                `build_spec`).
 
         Returns:
             A `Run` handle.
@@ -539,7 +554,9 @@ class Client:
             ResourceExhausted: A quota forbids the run.
             Unavailable: The scheduler could not be reached.
         """
-        spec = build_spec(command, gpus=gpus, cpus=cpus, env=env, name=name)
+        spec = build_spec(
+            command, gpus=gpus, cpus=cpus, env=env, name=name, max_retries=max_retries, hang_timeout=hang_timeout
+        )
         if idempotency_key is not None:
             _check("idempotency_key", idempotency_key, str, "a string")
         request = scheduler_pb2.SubmitRunRequest(spec=spec, idempotency_key=idempotency_key or "")

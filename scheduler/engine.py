@@ -41,6 +41,7 @@ from .state import (
 )
 from .store import Store, dumps
 from .validate import SpecError, normalize
+from .watchdog import Watchdog
 
 log = structlog.get_logger("gridlab.scheduler")
 
@@ -114,6 +115,7 @@ class Engine:
         self._kick = asyncio.Event()
         self._token_cache: dict[str, Principal] = {}
         self._attempt_owner: dict[str, tuple[str, int, str]] = {}  # id -> run, number, agent
+        self.watchdog = Watchdog()
         # After a restart every agent the store thinks is ready gets a full timeout to
         # reconnect before it is declared lost.
         now = self.clock.monotonic()
@@ -329,6 +331,7 @@ class Engine:
         """Record the end of a live attempt and move its run on. Inside a transaction."""
         check_attempt_transition(attempt["id"], AttemptState(attempt["state"]), state)
         self._attempt_owner.pop(attempt["id"], None)
+        self.watchdog.forget(attempt["id"])
         now = self.clock.time()
         conn.execute(
             "UPDATE attempts SET state = ?, exit_code = ?, reason = ?, finished_at = ? WHERE id = ?",
@@ -409,6 +412,8 @@ class Engine:
             self.logs_changed.notify()
             self.kick()
             return
+        if reported is AttemptState.RUNNING:
+            self._watch_progress(row, status.last_step)
         new, old = reported, AttemptState(row["state"])
         if new is AttemptState.RUNNING and old is not AttemptState.RUNNING:  # noqa: SIM102
             with self.store.transaction() as conn:
@@ -440,6 +445,37 @@ class Engine:
                 self._send_cancel(
                     session.name, row["id"], "cancelled on request", AttemptState.CANCELLED, run["cancel_grace"]
                 )
+
+    def _watch_progress(self, attempt: sqlite3.Row, step: int) -> None:
+        now = self.clock.monotonic()
+        if not self.watchdog.tracks(attempt["id"]):
+            run = self._run_row(attempt["run_id"])
+            spec = types_pb2.RunSpec.FromString(run["spec"]) if run is not None else types_pb2.RunSpec()
+            self.watchdog.track(attempt["id"], spec.hang_timeout.ToNanoseconds() / 1e9, now)
+        self.watchdog.report(attempt["id"], step, now)
+
+    def check_hangs(self) -> list[str]:
+        """Stop attempts whose step has not advanced for their run's hang_timeout. The attempt ends FAILED
+        (the agent reports it), so the run is retried while it has retries left, like a crash."""
+        hung = self.watchdog.newly_hung(self.clock.monotonic())
+        for attempt_id, progress in hung:
+            row = self.store.one(
+                "SELECT a.id, a.run_id, n.agent_name FROM attempts a JOIN attempt_nodes n ON n.attempt_id = a.id "
+                "WHERE a.id = ?",
+                (attempt_id,),
+            )
+            if row is None:
+                continue
+            seen = f"step {progress.step}" if progress.step >= 0 else "no step reported"
+            reason = f"hung: {seen}, no progress for {progress.timeout:g}s (hang_timeout)"
+            with self.store.transaction() as conn:
+                run = conn.execute("SELECT state FROM runs WHERE id = ?", (row["run_id"],)).fetchone()
+                self._event(conn, row["run_id"], attempt_id, "hung", RunState(run["state"]), reason)
+            log.warning("attempt_hung", run_id=row["run_id"], attempt_id=attempt_id, reason=reason)
+            self._send_cancel(row["agent_name"], attempt_id, reason, AttemptState.FAILED)
+        if hung:
+            self.events_changed.notify()
+        return [attempt_id for attempt_id, _ in hung]
 
     # ---------------------------------------------------------------- agents
 
@@ -810,5 +846,6 @@ class Engine:
             await asyncio.sleep(period)
             try:
                 self.check_liveness()
+                self.check_hangs()
             except Exception:
                 log.exception("liveness_check_failed")

@@ -82,6 +82,8 @@ def normalize(spec: types_pb2.RunSpec) -> None:
         raise SpecError(f"priority is {spec.priority}: it must be within ±{MAX_PRIORITY}")
     if spec.time_limit.ToNanoseconds() < 0:
         raise SpecError("time_limit is negative")
+    if spec.hang_timeout.ToNanoseconds() < 0:
+        raise SpecError("hang_timeout is negative: give a positive duration, or none for no watchdog")
 
     # Defaults.
     if res.nodes == 0:

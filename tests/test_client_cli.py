@@ -122,3 +122,14 @@ def test_missing_settings_are_an_error_not_a_traceback(
     assert cli.main(["runs"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: no scheduler address")
+
+
+def test_submit_takes_retries_and_a_hang_timeout_into_the_spec() -> None:
+    from gridlab.client.sdk import build_spec
+
+    args = cli.parse_args(["submit", "--max-retries", "2", "--hang-timeout", "90", "--", "python", "t.py"])
+    assert (args.max_retries, args.hang_timeout) == (2, 90.0)
+    spec = build_spec(args.command, max_retries=args.max_retries, hang_timeout=args.hang_timeout)
+    assert spec.max_retries == 2
+    assert spec.hang_timeout.ToSeconds() == 90
+    assert not build_spec(["true"]).HasField("hang_timeout")  # no watchdog unless asked

@@ -234,3 +234,24 @@ def test_after_kill_9_of_the_scheduler_every_run_survives_and_none_starts_twice(
     assert list(client.logs(running.id)) == ["up", "done"]
     for run in queued:
         assert client.run(run.id).wait(timeout=60).state == "SUCCEEDED"
+
+
+def test_the_watchdog_stops_a_run_whose_step_stops_advancing(cluster: LocalCluster) -> None:
+    """A rank that writes three steps to GRIDLAB_METRICS_FILE and then hangs (a deadlocked collective, say)
+    is stopped by the scheduler after hang_timeout, through the real agent's heartbeats."""
+    code = (
+        "import json, os, time\n"
+        "with open(os.environ['GRIDLAB_METRICS_FILE'], 'a') as f:\n"
+        "    for step in range(1, 4):\n"
+        "        f.write(json.dumps({'step': step, 'loss': 1.0}) + '\\n'); f.flush(); time.sleep(0.2)\n"
+        "print('stuck', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    client = cluster.client()
+    run = client.submit([sys.executable, "-c", code], hang_timeout=2.0, name="hangs")
+    status = run.wait(timeout=60)
+    assert status.state == "FAILED"
+    assert "hung: step 3, no progress for 2s" in status.message
+    hung = [e for e in client.watch([run.id]) if e.kind == "hung"]  # the run's history, replayed
+    assert len(hung) == 1
+    assert "no progress for 2s" in hung[0].message

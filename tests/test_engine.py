@@ -290,3 +290,45 @@ def test_a_version_1_database_is_migrated(tmp_path: Path) -> None:
     upgraded.close()
     with pytest.raises(RuntimeError, match="newer than this gridlab"):
         Store(tmp_path / "old.db")
+
+
+def test_the_watchdog_stops_an_attempt_whose_step_stops_advancing(engine: Engine) -> None:
+    session = hello(engine)
+    s = spec()
+    s.max_retries = 1
+    s.hang_timeout.FromSeconds(30)
+    run_id, _ = engine.submit(ALICE, s, "")
+    engine.place_once()
+    attempt = drain(session)[-1].assign.attempt_id
+
+    def beat(step: int) -> None:
+        report = status(attempt, "RUNNING")
+        report.last_step = step
+        engine.agent_heartbeat(session, agent_pb2.Heartbeat(attempts=[report]))
+
+    for step in (1, 2, 3):  # advancing: never hung, however long the run
+        beat(step)
+        engine.clock.advance(20)  # type: ignore[attr-defined]
+        assert engine.check_hangs() == []
+    beat(3)  # reported again, but not advanced
+    engine.clock.advance(11)  # type: ignore[attr-defined]
+    assert engine.check_hangs() == [attempt]
+    assert engine.check_hangs() == []  # flagged once
+    (order,) = [m for m in drain(session) if m.HasField("cancel")]
+    assert order.cancel.attempt_id == attempt
+    assert order.cancel.final_state == types_pb2.ATTEMPT_STATE_FAILED
+    assert "hung: step 3, no progress for 30s" in order.cancel.reason
+    kinds = [r["kind"] for r in engine.store.all("SELECT kind FROM events WHERE run_id = ? ORDER BY id", (run_id,))]
+    assert "hung" in kinds
+    engine.agent_update(session, status(attempt, "FAILED", 137))
+    assert run_state(engine, run_id) == "QUEUED"  # a retry spent, like a crash
+
+
+def test_without_hang_timeout_a_silent_attempt_is_left_alone(engine: Engine) -> None:
+    session = hello(engine)
+    engine.submit(ALICE, spec(), "")
+    engine.place_once()
+    attempt = drain(session)[-1].assign.attempt_id
+    engine.agent_heartbeat(session, agent_pb2.Heartbeat(attempts=[status(attempt, "RUNNING")]))
+    engine.clock.advance(10_000)  # type: ignore[attr-defined]
+    assert engine.check_hangs() == []
