@@ -42,6 +42,7 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/submit_latency.py
 	$(PY) bench/ddp_scaling.py
+	$(PY) bench/log_throughput.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
