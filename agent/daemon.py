@@ -46,7 +46,7 @@ RELEASED_MEMORY = 10_000  # released attempt ids remembered, so a stale Assignme
 FATAL_CODES = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 DEFAULT_HEARTBEAT = 5.0
 WELCOME_TIMEOUT = 30.0
-DRAIN_TIMEOUT = 30.0  # longest wait for an attempt's logs before its terminal update
+DRAIN_TIMEOUT = 30.0  # longest stall (no line acknowledged) while draining an attempt's logs before its end
 SHUTDOWN_DRAIN_TIMEOUT = 3.0  # the same wait while the agent itself is stopping
 FINAL_FLUSH_TIMEOUT = 10.0  # at exit, for the last updates to reach the scheduler
 
@@ -364,12 +364,17 @@ class Agent:
             self._outbox.put_nowait(agent_pb2.AgentMessage(update=status))
 
     async def drain_logs(self, attempt_id: str) -> None:
-        """Bounded wait for the attempt's lines to be acknowledged; shorter once the
-        agent is stopping, so a missing scheduler cannot hold up the exit."""
-        start = time.monotonic()
-        while self.shipper.pending(attempt_id):
-            limit = min(SHUTDOWN_DRAIN_TIMEOUT, self.drain_timeout) if self._stopping else self.drain_timeout
-            left = limit - (time.monotonic() - start)
+        """Wait for the attempt's lines to be acknowledged before its end is reported (a following
+        client stops at the end). The bound is on *stalls*: while acknowledgements keep coming, a long
+        backlog drains whole; `drain_timeout` without progress gives up. Once the agent is stopping,
+        the bound is short and absolute, so a missing scheduler cannot hold up the exit."""
+        start = progress_at = time.monotonic()
+        pending = self.shipper.pending(attempt_id)
+        while pending:
+            if self._stopping:
+                left = min(SHUTDOWN_DRAIN_TIMEOUT, self.drain_timeout) - (time.monotonic() - start)
+            else:
+                left = self.drain_timeout - (time.monotonic() - progress_at)
             if left <= 0:
                 log.warning(
                     "logs not acknowledged in time; reporting the end anyway",
@@ -378,6 +383,10 @@ class Agent:
                 )
                 return
             await self.shipper.wait_acked(attempt_id, min(left, 0.5))
+            now_pending = self.shipper.pending(attempt_id)
+            if now_pending < pending:
+                progress_at = time.monotonic()
+            pending = now_pending
 
     async def _push_logs(self, lines: list[types_pb2.LogLine]) -> None:
         assert self._stub is not None  # noqa: S101 - set by run()

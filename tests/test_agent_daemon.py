@@ -527,3 +527,37 @@ def test_cli_makes_the_agent_a_subreaper(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(agent_main, "serve", serve)
     assert agent_main.main(["--state-dir", str(tmp_path), "--scheduler", "127.0.0.1:1"]) == 0
     assert calls == ["subreaper", "serve"]
+
+
+class SlowAcks:
+    """A shipper stand-in acknowledging one line every 0.1 s: slow, but never stalled."""
+
+    def __init__(self, lines: int) -> None:
+        self.left = lines
+
+    def pending(self, attempt_id: str | None = None) -> int:
+        return self.left
+
+    async def wait_acked(self, attempt_id: str, timeout: float) -> bool:
+        await asyncio.sleep(min(timeout, 0.1))
+        self.left = max(0, self.left - 1)
+        return self.left == 0
+
+
+def test_draining_waits_out_a_long_backlog_while_acks_progress_and_gives_up_on_a_stall(tmp_path: Path) -> None:
+    async def go() -> None:
+        agent = make_agent(tmp_path, 1, drain_timeout=0.3)
+        slow = SlowAcks(10)  # 1 s in all: more than drain_timeout, but progressing
+        agent.shipper = slow  # type: ignore[assignment]
+        await agent.drain_logs("a1")
+        assert slow.left == 0  # drained whole: the bound is on stalls, not on the total
+
+        stalled = SlowAcks(5)
+        stalled.wait_acked = lambda attempt_id, timeout: asyncio.sleep(min(timeout, 0.1), False)  # type: ignore[method-assign]
+        t0 = time.monotonic()
+        agent.shipper = stalled  # type: ignore[assignment]
+        await agent.drain_logs("a1")
+        assert stalled.left == 5
+        assert time.monotonic() - t0 < 2
+
+    arun(go())
