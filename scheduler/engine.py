@@ -445,6 +445,8 @@ class Engine:
                 self._send_cancel(
                     session.name, row["id"], "cancelled on request", AttemptState.CANCELLED, run["cancel_grace"]
                 )
+            elif hung := self.watchdog.stop_reason(row["id"]):
+                self._send_cancel(session.name, row["id"], hung, AttemptState.FAILED)
 
     def _watch_progress(self, attempt: sqlite3.Row, step: int) -> None:
         now = self.clock.monotonic()
@@ -459,20 +461,20 @@ class Engine:
         (the agent reports it), so the run is retried while it has retries left, like a crash."""
         hung = self.watchdog.newly_hung(self.clock.monotonic())
         for attempt_id, progress in hung:
-            row = self.store.one(
-                "SELECT a.id, a.run_id, n.agent_name FROM attempts a JOIN attempt_nodes n ON n.attempt_id = a.id "
+            nodes = self.store.all(
+                "SELECT a.run_id, n.agent_name FROM attempts a JOIN attempt_nodes n ON n.attempt_id = a.id "
                 "WHERE a.id = ?",
                 (attempt_id,),
             )
-            if row is None:
+            if not nodes:
                 continue
-            seen = f"step {progress.step}" if progress.step >= 0 else "no step reported"
-            reason = f"hung: {seen}, no progress for {progress.timeout:g}s (hang_timeout)"
+            run_id = nodes[0]["run_id"]
             with self.store.transaction() as conn:
-                run = conn.execute("SELECT state FROM runs WHERE id = ?", (row["run_id"],)).fetchone()
-                self._event(conn, row["run_id"], attempt_id, "hung", RunState(run["state"]), reason)
-            log.warning("attempt_hung", run_id=row["run_id"], attempt_id=attempt_id, reason=reason)
-            self._send_cancel(row["agent_name"], attempt_id, reason, AttemptState.FAILED)
+                run = conn.execute("SELECT state FROM runs WHERE id = ?", (run_id,)).fetchone()
+                self._event(conn, run_id, attempt_id, "hung", RunState(run["state"]), progress.reason)
+            log.warning("attempt_hung", run_id=run_id, attempt_id=attempt_id, reason=progress.reason)
+            for node in nodes:  # a disconnected agent gets the order again in its next Hello (_apply_status)
+                self._send_cancel(node["agent_name"], attempt_id, progress.reason, AttemptState.FAILED)
         if hung:
             self.events_changed.notify()
         return [attempt_id for attempt_id, _ in hung]

@@ -18,6 +18,7 @@ class Progress:
     since: float  # when `step` was first seen (scheduler clock)
     timeout: float  # the run's hang_timeout in seconds; 0: no watchdog
     flagged: bool = False
+    reason: str = ""
 
 
 class Watchdog:
@@ -39,11 +40,17 @@ class Watchdog:
     def forget(self, attempt_id: str) -> None:
         self._attempts.pop(attempt_id, None)
 
+    def stop_reason(self, attempt_id: str) -> str:
+        """Why a flagged attempt is being stopped ("" when it is not): resent to a reconnecting agent."""
+        p = self._attempts.get(attempt_id)
+        return p.reason if p is not None and p.flagged else ""
+
     def newly_hung(self, now: float) -> list[tuple[str, Progress]]:
         """Attempts past their timeout without progress, each returned once."""
         out = []
         for attempt_id, p in self._attempts.items():
             if p.timeout > 0 and not p.flagged and now - p.since > p.timeout:
-                p.flagged = True
+                seen = f"step {p.step}" if p.step >= 0 else "no step reported"
+                p.flagged, p.reason = True, f"hung: {seen}, no progress for {p.timeout:g}s (hang_timeout)"
                 out.append((attempt_id, p))
         return out

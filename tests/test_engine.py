@@ -332,3 +332,21 @@ def test_without_hang_timeout_a_silent_attempt_is_left_alone(engine: Engine) -> 
     engine.agent_heartbeat(session, agent_pb2.Heartbeat(attempts=[status(attempt, "RUNNING")]))
     engine.clock.advance(10_000)  # type: ignore[attr-defined]
     assert engine.check_hangs() == []
+
+
+def test_a_hang_stop_lost_with_the_agents_stream_is_sent_again_when_it_reconnects(engine: Engine) -> None:
+    session = hello(engine)
+    s = spec()
+    s.hang_timeout.FromSeconds(5)
+    engine.submit(ALICE, s, "")
+    engine.place_once()
+    attempt = drain(session)[-1].assign.attempt_id
+    engine.agent_heartbeat(session, agent_pb2.Heartbeat(attempts=[status(attempt, "RUNNING")]))
+    engine.agent_disconnected(session)  # the stream drops; the agent has until the heartbeat timeout
+    engine.clock.advance(6)  # type: ignore[attr-defined]
+    assert engine.check_hangs() == [attempt]  # the order had nowhere to go
+    back = hello(engine, attempts=[status(attempt, "RUNNING")])
+    orders = [m.cancel for m in drain(back) if m.HasField("cancel")]
+    assert [o.attempt_id for o in orders] == [attempt]
+    assert orders[0].final_state == types_pb2.ATTEMPT_STATE_FAILED
+    assert "hung" in orders[0].reason

@@ -266,3 +266,83 @@ def test_strategies_are_exported_and_device_lists_pick_each_ranks_gpu() -> None:
     strategy.configure("cpu", [2, 3], 1, lambda dt: None)
     strategy.env = ClusterEnvironment(1, 2, 1, 2, 0, "127.0.0.1", 1)
     assert strategy._device_index() == 3  # devices=[2, 3]: local rank 1 on cuda:3
+
+
+GROUP_SIGTERM_JOB = """
+import os, signal, sys, threading, time
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from gridlab.trainer import Module, Trainer
+
+class Slow(Dataset):  # the rank spends its time waiting for batches, as input-bound training does
+    def __len__(self):
+        return 256
+    def __getitem__(self, i):
+        time.sleep(0.01)
+        return torch.full((4,), float(i)), torch.ones(1)
+
+class M(Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 1)
+    def on_train_start(self):
+        # What the agent does on cancel: SIGTERM to the whole process group, workers included, at a moment
+        # that is most likely inside next(iterator).
+        threading.Timer(1.0, os.killpg, (os.getpgrp(), signal.SIGTERM)).start()
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self.lin(x), y)
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=1e-4)
+
+loader = DataLoader(Slow(), batch_size=4, num_workers=2)
+Trainer(accelerator="cpu", max_epochs=5, logger=False, enable_progress_bar=False,
+        default_root_dir=sys.argv[1]).fit(M(), loader)
+print("fit returned")
+"""
+
+
+def test_a_sigterm_to_the_whole_process_group_with_dataloader_workers_still_checkpoints(tmp_path: Path) -> None:
+    """The agent signals the process group: the DataLoader workers get SIGTERM too. They must neither die
+    (the rank would fail with "worker killed by signal") nor count as a second SIGTERM in the rank."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", GROUP_SIGTERM_JOB, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        start_new_session=True,  # its own process group, so the killpg stays inside it
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "SIGTERM received; saved" in proc.stdout
+    assert "second SIGTERM" not in proc.stderr
+    assert "fit returned" not in proc.stdout
+    assert (tmp_path / "checkpoints" / "preempted.ckpt").is_file()
+
+
+def test_write_file_replaces_a_sharded_folder_but_never_an_ordinary_one(tmp_path: Path) -> None:
+    plain = tmp_path / "mine"
+    (plain / "sub").mkdir(parents=True)
+    (plain / "notes.txt").write_text("keep me")
+    with pytest.raises(IsADirectoryError, match="not a checkpoint"):
+        ckpt_io.write_file({"x": 1}, plain)
+    assert (plain / "notes.txt").read_text() == "keep me"
+    sharded = tmp_path / "last.ckpt"
+    sharded.mkdir()
+    (sharded / ckpt_io.META_FILE).write_bytes(b"")
+    ckpt_io.write_file({"x": 1}, sharded)
+    assert sharded.is_file()
+
+
+def test_a_one_process_ddp_fit_leaves_no_group_and_no_launcher_environment(tmp_path: Path) -> None:
+    import torch.distributed as dist
+
+    trainer = Trainer(accelerator="cpu", strategy="ddp", devices=1, max_steps=2, default_root_dir=tmp_path, **QUIET)
+    trainer.fit(BoringModel(), DataLoader(regression_data(), batch_size=8))
+    assert trainer.global_step == 2
+    assert not dist.is_initialized()
+    assert "WORLD_SIZE" not in os.environ

@@ -52,8 +52,10 @@ def write_file(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
             torch.save(checkpoint, f)
             f.flush()
             os.fsync(f.fileno())
-        if os.path.isdir(path):  # a sharded folder of the same name (an FSDP attempt before this one)
+        if is_sharded(path):  # a sharded folder of the same name (an FSDP attempt before this one)
             _swap_in(tmp, path)
+        elif os.path.isdir(path):
+            raise IsADirectoryError(f"{path} is a folder, not a checkpoint: give the checkpoint a file name.")
         else:
             os.replace(tmp, path)
     except BaseException:

@@ -62,6 +62,7 @@ class DistributedStrategy(Strategy):
         self.env: ClusterEnvironment | None = None
         self._failed = False
         self._launcher: Any = None
+        self._private_group = False
         self._flag_group: Any = None
 
     # -- wiring from the Trainer ------------------------------------------
@@ -154,11 +155,12 @@ class DistributedStrategy(Strategy):
                 "with --nnodes and a rendezvous); none set RANK/WORLD_SIZE/MASTER_ADDR here."
             )
         if self.num_devices == 1:
+            # A group of one (FSDP needs a mesh even then), private to this run: nothing is exported to
+            # os.environ (a later Trainer would take it for a launcher's), and end_run() destroys it.
             from .environment import free_port
 
-            env = ClusterEnvironment(master_port=free_port())
-            os.environ.update(env.to_env())
-            return env
+            self._private_group = True
+            return ClusterEnvironment(master_port=free_port())
         from .launcher import SubprocessLauncher
 
         self._launcher = SubprocessLauncher(self.num_devices)
@@ -169,7 +171,8 @@ class DistributedStrategy(Strategy):
         from .launcher import is_interactive
 
         return (
-            self.num_devices * self.num_nodes > 1
+            self.num_devices > 1
+            and self.num_nodes == 1  # several nodes need a launcher on each: setup_environment says so
             and not dist.is_initialized()
             and ClusterEnvironment.detect() is None
             and is_interactive()
@@ -180,6 +183,11 @@ class DistributedStrategy(Strategy):
 
     def close_group(self) -> None:
         self._teardown_at_exit()
+
+    def end_run(self) -> None:
+        if self._private_group:
+            self.close_group()
+            self.env, self._private_group = None, False
 
     def _teardown_at_exit(self) -> None:
         """At interpreter exit: a last barrier, then destroy the group (skipping either can abort at exit)."""

@@ -78,6 +78,18 @@ class ClusterEnvironment:
         }
 
 
+def cuda_device_count() -> int:
+    """Visible CUDA GPUs, counted through NVML when torch can: torch.cuda.is_available() initialises the
+    CUDA driver in this process, after which forked ranks (the notebook launcher) cannot use CUDA."""
+    import torch
+
+    try:
+        count = torch.cuda._device_count_nvml()
+    except Exception:
+        count = -1
+    return count if count >= 0 else torch.cuda.device_count()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free now on `host` (the kernel picks it; a tiny window remains before rank 0 binds it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

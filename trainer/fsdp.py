@@ -83,6 +83,9 @@ class FSDPStrategy(DistributedStrategy):
             return contextlib.nullcontext()
         return _no_gradient_sync(module)
 
+    def end_run(self) -> None:
+        """A group of one stays up after the run: the module's parameters are DTensors on its mesh."""
+
     def _default_backend(self) -> str:
         # With cpu_offload the gradients live on the CPU: clipping reduces their norms there, which needs gloo
         # beside NCCL (torch routes each collective by the tensors' device).

@@ -132,6 +132,9 @@ class Strategy:
         if self.is_global_zero:
             ckpt_io.remove(path)
 
+    def end_run(self) -> None:
+        """The end of one fit/validate/test/predict (after its teardown hooks)."""
+
     def teardown(self) -> None: ...
 
 

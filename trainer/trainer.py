@@ -30,13 +30,13 @@ from .checkpoint import FORMAT_VERSION
 from .datamodule import DataModule
 from .distributed import DistributedStrategy
 from .durations import parse_duration
-from .environment import ClusterEnvironment
+from .environment import ClusterEnvironment, cuda_device_count
 from .errors import MisconfigurationError
 from .loaders import with_sampler
 from .module import Module
 from .optim import LRSchedulerConfig, parse_optimizers
 from .precision import apply_to_tensors, make_precision, normalize_precision
-from .preemption import PREEMPTION_CHECKPOINT, Preempted, SigtermFlag
+from .preemption import PREEMPTION_CHECKPOINT, Preempted, SigtermFlag, ignore_sigterm_in_worker
 from .results import Results
 from .seed import SEED_WORKERS_ENV, collect_rng_states, set_rng_states, worker_init_fn
 from .strategy import SingleDeviceStrategy, Strategy
@@ -279,12 +279,12 @@ class Trainer:
         from .fsdp import FSDPStrategy
 
         if accelerator == "auto":
-            accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+            accelerator = "cuda" if cuda_device_count() else "cpu"
         if accelerator == "gpu":
             accelerator = "cuda"
         if accelerator not in ("cpu", "cuda"):
             raise MisconfigurationError(f'accelerator must be "auto", "cpu", "gpu" or "cuda", got {accelerator!r}.')
-        if accelerator == "cuda" and not torch.cuda.is_available():
+        if accelerator == "cuda" and not cuda_device_count():
             raise MisconfigurationError('accelerator="gpu" but no CUDA GPU is visible: use accelerator="cpu".')
         ids = _parse_devices(devices, accelerator)
         if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
@@ -676,6 +676,7 @@ class Trainer:
             if datamodule is not None:
                 datamodule.teardown(stage)
             torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
+            self.strategy.end_run()
 
     def _run_forked(self, stage: str, module: Module, datamodule: DataModule | None, ckpt_path: Any, **kw: Any) -> Any:
         """devices=N from a notebook: fork the ranks, then take rank 0's results into this process (the
@@ -744,6 +745,10 @@ class Trainer:
                 and getattr(dl, "worker_init_fn", 1) is None
             ):
                 dl.worker_init_fn = functools.partial(worker_init_fn, rank=self.global_rank)
+            if getattr(dl, "num_workers", 0) > 0:
+                # The agent's SIGTERM reaches the whole process group: workers must outlive it until the rank
+                # has finished its step and saved (see preemption.py).
+                dl.worker_init_fn = ignore_sigterm_in_worker(dl.worker_init_fn)
             out.append(self.strategy.process_dataloader(dl) if self.use_distributed_sampler else dl)
         return out
 
@@ -1378,7 +1383,7 @@ def _detach(h: Any) -> Any:
 
 def _parse_devices(devices: Any, accelerator: str) -> list[int]:
     """Device indices on this node: "auto" (every GPU, or one CPU process), N, -1 (every GPU), "0,1", [0, 1]."""
-    gpus = torch.cuda.device_count() if accelerator == "cuda" else 0
+    gpus = cuda_device_count() if accelerator == "cuda" else 0
     if isinstance(devices, str):
         text = devices.strip()
         if text == "auto":
