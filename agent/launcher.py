@@ -392,6 +392,7 @@ class Attempt:
                     self._kill_timer.cancel()
             await self._finish_pipes()
             state, code, message = self._outcome or (S.ATTEMPT_STATE_SUCCEEDED, 0, "")
+            self._status.ranks_exited = True  # heartbeats during the drain: no progress expected
             await self._events.drain_logs(self.attempt_id)
             self._set(state, exit_code=code, message=message)
             log.info(

@@ -412,8 +412,10 @@ class Engine:
             self.logs_changed.notify()
             self.kick()
             return
-        if reported is AttemptState.RUNNING:
+        if reported is AttemptState.RUNNING and not status.ranks_exited:
             self._watch_progress(row, status.last_step)
+        elif status.ranks_exited:
+            self.watchdog.forget(row["id"])  # its ranks are gone; only its last logs are on the way
         new, old = reported, AttemptState(row["state"])
         if new is AttemptState.RUNNING and old is not AttemptState.RUNNING:  # noqa: SIM102
             with self.store.transaction() as conn:

@@ -350,3 +350,19 @@ def test_a_hang_stop_lost_with_the_agents_stream_is_sent_again_when_it_reconnect
     assert [o.attempt_id for o in orders] == [attempt]
     assert orders[0].final_state == types_pb2.ATTEMPT_STATE_FAILED
     assert "hung" in orders[0].reason
+
+
+def test_an_attempt_whose_ranks_exited_is_not_hung_while_its_logs_drain(engine: Engine) -> None:
+    session = hello(engine)
+    s = spec()
+    s.hang_timeout.FromSeconds(5)
+    engine.submit(ALICE, s, "")
+    engine.place_once()
+    attempt = drain(session)[-1].assign.attempt_id
+    engine.agent_heartbeat(session, agent_pb2.Heartbeat(attempts=[status(attempt, "RUNNING")]))
+    draining = status(attempt, "RUNNING")
+    draining.ranks_exited = True  # the agent is shipping the last lines before it reports the end
+    for _ in range(3):
+        engine.clock.advance(4)  # type: ignore[attr-defined]
+        engine.agent_heartbeat(session, agent_pb2.Heartbeat(attempts=[draining]))
+        assert engine.check_hangs() == []
