@@ -17,6 +17,7 @@ import collections
 import contextlib
 import functools
 import random
+import shlex
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +28,7 @@ import grpc.aio
 import structlog
 
 from gridlab import __version__
+from gridlab.agent.envcache import EnvCache
 from gridlab.agent.inventory import InventoryCollector
 from gridlab.agent.launcher import Attempt, LaunchSettings
 from gridlab.agent.logship import LogShipper, status_code
@@ -79,11 +81,14 @@ class Agent:
         self.inventory = inventory or InventoryCollector(
             agent_name=config.name, state_dir=config.state_dir, address=config.address
         )
+        state_dir = self._state_dir()
         self.launch = LaunchSettings(
-            state_dir=self._state_dir(),
+            state_dir=state_dir,
             grace_period=config.grace_period,
             address=self.inventory.address,
             base_env=base_env,
+            env_cache=EnvCache(Path(config.env_dir) if config.env_dir else state_dir / "envs"),
+            pip_args=tuple(shlex.split(config.pip_args)),
         )
         self.shipper = LogShipper(self._push_logs)
         self.attempts: dict[str, Attempt] = {}

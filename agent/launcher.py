@@ -33,6 +33,7 @@ from typing import Protocol
 import psutil
 import structlog
 
+from gridlab.agent.envcache import EnvBuildError, EnvCache
 from gridlab.agent.logship import MAX_LINE_BYTES, SYSTEM_RANK, AttemptLog, pump_lines
 from gridlab.agent.metrics import MetricsTail
 from gridlab.agent.reaper import asyncio_children, kill_attempt_processes
@@ -76,6 +77,8 @@ class LaunchSettings:
     grace_period: float = 60.0  # SIGTERM to SIGKILL
     address: str = "127.0.0.1"  # this machine: MASTER_ADDR of a multi-node run if unset
     base_env: Mapping[str, str] | None = None  # default: the agent's os.environ
+    env_cache: EnvCache | None = None  # builds a run's `requirements` into a virtualenv
+    pip_args: tuple[str, ...] = ()
     pipe_eof_timeout: float = 5.0  # after the processes are gone, wait this for EOF
 
 
@@ -115,6 +118,7 @@ def rank_env(
     master_addr: str,
     master_port: int,
     base_env: Mapping[str, str],
+    venv: Path | None = None,
 ) -> dict[str, str]:
     """A rank's environment: the agent's, then the spec's, then torchrun's variables and
     gridlab's (which win, so a spec cannot break the group's wiring). The agent's own
@@ -142,6 +146,9 @@ def rank_env(
     )
     if assignment.resume_from:
         env["GRIDLAB_RESUME_FROM"] = assignment.resume_from
+    if venv is not None:  # the run's requirements: its `python` is the environment's
+        env["VIRTUAL_ENV"] = str(venv)
+        env["PATH"] = os.pathsep.join([str(venv / "bin"), env.get("PATH", os.defpath)])
     return env
 
 
@@ -418,6 +425,12 @@ class Attempt:
         if not command:
             self._fail(SYSTEM_RANK, EXIT_NOT_FOUND, "the run's command is empty")
             return
+        venv = None
+        if a.spec.requirements:
+            python = await self._build_env(list(a.spec.requirements))
+            if python is None or self._outcome is not None:  # failed, or cancelled while building
+                return
+            venv = python.parent.parent
         master_addr = a.master_addr or ("127.0.0.1" if a.nodes <= 1 else self.settings.address)
         master_port = a.master_port or free_port()
         base_env = os.environ if self.settings.base_env is None else self.settings.base_env
@@ -432,6 +445,7 @@ class Attempt:
                 master_addr=master_addr,
                 master_port=master_port,
                 base_env=base_env,
+                venv=venv,
             )
             try:
                 proc, transport, exited = await spawn(command, cwd=dirs.work, env=env)
@@ -447,6 +461,24 @@ class Attempt:
         else:
             self._set(S.ATTEMPT_STATE_RUNNING)
         await self._wait_ranks()
+
+    async def _build_env(self, requirements: list[str]) -> Path | None:
+        """The run's environment (built, or reused from the cache); its build log goes to the run's logs.
+        None when it could not be built: the attempt has failed with pip's error."""
+        cache = self.settings.env_cache
+        if cache is None:
+            self._fail(SYSTEM_RANK, 1, "this agent builds no environments (no env cache): drop `requirements`")
+            return None
+        loop = asyncio.get_running_loop()
+
+        def log_line(text: str) -> None:  # called from the build thread
+            loop.call_soon_threadsafe(self._system, SYSTEM_RANK, text)
+
+        try:
+            return await asyncio.to_thread(cache.ensure, requirements, log=log_line, pip_args=self.settings.pip_args)
+        except (EnvBuildError, ValueError) as exc:
+            self._fail(SYSTEM_RANK, 1, f"environment for the run's requirements: {exc}")
+            return None
 
     def _read_output(self, r: _Rank) -> None:
         if r.proc.stdout is not None:

@@ -213,6 +213,7 @@ def cmd_submit(args: argparse.Namespace, client: Client) -> int:
         idempotency_key=args.idempotency_key,
         max_retries=args.max_retries,
         hang_timeout=args.hang_timeout,
+        requirements=args.pip or (),
     )
     as_json = _output(args) == "json"
     if not as_json:
@@ -507,6 +508,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--idempotency-key", metavar="KEY", help="submitting again with this key returns the same run")
     p.add_argument("--max-retries", type=int, default=0, help="retries after a failed or hung attempt (default 0)")
+    p.add_argument(
+        "--pip",
+        action="append",
+        metavar="REQUIREMENT",
+        help="a pip requirement for the run's environment, e.g. 'numpy==2.1' (repeatable; cached per machine)",
+    )
     p.add_argument(
         "--hang-timeout",
         type=_seconds_arg,

@@ -22,7 +22,7 @@ import shlex
 import sys
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
@@ -247,6 +247,7 @@ def build_spec(
     name: str | None = None,
     max_retries: int = 0,
     hang_timeout: float | timedelta | None = None,
+    requirements: Sequence[str] = (),
 ) -> types_pb2.RunSpec:
     """The `RunSpec` that `Client.submit` sends, without sending it (a dry run).
 
@@ -264,6 +265,9 @@ def build_spec(
         max_retries: How many times a failed attempt (non-zero exit, or hung) is retried.
         hang_timeout: Stop the attempt when its step (from `GRIDLAB_METRICS_FILE`, which
             the trainer writes) has not advanced for this long; None for no watchdog.
+        requirements: pip requirement lines ("numpy==2.1"); the agent builds (and caches)
+            a virtualenv that also sees the machine's packages, and `python` in the
+            command is that environment's.
 
     Returns:
         A one-node `RunSpec`.
@@ -292,6 +296,11 @@ def build_spec(
         resources=types_pb2.Resources(nodes=1, gpus=gpus, cpus=float(cpus)),
         max_retries=max_retries,
     )
+    if isinstance(requirements, str):
+        raise TypeError("requirements must be a list of requirement lines, e.g. ['numpy==2.1'], not a string")
+    for line in requirements:
+        _check("requirements", line, str, "strings")
+    spec.requirements.extend(requirements)
     if hang_timeout is not None:
         spec.hang_timeout.CopyFrom(timeutil.duration(_seconds("hang_timeout", hang_timeout)))
     return spec
@@ -523,6 +532,7 @@ class Client:
         idempotency_key: str | None = None,
         max_retries: int = 0,
         hang_timeout: float | timedelta | None = None,
+        requirements: Sequence[str] = (),
     ) -> Run:
         """Queue a command to run on the cluster.
 
@@ -544,6 +554,7 @@ class Client:
             max_retries: How many times a failed attempt (non-zero exit, or hung) is retried.
             hang_timeout: Stop an attempt whose step has not advanced for this long (see
                 `build_spec`).
+            requirements: pip requirement lines for the run's environment (see `build_spec`).
 
         Returns:
             A `Run` handle.
@@ -555,7 +566,14 @@ class Client:
             Unavailable: The scheduler could not be reached.
         """
         spec = build_spec(
-            command, gpus=gpus, cpus=cpus, env=env, name=name, max_retries=max_retries, hang_timeout=hang_timeout
+            command,
+            gpus=gpus,
+            cpus=cpus,
+            env=env,
+            name=name,
+            max_retries=max_retries,
+            hang_timeout=hang_timeout,
+            requirements=requirements,
         )
         if idempotency_key is not None:
             _check("idempotency_key", idempotency_key, str, "a string")

@@ -59,6 +59,10 @@ class AgentConfig:
     state_dir: str = dataclasses.field(default_factory=lambda: default_state_dir("agent"))
     address: str = ""  # how peers reach this machine; default: its hostname's address
     grace_period: float = 60.0  # SIGTERM to SIGKILL when stopping an attempt
+    env_dir: str = ""  # cached run environments (requirements); default <state_dir>/envs
+    pip_args: str = (
+        ""  # extra pip options for those builds, shell-split: e.g. "--index-url URL" or "--no-index --find-links DIR"
+    )
     reconnect_min: float = 0.2  # first retry delay after the scheduler is unreachable
     reconnect_max: float = 10.0  # retry delay cap (exponential backoff with jitter)
     log_format: str = "auto"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+from gridlab.common.requirements import normalize_requirements
 from gridlab.v1 import types_pb2
 
 MAX_ARGV_ITEMS = 4096
@@ -82,6 +83,16 @@ def normalize(spec: types_pb2.RunSpec) -> None:
         raise SpecError(f"priority is {spec.priority}: it must be within ±{MAX_PRIORITY}")
     if spec.time_limit.ToNanoseconds() < 0:
         raise SpecError("time_limit is negative")
+    if spec.requirements:
+        try:
+            normalize_requirements(list(spec.requirements))
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
+    if spec.code_digest or spec.workdir:
+        raise SpecError(
+            "code bundles (code_digest, workdir) are not supported by this scheduler yet: run a command that is "
+            "already on the agents' machines"
+        )
     if spec.hang_timeout.ToNanoseconds() < 0:
         raise SpecError("hang_timeout is negative: give a positive duration, or none for no watchdog")
 

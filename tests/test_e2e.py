@@ -255,3 +255,34 @@ def test_the_watchdog_stops_a_run_whose_step_stops_advancing(cluster: LocalClust
     hung = [e for e in client.watch([run.id]) if e.kind == "hung"]  # the run's history, replayed
     assert len(hung) == 1
     assert "no progress for 2s" in hung[0].message
+
+
+@pytest.mark.slow
+def test_a_run_with_requirements_gets_them_installed_once_per_machine(make_cluster, tmp_path: Path) -> None:
+    """requirements -> a cached virtualenv on the agent (pip options from the agent's config: here an
+    offline wheel folder); `python` in the command is that environment's, and it still sees torch."""
+    from test_envcache import build_tiny_wheel
+
+    wheels = build_tiny_wheel(tmp_path / "src", tmp_path / "wheels")
+    cluster: LocalCluster = make_cluster()
+    cluster.start_scheduler()
+    cluster.start_agent("env-box", env={"GRIDLAB_AGENT_PIP_ARGS": f"--no-index --find-links {wheels}"})
+    client = cluster.client()
+    code = "import importlib.util, tinypkg; print(tinypkg.VALUE, importlib.util.find_spec('torch') is not None)"
+    outputs = []
+    for name in ("first", "second"):
+        run = client.submit(["python", "-c", code], requirements=["tinypkg==0.1"], name=name)
+        assert run.wait(timeout=180).state == "SUCCEEDED", list(client.logs(run.id))
+        outputs.append([line.text for line in client.log_lines(run.id)])
+    assert "tiny 0.1 True" in outputs[0]
+    assert "tiny 0.1 True" in outputs[1]
+    assert any("pip" in line.lower() or "install" in line.lower() for line in outputs[0])  # the build log
+    assert any("reusing cached environment" in line for line in outputs[1])
+
+    bad = client.submit(["python", "-c", "pass"], requirements=["nosuchpkg==1.0"])
+    status = bad.wait(timeout=180)
+    assert status.state == "FAILED"
+    assert "nosuchpkg" in status.message
+
+    with pytest.raises(errors.InvalidArgument, match="pip option"):
+        client.submit(["python", "-c", "pass"], requirements=["--index-url=http://evil/simple"])

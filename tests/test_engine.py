@@ -366,3 +366,19 @@ def test_an_attempt_whose_ranks_exited_is_not_hung_while_its_logs_drain(engine: 
         engine.clock.advance(4)  # type: ignore[attr-defined]
         engine.agent_heartbeat(session, agent_pb2.Heartbeat(attempts=[draining]))
         assert engine.check_hangs() == []
+
+
+def test_specs_asking_for_what_is_not_built_yet_or_for_pip_options_are_refused(engine: Engine) -> None:
+    for field, value, match in [
+        ("code_digest", "sha256:" + "0" * 64, "code bundles"),
+        ("workdir", "src", "code bundles"),
+    ]:
+        s = spec()
+        setattr(s, field, value)
+        with pytest.raises(ApiError, match=match) as info:
+            engine.submit(ALICE, s, "")
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    s = spec()
+    s.requirements.append("-e git+https://example.com/x.git")
+    with pytest.raises(ApiError, match="pip option"):
+        engine.submit(ALICE, s, "")

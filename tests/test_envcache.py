@@ -18,11 +18,9 @@ BUILDING = "env: building environment"
 REUSING = "env: reusing cached environment"
 
 
-@pytest.fixture(scope="module")
-def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder holding tinypkg-0.1's wheel, built offline from a minimal setuptools project."""
-    src = tmp_path_factory.mktemp("tinypkg")
-    (src / "tinypkg").mkdir()
+def build_tiny_wheel(src: Path, out: Path) -> Path:
+    """tinypkg-0.1's wheel in `out`, built offline from a minimal setuptools project in `src`."""
+    (src / "tinypkg").mkdir(parents=True)
     (src / "tinypkg" / "__init__.py").write_text("VALUE = 'tiny 0.1'\n")
     (src / "pyproject.toml").write_text(
         textwrap.dedent("""\
@@ -35,7 +33,6 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
             version = "0.1"
             """)
     )
-    out = tmp_path_factory.mktemp("wheels")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(src)],
         check=True,
@@ -43,6 +40,11 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert [p.name for p in out.iterdir()] == ["tinypkg-0.1-py3-none-any.whl"]
     return out
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_wheel(tmp_path_factory.mktemp("tinypkg"), tmp_path_factory.mktemp("wheels"))
 
 
 def offline(wheels: Path) -> list[str]:
