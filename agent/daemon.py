@@ -18,6 +18,7 @@ import contextlib
 import functools
 import random
 import shlex
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -90,7 +91,11 @@ class Agent:
             env_cache=EnvCache(Path(config.env_dir) if config.env_dir else state_dir / "envs"),
             pip_args=tuple(shlex.split(config.pip_args)),
         )
-        self.shipper = LogShipper(self._push_logs)
+        # A backlog past the memory cap spills to disk rather than being dropped. A previous agent's spill is
+        # of attempts this one does not hold: it is removed.
+        spill = state_dir / "logspill"
+        shutil.rmtree(spill, ignore_errors=True)
+        self.shipper = LogShipper(self._push_logs, spill_dir=spill)
         self.attempts: dict[str, Attempt] = {}
         self._released: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._tasks: dict[str, asyncio.Task[agent_pb2.AttemptStatus]] = {}

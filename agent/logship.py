@@ -15,9 +15,11 @@ import asyncio
 import collections
 import contextlib
 import random
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import structlog
@@ -138,7 +140,43 @@ def status_code(exc: BaseException) -> grpc.StatusCode | None:
 class _Queue:
     lines: collections.deque[tuple[types_pb2.LogLine, int]] = field(default_factory=collections.deque)
     in_flight: list[tuple[types_pb2.LogLine, int]] = field(default_factory=list)
-    dropped: int = 0  # lines shed because the buffer was full
+    dropped: int = 0  # lines shed because the buffer (and the spill, when there is one) was full
+    spill: _Spill | None = None  # newer lines than `lines`, on disk, while memory is over its cap
+
+
+class _Spill:
+    """An attempt's overflow, in order: length-prefixed LogLine messages appended to a file and read
+    back from the front. Lines go here once memory is full, and every later line follows them until
+    the file is read out, so the order of the attempt's lines never changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._out = path.open("ab")
+        self._in = path.open("rb")
+        self.count = 0  # lines written, not yet read back
+        self.bytes = 0  # their size on disk
+
+    def write(self, line: types_pb2.LogLine) -> None:
+        data = line.SerializeToString()
+        self._out.write(struct.pack("<I", len(data)) + data)
+        self.count += 1
+        self.bytes += len(data) + 4
+
+    def read(self, n: int) -> list[types_pb2.LogLine]:
+        self._out.flush()
+        out: list[types_pb2.LogLine] = []
+        while self.count and len(out) < n:
+            (size,) = struct.unpack("<I", self._in.read(4))
+            out.append(types_pb2.LogLine.FromString(self._in.read(size)))
+            self.count -= 1
+            self.bytes -= size + 4
+        return out
+
+    def close(self) -> None:
+        self._out.close()
+        self._in.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
 
 
 class LogShipper:
@@ -156,6 +194,8 @@ class LogShipper:
         max_batch_lines: int = 500,
         max_batch_bytes: int = 1024 * 1024,
         max_pending_bytes: int = 256 * 1024 * 1024,
+        spill_dir: Path | None = None,
+        max_spill_bytes: int = 16 * 1024**3,
         timeout: float = 30.0,
         retry_min: float = 0.2,
         retry_max: float = 5.0,
@@ -164,6 +204,8 @@ class LogShipper:
         self.max_batch_lines = max_batch_lines
         self.max_batch_bytes = max_batch_bytes
         self.max_pending_bytes = max_pending_bytes
+        self.spill_dir = spill_dir  # None: over the memory cap, shed the oldest lines instead
+        self.max_spill_bytes = max_spill_bytes
         self.timeout = timeout
         self.retry_min = retry_min
         self.retry_max = retry_max
@@ -178,17 +220,55 @@ class LogShipper:
     def add(self, line: types_pb2.LogLine) -> None:
         size = line.ByteSize() + 8
         q = self._queues.setdefault(line.attempt_id, _Queue())
-        q.lines.append((line, size))
-        self._pending_bytes += size
-        if self._pending_bytes > self.max_pending_bytes:
-            self._shed()
+        if q.spill is not None or (self._pending_bytes + size > self.max_pending_bytes and self._can_spill()):
+            self._to_spill(line.attempt_id, q, line)
+        else:
+            q.lines.append((line, size))
+            self._pending_bytes += size
+            if self._pending_bytes > self.max_pending_bytes:
+                self._shed()
         self._wakeup.set()
+
+    def _spilled_bytes(self) -> int:
+        return sum(q.spill.bytes for q in self._queues.values() if q.spill is not None)
+
+    def _can_spill(self) -> bool:
+        return self.spill_dir is not None and self._spilled_bytes() < self.max_spill_bytes
+
+    def _to_spill(self, attempt_id: str, q: _Queue, line: types_pb2.LogLine) -> None:
+        if q.spill is None:
+            assert self.spill_dir is not None  # noqa: S101 - _can_spill checked
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+            q.spill = _Spill(self.spill_dir / f"{attempt_id}.{id(q):x}.spill")
+            log.info("log buffer full, spilling to disk", attempt=attempt_id, path=str(q.spill.path))
+        if q.spill.bytes >= self.max_spill_bytes:  # the disk cap too: the newest lines are lost
+            q.dropped += 1
+            if q.dropped in (1, 1000, 100_000):
+                log.warning("log spill full, dropping lines", dropped=q.dropped, attempt=attempt_id)
+            return
+        q.spill.write(line)
+
+    def _refill(self, q: _Queue) -> None:
+        """Bring spilled lines back into memory, oldest first, while there is room."""
+        spill = q.spill
+        if spill is None or len(q.lines) >= self.max_batch_lines:
+            return
+        for line in spill.read(self.max_batch_lines - len(q.lines)):
+            size = line.ByteSize() + 8
+            q.lines.append((line, size))
+            self._pending_bytes += size
+        if spill.count == 0:
+            spill.close()
+            q.spill = None
 
     def drop(self, attempt_id: str) -> None:
         """Forget an attempt's unacknowledged lines (the scheduler refuses them)."""
         q = self._queues.pop(attempt_id, None)
         if q is not None:
             self._pending_bytes -= sum(size for _, size in (*q.lines, *q.in_flight))
+            if q.spill is not None:
+                q.spill.close()
+                q.spill = None
             self._notify()
 
     def kick(self) -> None:
@@ -201,7 +281,7 @@ class LogShipper:
             queues = list(self._queues.values())
         else:
             queues = [q] if (q := self._queues.get(attempt_id)) else []
-        return sum(len(q.lines) + len(q.in_flight) for q in queues)
+        return sum(len(q.lines) + len(q.in_flight) + (q.spill.count if q.spill else 0) for q in queues)
 
     async def wait_acked(self, attempt_id: str, timeout: float) -> bool:
         """Wait until every line of `attempt_id` added so far is acknowledged (or
@@ -268,7 +348,7 @@ class LogShipper:
         """The batch in flight is done with (acknowledged, or refused for good)."""
         if self._queues.get(attempt_id) is q:  # not dropped while in flight
             self._pending_bytes -= sum(size for _, size in q.in_flight)
-            if not q.lines:
+            if not q.lines and q.spill is None:
                 del self._queues[attempt_id]
         q.in_flight.clear()
         self._notify()
@@ -276,6 +356,7 @@ class LogShipper:
     def _take_batch(self) -> tuple[str, _Queue] | None:
         for attempt_id in list(self._queues):
             q = self._queues.pop(attempt_id)
+            self._refill(q)
             if not q.lines:
                 if q.in_flight:
                     self._queues[attempt_id] = q

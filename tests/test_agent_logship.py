@@ -210,3 +210,40 @@ def test_invalid_argument_drops_that_batch_only() -> None:
     assert acked  # the refused batch did not hold up the attempt's later lines
     assert pending == 0
     assert calls == [["ok1", "bad"], ["ok2", "ok3"]]  # refused once, never resent
+
+
+def test_shipper_spills_to_disk_instead_of_dropping_and_keeps_the_order(tmp_path) -> None:
+    """A backlog past the memory cap (a fast printer, a slow or absent scheduler) goes to a spill file
+    and comes back in order: nothing is lost, and memory stays near the cap."""
+
+    async def go() -> tuple[list[str], int, list[str]]:
+        received: list[str] = []
+        up = asyncio.Event()
+
+        async def push(lines: list[types_pb2.LogLine]) -> None:
+            if not up.is_set():
+                raise _Rpc(grpc.StatusCode.UNAVAILABLE)
+            received.extend(x.text for x in lines)
+
+        shipper = LogShipper(push, max_pending_bytes=2000, spill_dir=tmp_path, retry_min=0.01, retry_max=0.02)
+        task = asyncio.create_task(shipper.run())
+        log = AttemptLog("a")
+        peak = 0
+        for i in range(3000):
+            shipper.add(_line(log, f"line {i}"))
+            peak = max(peak, shipper._pending_bytes)
+            if i % 500 == 0:
+                await asyncio.sleep(0)
+        spilled = [p.name for p in tmp_path.iterdir()]
+        assert shipper.pending("a") == 3000  # none dropped
+        up.set()
+        shipper.kick()
+        assert await shipper.wait_acked("a", 20)
+        task.cancel()
+        return received, peak, spilled
+
+    received, peak, spilled = arun(go(), timeout=30)
+    assert received == [f"line {i}" for i in range(3000)]
+    assert peak <= 2000 + 200
+    assert len(spilled) == 1
+    assert list(tmp_path.iterdir()) == []  # read back and removed
