@@ -28,6 +28,7 @@ import site
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import uuid
 from collections import deque
@@ -53,6 +54,10 @@ class EnvBuildError(RuntimeError):
 
     A run fails with it, without retries: the same requirements would fail the same way.
     """
+
+
+class BuildCancelled(EnvBuildError):
+    """The run was cancelled during its build: not a failure of the requirements (nothing is recorded)."""
 
 
 def _interpreter() -> dict[str, str]:
@@ -105,6 +110,7 @@ class EnvCache:
         *,
         log: Callable[[str], None],
         pip_args: Sequence[str] = (),
+        stop: threading.Event | None = None,
     ) -> Path:
         """The python executable of an env with `requirements` installed, built if needed.
 
@@ -117,6 +123,8 @@ class EnvCache:
             requirements: requirement lines, see `normalize_requirements`.
             log: called with each line of the build log, in this thread.
             pip_args: the agent's own pip options (index, find-links), put before `-r`.
+            stop: set it to give up (the attempt was cancelled): waiting for the lock ends and
+                venv or pip is killed, with EnvBuildError("cancelled"); nothing is cached.
 
         Raises:
             ValueError: `requirements` or `pip_args` are refused (the message says why).
@@ -131,7 +139,8 @@ class EnvCache:
         failed = self.root / f"{key}.failed"
         self.root.mkdir(parents=True, exist_ok=True)
         failure_before = _read_text(failed)
-        with self._locked(key, log):
+        stop = stop or threading.Event()
+        with self._locked(key, log, stop):
             if (env / READY).is_file() and python.exists():
                 log(f"env: reusing cached environment {env}")
                 return python
@@ -145,10 +154,10 @@ class EnvCache:
             log(f"env: building environment {key} for {len(lines)} requirement(s) in {env}")
             started = time.monotonic()
             try:
-                self._build(env, lines, args, log)
+                self._build(env, lines, args, log, stop)
             except BaseException as exc:
                 shutil.rmtree(env, ignore_errors=True)
-                if isinstance(exc, EnvBuildError):
+                if isinstance(exc, EnvBuildError) and not isinstance(exc, BuildCancelled):  # shared with waiters
                     _write_atomic(failed, f"{uuid.uuid4().hex}\n{exc}")
                     _log.warning("env_build_failed", key=key, error=str(exc).splitlines()[-1:])
                 raise
@@ -161,7 +170,7 @@ class EnvCache:
             return python
 
     @contextmanager
-    def _locked(self, key: str, log: Callable[[str], None]) -> Iterator[None]:
+    def _locked(self, key: str, log: Callable[[str], None], stop: threading.Event) -> Iterator[None]:
         """Hold an exclusive flock on <key>.lock; its own open file, so threads exclude too.
 
         The kernel drops the lock when the holder dies, so a crash never wedges the cache.
@@ -173,15 +182,23 @@ class EnvCache:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 log(f"env: another run is building environment {key}; waiting for it")
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                while True:  # polled, so a cancelled run stops waiting
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if stop.wait(0.2):
+                            raise BuildCancelled("cancelled while waiting for another build") from None
             yield
         finally:
             os.close(fd)
 
-    def _build(self, env: Path, lines: list[str], pip_args: list[str], log: Callable[[str], None]) -> None:
+    def _build(
+        self, env: Path, lines: list[str], pip_args: list[str], log: Callable[[str], None], stop: threading.Event
+    ) -> None:
         # pip comes from the agent's environment (through the .pth below) or the base
         # interpreter's: bootstrapping a private copy costs seconds per env, so only when neither has one.
-        _stream([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(env)], log, "venv")
+        _stream([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(env)], log, "venv", stop)
         python = env / "bin" / "python"
         parents = _parent_site_dirs()
         if parents:
@@ -193,11 +210,11 @@ class EnvCache:
             log(f"env: the agent's packages are visible after the env's own: {', '.join(parents)}")
         if lines:
             if _probe(python, "import importlib.util as u; print(u.find_spec('pip') is not None)") != "True":
-                _stream([str(python), "-m", "ensurepip", "--default-pip"], log, "ensurepip")
+                _stream([str(python), "-m", "ensurepip", "--default-pip"], log, "ensurepip", stop)
             req_file = env / "requirements.txt"
             req_file.write_text("".join(line + "\n" for line in lines))
             cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
-            _stream([*cmd, "--progress-bar", "off", *pip_args, "-r", str(req_file)], log, "pip install")
+            _stream([*cmd, "--progress-bar", "off", *pip_args, "-r", str(req_file)], log, "pip install", stop)
         if importlib.util.find_spec("torch") is not None:
             found = _probe(python, "import importlib.util as u; print(u.find_spec('torch') is not None)")
             if found != "True":
@@ -242,7 +259,7 @@ def _probe(python: Path, code: str) -> str:
     return done.stdout.strip()
 
 
-def _stream(cmd: list[str], log: Callable[[str], None], what: str) -> None:
+def _stream(cmd: list[str], log: Callable[[str], None], what: str, stop: threading.Event) -> None:
     """Run `cmd`, passing each stdout and stderr line to `log` as it comes.
 
     A non-zero exit raises EnvBuildError with the tail of stderr (where pip writes its
@@ -276,7 +293,9 @@ def _stream(cmd: list[str], log: Callable[[str], None], what: str) -> None:
             sel.register(out, selectors.EVENT_READ, "out")
             sel.register(err, selectors.EVENT_READ, "err")
             while sel.get_map():
-                for ready, _ in sel.select():
+                if stop.is_set():
+                    raise BuildCancelled(f"{what}: cancelled")  # the finally below kills it
+                for ready, _ in sel.select(timeout=0.2):
                     name = str(ready.data)
                     chunk = os.read(ready.fd, 64 * 1024)
                     buf = pending[name]

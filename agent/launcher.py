@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -301,6 +302,7 @@ class Attempt:
         self._kill_timer: asyncio.TimerHandle | None = None
         self._done = asyncio.Event()
         self._metrics: MetricsTail | None = None
+        self._build_stop = threading.Event()  # set on cancel: a requirements build in progress gives up
         self._metrics_warned = False
         self._status = agent_pb2.AttemptStatus(
             attempt_id=self.attempt_id,
@@ -362,6 +364,7 @@ class Attempt:
         if final_state == S.ATTEMPT_STATE_UNSPECIFIED:
             final_state = S.ATTEMPT_STATE_CANCELLED
         grace = self.settings.grace_period if grace is None else grace
+        self._build_stop.set()  # a run's environment being built: give up on it
         if self._outcome is None:
             name = types_pb2.AttemptState.Name(final_state).removeprefix("ATTEMPT_STATE_")
             message = f"{name.lower()}: {reason}" if reason else name.lower()
@@ -371,6 +374,7 @@ class Attempt:
 
     def kill(self) -> None:
         """SIGKILL every process of the attempt now."""
+        self._build_stop.set()
         if self._outcome is None:
             self._outcome = (S.ATTEMPT_STATE_CANCELLED, 0, "killed")
         self._stop(0)
@@ -475,7 +479,12 @@ class Attempt:
             loop.call_soon_threadsafe(self._system, SYSTEM_RANK, text)
 
         try:
-            return await asyncio.to_thread(cache.ensure, requirements, log=log_line, pip_args=self.settings.pip_args)
+            return await asyncio.to_thread(
+                cache.ensure, requirements, log=log_line, pip_args=self.settings.pip_args, stop=self._build_stop
+            )
+        except asyncio.CancelledError:
+            self._build_stop.set()  # the thread cannot be cancelled: it kills pip and ends by itself
+            raise
         except (EnvBuildError, ValueError) as exc:
             self._fail(SYSTEM_RANK, 1, f"environment for the run's requirements: {exc}")
             return None

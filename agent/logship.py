@@ -20,9 +20,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 
 from gridlab.common.timeutil import ts
 from gridlab.v1 import types_pb2
@@ -145,38 +147,69 @@ class _Queue:
 
 
 class _Spill:
-    """An attempt's overflow, in order: length-prefixed LogLine messages appended to a file and read
-    back from the front. Lines go here once memory is full, and every later line follows them until
-    the file is read out, so the order of the attempt's lines never changes."""
+    """An attempt's overflow, in order: length-prefixed LogLine messages appended to segment files and
+    read back from the front. Lines go here once memory is full, and every later line follows them
+    until all are read back, so the order of the attempt's lines never changes. A segment is deleted
+    as soon as it is read out, so the disk holds the backlog (plus one segment), not all it ever held."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._out = path.open("ab")
-        self._in = path.open("rb")
+    def __init__(self, folder: Path, name: str, segment_bytes: int) -> None:
+        self.folder, self.name, self.segment_bytes = folder, name, segment_bytes
+        self.segments: collections.deque[Path] = collections.deque()  # oldest first
+        self._out: BinaryIO | None = None
+        self._out_size = 0
+        self._in: BinaryIO | None = None
+        self._next = 0
         self.count = 0  # lines written, not yet read back
-        self.bytes = 0  # their size on disk
+        self.disk_bytes = 0  # the segment files' size
 
     def write(self, line: types_pb2.LogLine) -> None:
+        if self._out is None or self._out_size >= self.segment_bytes:
+            if self._out is not None:
+                self._out.close()
+            path = self.folder / f"{self.name}.{self._next:06d}.spill"
+            self._next += 1
+            self._out, self._out_size = path.open("ab"), 0
+            self.segments.append(path)
         data = line.SerializeToString()
         self._out.write(struct.pack("<I", len(data)) + data)
+        self._out_size += len(data) + 4
+        self.disk_bytes += len(data) + 4
         self.count += 1
-        self.bytes += len(data) + 4
 
     def read(self, n: int) -> list[types_pb2.LogLine]:
-        self._out.flush()
+        if self._out is not None:
+            self._out.flush()
         out: list[types_pb2.LogLine] = []
         while self.count and len(out) < n:
-            (size,) = struct.unpack("<I", self._in.read(4))
+            if self._in is None:
+                self._in = self.segments[0].open("rb")
+            header = self._in.read(4)
+            if len(header) < 4:  # this segment is read out (a later one holds the rest)
+                self._drop_front()
+                continue
+            (size,) = struct.unpack("<I", header)
             out.append(types_pb2.LogLine.FromString(self._in.read(size)))
             self.count -= 1
-            self.bytes -= size + 4
         return out
 
+    def _drop_front(self) -> None:
+        if self._in is not None:
+            self._in.close()
+            self._in = None
+        path = self.segments.popleft()
+        with contextlib.suppress(OSError):
+            self.disk_bytes -= path.stat().st_size
+            path.unlink()
+
     def close(self) -> None:
-        self._out.close()
-        self._in.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        for f in (self._in, self._out):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()
+        self._in = self._out = None
+        while self.segments:
+            self._drop_front()
+        self.disk_bytes = 0
 
 
 class LogShipper:
@@ -196,6 +229,7 @@ class LogShipper:
         max_pending_bytes: int = 256 * 1024 * 1024,
         spill_dir: Path | None = None,
         max_spill_bytes: int = 16 * 1024**3,
+        spill_segment_bytes: int = 64 * 1024 * 1024,
         timeout: float = 30.0,
         retry_min: float = 0.2,
         retry_max: float = 5.0,
@@ -205,7 +239,8 @@ class LogShipper:
         self.max_batch_bytes = max_batch_bytes
         self.max_pending_bytes = max_pending_bytes
         self.spill_dir = spill_dir  # None: over the memory cap, shed the oldest lines instead
-        self.max_spill_bytes = max_spill_bytes
+        self.max_spill_bytes = max_spill_bytes  # all attempts' spill files together
+        self.spill_segment_bytes = spill_segment_bytes
         self.timeout = timeout
         self.retry_min = retry_min
         self.retry_max = retry_max
@@ -230,30 +265,48 @@ class LogShipper:
         self._wakeup.set()
 
     def _spilled_bytes(self) -> int:
-        return sum(q.spill.bytes for q in self._queues.values() if q.spill is not None)
+        return sum(q.spill.disk_bytes for q in self._queues.values() if q.spill is not None)
 
     def _can_spill(self) -> bool:
         return self.spill_dir is not None and self._spilled_bytes() < self.max_spill_bytes
 
     def _to_spill(self, attempt_id: str, q: _Queue, line: types_pb2.LogLine) -> None:
-        if q.spill is None:
-            assert self.spill_dir is not None  # noqa: S101 - _can_spill checked
-            self.spill_dir.mkdir(parents=True, exist_ok=True)
-            q.spill = _Spill(self.spill_dir / f"{attempt_id}.{id(q):x}.spill")
-            log.info("log buffer full, spilling to disk", attempt=attempt_id, path=str(q.spill.path))
-        if q.spill.bytes >= self.max_spill_bytes:  # the disk cap too: the newest lines are lost
-            q.dropped += 1
-            if q.dropped in (1, 1000, 100_000):
-                log.warning("log spill full, dropping lines", dropped=q.dropped, attempt=attempt_id)
+        if self._spilled_bytes() >= self.max_spill_bytes:  # the disk cap too: the newest lines are lost
+            self._count_dropped(q, attempt_id, 1, "log spill full, dropping lines")
             return
-        q.spill.write(line)
+        try:
+            if q.spill is None:
+                assert self.spill_dir is not None  # noqa: S101 - _can_spill checked
+                self.spill_dir.mkdir(parents=True, exist_ok=True)
+                q.spill = _Spill(self.spill_dir, f"{attempt_id}.{id(q):x}", self.spill_segment_bytes)
+                log.info("log buffer full, spilling to disk", attempt=attempt_id, folder=str(self.spill_dir))
+            q.spill.write(line)
+        except OSError as exc:  # a full or failing disk must not stop a rank's output or the shipper
+            self._abandon_spill(q, attempt_id, exc)
+
+    def _abandon_spill(self, q: _Queue, attempt_id: str, exc: BaseException) -> None:
+        lost = q.spill.count if q.spill is not None else 0
+        if q.spill is not None:
+            q.spill.close()
+            q.spill = None
+        self._count_dropped(q, attempt_id, max(1, lost), f"log spill failed ({exc}); its lines are lost")
+
+    def _count_dropped(self, q: _Queue, attempt_id: str, n: int, why: str) -> None:
+        before, q.dropped = q.dropped, q.dropped + n
+        if before == 0 or before // 1000 != q.dropped // 1000:
+            log.warning(why, dropped=q.dropped, attempt=attempt_id)
 
     def _refill(self, q: _Queue) -> None:
         """Bring spilled lines back into memory, oldest first, while there is room."""
         spill = q.spill
         if spill is None or len(q.lines) >= self.max_batch_lines:
             return
-        for line in spill.read(self.max_batch_lines - len(q.lines)):
+        try:
+            lines = spill.read(self.max_batch_lines - len(q.lines))
+        except (OSError, struct.error, DecodeError) as exc:
+            self._abandon_spill(q, "?", exc)
+            return
+        for line in lines:
             size = line.ByteSize() + 8
             q.lines.append((line, size))
             self._pending_bytes += size

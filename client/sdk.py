@@ -298,6 +298,7 @@ def build_spec(
     )
     if isinstance(requirements, str):
         raise TypeError("requirements must be a list of requirement lines, e.g. ['numpy==2.1'], not a string")
+    requirements = list(requirements)  # an iterator is read once, here
     for line in requirements:
         _check("requirements", line, str, "strings")
     spec.requirements.extend(requirements)

@@ -412,10 +412,11 @@ class Engine:
             self.logs_changed.notify()
             self.kick()
             return
-        if reported is AttemptState.RUNNING and not status.ranks_exited:
+        if reported is AttemptState.RUNNING and status.ranks_exited:  # only its last logs are on the way
+            nodes = self.store.one("SELECT COUNT(*) AS n FROM attempt_nodes WHERE attempt_id = ?", (row["id"],))
+            self.watchdog.ranks_exited(row["id"], session.name, nodes["n"] if nodes else 1, self.clock.monotonic())
+        elif reported is AttemptState.RUNNING:
             self._watch_progress(row, status.last_step)
-        elif status.ranks_exited:
-            self.watchdog.forget(row["id"])  # its ranks are gone; only its last logs are on the way
         new, old = reported, AttemptState(row["state"])
         if new is AttemptState.RUNNING and old is not AttemptState.RUNNING:  # noqa: SIM102
             with self.store.transaction() as conn:

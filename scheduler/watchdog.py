@@ -9,7 +9,7 @@ than a false alarm. Pure bookkeeping: the engine decides what a hang does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -19,6 +19,8 @@ class Progress:
     timeout: float  # the run's hang_timeout in seconds; 0: no watchdog
     flagged: bool = False
     reason: str = ""
+    exited: set[str] = field(default_factory=set)  # nodes whose ranks have all exited (logs draining)
+    nodes: int = 1
 
 
 class Watchdog:
@@ -37,6 +39,14 @@ class Watchdog:
         if p is not None and step > p.step:
             p.step, p.since = step, now
 
+    def ranks_exited(self, attempt_id: str, node: str, nodes: int, now: float) -> None:
+        """A node's ranks are gone and its last logs drain: no progress is due from it. The attempt is
+        exempt once every node is there (one node still running can still hang)."""
+        self.track(attempt_id, 0.0, now)
+        p = self._attempts[attempt_id]
+        p.exited.add(node)
+        p.nodes = max(1, nodes)
+
     def forget(self, attempt_id: str) -> None:
         self._attempts.pop(attempt_id, None)
 
@@ -49,6 +59,8 @@ class Watchdog:
         """Attempts past their timeout without progress, each returned once."""
         out = []
         for attempt_id, p in self._attempts.items():
+            if len(p.exited) >= p.nodes:
+                continue
             if p.timeout > 0 and not p.flagged and now - p.since > p.timeout:
                 seen = f"step {p.step}" if p.step >= 0 else "no step reported"
                 p.flagged, p.reason = True, f"hung: {seen}, no progress for {p.timeout:g}s (hang_timeout)"

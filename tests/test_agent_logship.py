@@ -247,3 +247,47 @@ def test_shipper_spills_to_disk_instead_of_dropping_and_keeps_the_order(tmp_path
     assert peak <= 2000 + 200
     assert len(spilled) == 1
     assert list(tmp_path.iterdir()) == []  # read back and removed
+
+
+def test_spill_rotates_segments_and_a_failing_disk_loses_lines_not_the_shipper(tmp_path) -> None:
+    async def go() -> tuple[list[str], int, int, list[str]]:
+        received: list[str] = []
+        up = asyncio.Event()
+
+        async def push(lines: list[types_pb2.LogLine]) -> None:
+            if not up.is_set():
+                raise _Rpc(grpc.StatusCode.UNAVAILABLE)
+            received.extend(x.text for x in lines)
+
+        shipper = LogShipper(
+            push, max_pending_bytes=1000, spill_dir=tmp_path / "spill", spill_segment_bytes=2000, retry_min=0.01
+        )
+        task = asyncio.create_task(shipper.run())
+        log = AttemptLog("a")
+        for i in range(600):
+            shipper.add(_line(log, f"line {i}"))
+        segments = len(list((tmp_path / "spill").iterdir()))
+        up.set()
+        shipper.kick()
+        assert await shipper.wait_acked("a", 20)
+        left = len(list((tmp_path / "spill").iterdir()))
+
+        # A disk that fails: the spill is abandoned with its lines counted as dropped; shipping goes on.
+        (tmp_path / "blocked").write_text("a file where the spill folder should be")
+        broken = LogShipper(push, max_pending_bytes=200, spill_dir=tmp_path / "blocked" / "spill")
+        task2 = asyncio.create_task(broken.run())
+        log2 = AttemptLog("b")
+        before = len(received)
+        for i in range(50):
+            broken.add(_line(log2, f"b {i}"))
+        assert await broken.wait_acked("b", 20)
+        task.cancel()
+        task2.cancel()
+        return received, segments, left, received[before:]
+
+    received, segments, left, second = arun(go(), timeout=30)
+    assert received[:600] == [f"line {i}" for i in range(600)]
+    assert segments > 3  # rotated
+    assert left == 0  # each segment removed once read back
+    assert second  # the lines that fit in memory still went out
+    assert second == sorted(second, key=lambda t: int(t.split()[1]))  # in order, with a gap

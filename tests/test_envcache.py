@@ -307,3 +307,20 @@ def test_plain_requirements_pass() -> None:
 def test_pip_args_must_be_a_list(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="pip_args"):
         EnvCache(tmp_path).ensure(["x"], log=print, pip_args="--no-index")
+
+
+def test_a_stop_ends_a_build_at_once_and_caches_nothing(tmp_path: Path, wheels: Path) -> None:
+    """A cancelled run's build is killed, is not recorded as a failure other runs would share, and the
+    next run builds afresh."""
+    import threading
+
+    cache = EnvCache(tmp_path / "envs")
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(EnvBuildError, match="cancelled"):
+        cache.ensure(["tinypkg==0.1"], log=lambda line: None, pip_args=offline(wheels), stop=stop)
+    key = cache.key(["tinypkg==0.1"])
+    assert not (tmp_path / "envs" / key).exists()
+    assert not (tmp_path / "envs" / f"{key}.failed").exists()
+    python = cache.ensure(["tinypkg==0.1"], log=lambda line: None, pip_args=offline(wheels))
+    assert python.exists()
