@@ -34,7 +34,7 @@ from typing import Protocol
 import psutil
 import structlog
 
-from gridlab.agent.envcache import EnvBuildError, EnvCache
+from gridlab.agent.envcache import BuildCancelled, EnvBuildError, EnvCache
 from gridlab.agent.logship import MAX_LINE_BYTES, SYSTEM_RANK, AttemptLog, pump_lines
 from gridlab.agent.metrics import MetricsTail
 from gridlab.agent.reaper import asyncio_children, kill_attempt_processes
@@ -487,6 +487,8 @@ class Attempt:
             raise
         except (EnvBuildError, ValueError) as exc:
             self._fail(SYSTEM_RANK, 1, f"environment for the run's requirements: {exc}")
+            if not isinstance(exc, BuildCancelled):
+                self._status.permanent = True  # retrying would fail the same way
             return None
 
     def _read_output(self, r: _Rank) -> None:

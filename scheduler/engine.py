@@ -327,6 +327,7 @@ class Engine:
         state: AttemptState,
         exit_code: int,
         reason: str,
+        permanent: bool = False,
     ) -> RunState:
         """Record the end of a live attempt and move its run on. Inside a transaction."""
         check_attempt_transition(attempt["id"], AttemptState(attempt["state"]), state)
@@ -345,7 +346,7 @@ class Engine:
             max_retries=run["max_retries"],
             cancel_requested=bool(run["cancel_requested"]),
         )
-        outcome = attempt_ended(view, state, exit_code, reason)
+        outcome = attempt_ended(view, state, exit_code, reason, permanent=permanent)
         check_run_transition(run["id"], view.state, outcome.state)
         ended_by_exit = state in (AttemptState.SUCCEEDED, AttemptState.FAILED)
         conn.execute(
@@ -406,7 +407,9 @@ class Engine:
             return
         if reported_end:
             with self.store.transaction() as conn:
-                self._end_attempt(conn, row, reported, status.exit_code, status.message[:4096])
+                self._end_attempt(
+                    conn, row, reported, status.exit_code, status.message[:4096], permanent=status.permanent
+                )
             session.send(release)
             self.events_changed.notify()
             self.logs_changed.notify()

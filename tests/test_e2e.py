@@ -279,10 +279,11 @@ def test_a_run_with_requirements_gets_them_installed_once_per_machine(make_clust
     assert any("pip" in line.lower() or "install" in line.lower() for line in outputs[0])  # the build log
     assert any("reusing cached environment" in line for line in outputs[1])
 
-    bad = client.submit(["python", "-c", "pass"], requirements=["nosuchpkg==1.0"])
+    bad = client.submit(["python", "-c", "pass"], requirements=["nosuchpkg==1.0"], max_retries=2)
     status = bad.wait(timeout=180)
     assert status.state == "FAILED"
     assert "nosuchpkg" in status.message
+    assert status.attempts == 1  # a build that cannot succeed is not retried
 
     with pytest.raises(errors.InvalidArgument, match="pip option"):
         client.submit(["python", "-c", "pass"], requirements=["--index-url=http://evil/simple"])

@@ -78,3 +78,9 @@ def test_transitions_that_exist() -> None:
         check_attempt_transition("a", AttemptState.RUNNING, AttemptState.ASSIGNED)
     with pytest.raises(InvalidTransition):
         check_attempt_transition("a", AttemptState.SUCCEEDED, AttemptState.FAILED)
+
+
+def test_a_permanent_failure_spends_no_retry_and_ends_the_run() -> None:
+    out = attempt_ended(view(max_retries=3), AttemptState.FAILED, 1, "requirements cannot be installed", permanent=True)
+    assert out.state is RunState.FAILED
+    assert not out.spend_retry

@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AttemptStatus(_message.Message):
-    __slots__ = ("attempt_id", "run_id", "state", "exit_code", "message", "time", "last_step", "last_step_time", "ranks_exited")
+    __slots__ = ("attempt_id", "run_id", "state", "exit_code", "message", "time", "last_step", "last_step_time", "ranks_exited", "permanent")
     ATTEMPT_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +22,7 @@ class AttemptStatus(_message.Message):
     LAST_STEP_FIELD_NUMBER: _ClassVar[int]
     LAST_STEP_TIME_FIELD_NUMBER: _ClassVar[int]
     RANKS_EXITED_FIELD_NUMBER: _ClassVar[int]
+    PERMANENT_FIELD_NUMBER: _ClassVar[int]
     attempt_id: str
     run_id: str
     state: _types_pb2.AttemptState
@@ -31,7 +32,8 @@ class AttemptStatus(_message.Message):
     last_step: int
     last_step_time: _timestamp_pb2.Timestamp
     ranks_exited: bool
-    def __init__(self, attempt_id: _Optional[str] = ..., run_id: _Optional[str] = ..., state: _Optional[_Union[_types_pb2.AttemptState, str]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_step: _Optional[int] = ..., last_step_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ranks_exited: _Optional[bool] = ...) -> None: ...
+    permanent: bool
+    def __init__(self, attempt_id: _Optional[str] = ..., run_id: _Optional[str] = ..., state: _Optional[_Union[_types_pb2.AttemptState, str]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_step: _Optional[int] = ..., last_step_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ranks_exited: _Optional[bool] = ..., permanent: _Optional[bool] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("name", "pool", "labels", "inventory", "attempts", "version", "draining")
