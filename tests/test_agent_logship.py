@@ -212,6 +212,17 @@ def test_invalid_argument_drops_that_batch_only() -> None:
     assert calls == [["ok1", "bad"], ["ok2", "ok3"]]  # refused once, never resent
 
 
+def gated_push(received: list[str], up: asyncio.Event) -> Any:
+    """A PushLogs stand-in: UNAVAILABLE until `up` is set, then records the lines' texts."""
+
+    async def push(lines: list[types_pb2.LogLine]) -> None:
+        if not up.is_set():
+            raise _Rpc(grpc.StatusCode.UNAVAILABLE)
+        received.extend(x.text for x in lines)
+
+    return push
+
+
 def test_shipper_spills_to_disk_instead_of_dropping_and_keeps_the_order(tmp_path) -> None:
     """A backlog past the memory cap (a fast printer, a slow or absent scheduler) goes to a spill file
     and comes back in order: nothing is lost, and memory stays near the cap."""
@@ -219,11 +230,7 @@ def test_shipper_spills_to_disk_instead_of_dropping_and_keeps_the_order(tmp_path
     async def go() -> tuple[list[str], int, list[str]]:
         received: list[str] = []
         up = asyncio.Event()
-
-        async def push(lines: list[types_pb2.LogLine]) -> None:
-            if not up.is_set():
-                raise _Rpc(grpc.StatusCode.UNAVAILABLE)
-            received.extend(x.text for x in lines)
+        push = gated_push(received, up)
 
         shipper = LogShipper(push, max_pending_bytes=2000, spill_dir=tmp_path, retry_min=0.01, retry_max=0.02)
         task = asyncio.create_task(shipper.run())
@@ -253,11 +260,7 @@ def test_spill_rotates_segments_and_a_failing_disk_loses_lines_not_the_shipper(t
     async def go() -> tuple[list[str], int, int, list[str]]:
         received: list[str] = []
         up = asyncio.Event()
-
-        async def push(lines: list[types_pb2.LogLine]) -> None:
-            if not up.is_set():
-                raise _Rpc(grpc.StatusCode.UNAVAILABLE)
-            received.extend(x.text for x in lines)
+        push = gated_push(received, up)
 
         shipper = LogShipper(
             push, max_pending_bytes=1000, spill_dir=tmp_path / "spill", spill_segment_bytes=2000, retry_min=0.01

@@ -334,14 +334,20 @@ def test_without_hang_timeout_a_silent_attempt_is_left_alone(engine: Engine) -> 
     assert engine.check_hangs() == []
 
 
-def test_a_hang_stop_lost_with_the_agents_stream_is_sent_again_when_it_reconnects(engine: Engine) -> None:
+def running_with_hang_timeout(engine: Engine, seconds: int) -> tuple[AgentSession, str]:
+    """An agent running one attempt of a run with hang_timeout, reported RUNNING once."""
     session = hello(engine)
     s = spec()
-    s.hang_timeout.FromSeconds(5)
+    s.hang_timeout.FromSeconds(seconds)
     engine.submit(ALICE, s, "")
     engine.place_once()
     attempt = drain(session)[-1].assign.attempt_id
     engine.agent_heartbeat(session, agent_pb2.Heartbeat(attempts=[status(attempt, "RUNNING")]))
+    return session, attempt
+
+
+def test_a_hang_stop_lost_with_the_agents_stream_is_sent_again_when_it_reconnects(engine: Engine) -> None:
+    session, attempt = running_with_hang_timeout(engine, 5)
     engine.agent_disconnected(session)  # the stream drops; the agent has until the heartbeat timeout
     engine.clock.advance(6)  # type: ignore[attr-defined]
     assert engine.check_hangs() == [attempt]  # the order had nowhere to go
@@ -353,13 +359,7 @@ def test_a_hang_stop_lost_with_the_agents_stream_is_sent_again_when_it_reconnect
 
 
 def test_an_attempt_whose_ranks_exited_is_not_hung_while_its_logs_drain(engine: Engine) -> None:
-    session = hello(engine)
-    s = spec()
-    s.hang_timeout.FromSeconds(5)
-    engine.submit(ALICE, s, "")
-    engine.place_once()
-    attempt = drain(session)[-1].assign.attempt_id
-    engine.agent_heartbeat(session, agent_pb2.Heartbeat(attempts=[status(attempt, "RUNNING")]))
+    session, attempt = running_with_hang_timeout(engine, 5)
     draining = status(attempt, "RUNNING")
     draining.ranks_exited = True  # the agent is shipping the last lines before it reports the end
     for _ in range(3):
