@@ -35,7 +35,7 @@ import psutil
 import structlog
 
 from gridlab.agent.envcache import BuildCancelled, EnvBuildError, EnvCache
-from gridlab.agent.logship import MAX_LINE_BYTES, SYSTEM_RANK, AttemptLog, pump_lines
+from gridlab.agent.logship import MAX_LINE_BYTES, METRICS_RANK, SYSTEM_RANK, AttemptLog, pump_lines
 from gridlab.agent.metrics import MetricsTail
 from gridlab.agent.reaper import asyncio_children, kill_attempt_processes
 from gridlab.common.timeutil import ts
@@ -332,6 +332,8 @@ class Attempt:
             # backstop), or the agent could not report anything at all.
             try:
                 self._metrics.poll()
+                for record in self._metrics.take_records():  # forwarded like log lines: ordered, lossless
+                    self._events.on_log(self._log.line(METRICS_RANK, types_pb2.LOG_STREAM_METRICS, record))
                 step, when = self._metrics.last_step, self._metrics.last_step_time
                 progress = agent_pb2.AttemptStatus(last_step=step)
                 if when is not None:
@@ -404,6 +406,7 @@ class Attempt:
             await self._finish_pipes()
             state, code, message = self._outcome or (S.ATTEMPT_STATE_SUCCEEDED, 0, "")
             self._status.ranks_exited = True  # heartbeats during the drain: no progress expected
+            self.status()  # a last read of the metrics file, so its final records go out with the logs
             await self._events.drain_logs(self.attempt_id)
             self._set(state, exit_code=code, message=message)
             log.info(

@@ -33,6 +33,7 @@ log = structlog.get_logger("gridlab.agent.logship")
 
 MAX_LINE_BYTES = 64 * 1024  # longer lines are split, so one line never nears the 4 MiB cap
 SYSTEM_RANK = -1  # LogLine.rank of the agent's own lines that concern no rank
+METRICS_RANK = -2  # LogLine.rank of forwarded GRIDLAB_METRICS_FILE records (stream METRICS), numbered apart
 
 PushFn = Callable[[list[types_pb2.LogLine]], Awaitable[None]]
 

@@ -29,6 +29,9 @@ def valid_time(value: object) -> bool:
     return MIN_TIME <= value <= MAX_TIME
 
 
+MAX_RECORD_BYTES = 64 * 1024  # a longer metrics line is not forwarded (it still counts for progress)
+
+
 class MetricsTail:
     """Follows a JSON-lines file that ranks append to, reading only what is new, and
     remembers the highest `step` seen (with the line's `time`, else when it was read).
@@ -47,6 +50,7 @@ class MetricsTail:
         self._partial = b""
         self.last_step = 0
         self.last_step_time: float | None = None
+        self.records: list[str] = []  # new JSON objects since the caller last took them (take_records)
 
     def poll(self) -> None:
         try:
@@ -65,8 +69,15 @@ class MetricsTail:
                 record = json.loads(raw)
             except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
                 continue
+            if isinstance(record, dict) and len(raw) <= MAX_RECORD_BYTES:
+                self.records.append(raw.decode("utf-8", "replace").strip())
             step = record.get("step") if isinstance(record, dict) else None
             if valid_step(step) and step >= self.last_step:
                 self.last_step = step
                 when = record.get("time")
                 self.last_step_time = float(when) if valid_time(when) else self._clock()
+
+    def take_records(self) -> list[str]:
+        """The JSON objects read since the last call, as text, oldest first (forwarded to the scheduler)."""
+        out, self.records = self.records, []
+        return out

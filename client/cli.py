@@ -338,9 +338,18 @@ def cmd_status(args: argparse.Namespace, client: Client) -> int:
     return EXIT_OK
 
 
+def cmd_metrics(args: argparse.Namespace, client: Client) -> int:
+    """One JSON object per line: what the run wrote to GRIDLAB_METRICS_FILE, with its attempt number."""
+    for record in client.metrics(args.run, follow=args.follow):
+        print(json.dumps(record), flush=args.follow)
+    return EXIT_OK
+
+
 def cmd_logs(args: argparse.Namespace, client: Client) -> int:
     as_json = _output(args) == "json"
     for line in client.log_lines(args.run, follow=args.follow, attempt=args.attempt, rank=args.rank):
+        if line.stream == types_pb2.LOG_STREAM_METRICS:  # `schedctl metrics` shows those
+            continue
         if as_json:
             print(json.dumps(_to_dict(line)), flush=args.follow)
         else:
@@ -543,6 +552,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until the run ends")
     p.add_argument("--rank", type=int, help="only this global rank (-1: the agent's own lines)")
     p.add_argument("--attempt", type=_positive_int, help="only this attempt number")
+    p.add_argument("run", metavar="RUN", help="run id")
+
+    p = add("metrics", cmd_metrics, "print what a run logged to GRIDLAB_METRICS_FILE, one JSON object per line")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new records until the run ends")
     p.add_argument("run", metavar="RUN", help="run id")
 
     p = add("cancel", cmd_cancel, "stop runs (SIGTERM, then SIGKILL after the grace period)")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import random
 import shlex
@@ -305,6 +306,10 @@ def build_spec(
     if hang_timeout is not None:
         spec.hang_timeout.CopyFrom(timeutil.duration(_seconds("hang_timeout", hang_timeout)))
     return spec
+
+
+_NOT_PRINTED = (types_pb2.LOG_STREAM_SYSTEM, types_pb2.LOG_STREAM_METRICS)  # the agent's notes; metrics
+METRICS_RANK = -2  # the LogLine rank of forwarded metrics records
 
 
 # --- RunStatus and Run ----------------------------------------------------------------
@@ -888,7 +893,36 @@ class Client:
                 iterating); the message names the run, which keeps running.
         """
         lines = self.log_lines(run_id, follow=follow, timeout=timeout)
-        return (line.text for line in lines if line.stream != types_pb2.LOG_STREAM_SYSTEM)
+        return (line.text for line in lines if line.stream not in _NOT_PRINTED)
+
+    def metrics(self, run_id: str, *, follow: bool = False, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """What the run logged to `GRIDLAB_METRICS_FILE` (the trainer's metrics: step, epoch, loss, ...), one
+        dict per record, in order, every attempt's (each dict gets `"attempt"`, the attempt number).
+
+        Example:
+            >>> [m["train_loss"] for m in client.metrics(run.id) if "train_loss" in m]
+            [0.91, 0.62, 0.48]
+
+        Args:
+            run_id: The run's id.
+            follow: Keep waiting for new records until the run has finished.
+            timeout: Seconds the whole iteration may take; None for no limit.
+
+        Returns:
+            An iterator of dicts.
+
+        Raises:
+            NotFound: No such run, or another user's (raised while iterating).
+            TimeoutError: The records had not ended after `timeout` seconds.
+        """
+        for line in self.log_lines(run_id, follow=follow, rank=METRICS_RANK, timeout=timeout):
+            if line.stream != types_pb2.LOG_STREAM_METRICS:
+                continue
+            with contextlib.suppress(ValueError):
+                record = json.loads(line.text)
+                if isinstance(record, dict):
+                    record.setdefault("attempt", line.attempt_number)
+                    yield record
 
     # -- cluster
 

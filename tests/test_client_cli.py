@@ -133,3 +133,8 @@ def test_submit_takes_retries_and_a_hang_timeout_into_the_spec() -> None:
     assert spec.max_retries == 2
     assert spec.hang_timeout.ToSeconds() == 90
     assert not build_spec(["true"]).HasField("hang_timeout")  # no watchdog unless asked
+
+
+def test_metrics_takes_a_run_and_follow() -> None:
+    args = cli.parse_args(["metrics", "-f", "run-1"])
+    assert (args.run, args.follow) == ("run-1", True)

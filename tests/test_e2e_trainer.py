@@ -34,6 +34,11 @@ def test_a_trainer_script_checkpoints_and_reports_metrics_under_an_agent(make_cl
     assert all(isinstance(r["step"], int) for r in rows)
     assert any("val_loss" in r for r in rows)
     assert rows[-1]["step"] >= rows[0]["step"]
+    # Forwarded to the scheduler and readable by the client: every record, in order, none of them in the logs.
+    forwarded = list(client.metrics(run.id))
+    assert [{k: v for k, v in r.items() if k != "attempt"} for r in forwarded] == rows
+    assert {r["attempt"] for r in forwarded} == {1}
+    assert not any(line.startswith("{") and '"step"' in line for line in client.logs(run.id))
 
 
 @pytest.mark.slow

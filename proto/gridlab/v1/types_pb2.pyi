@@ -48,6 +48,7 @@ class LogStream(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LOG_STREAM_STDOUT: _ClassVar[LogStream]
     LOG_STREAM_STDERR: _ClassVar[LogStream]
     LOG_STREAM_SYSTEM: _ClassVar[LogStream]
+    LOG_STREAM_METRICS: _ClassVar[LogStream]
 RUN_STATE_UNSPECIFIED: RunState
 RUN_STATE_QUEUED: RunState
 RUN_STATE_STARTING: RunState
@@ -74,6 +75,7 @@ LOG_STREAM_UNSPECIFIED: LogStream
 LOG_STREAM_STDOUT: LogStream
 LOG_STREAM_STDERR: LogStream
 LOG_STREAM_SYSTEM: LogStream
+LOG_STREAM_METRICS: LogStream
 
 class Resources(_message.Message):
     __slots__ = ("nodes", "gpus", "gpu_types", "min_gpu_memory_bytes", "cpus", "memory_bytes", "procs_per_node")
