@@ -96,12 +96,37 @@ class AttemptDirs:
         root = Path(state_dir) / "attempts" / attempt_id
         return cls(root, root / "work", root / "checkpoints", root / "artifacts", root / "metrics.jsonl")
 
-    def prepare(self) -> None:
-        """A fresh working directory; checkpoints and artifacts are kept if present."""
+    def prepare(self, run_id: str = "") -> None:
+        """A fresh working directory; checkpoints and artifacts are kept if present. The run's id is
+        recorded beside them, so a later attempt of the run on this machine can find its checkpoints."""
         if self.work.exists():
             shutil.rmtree(self.work)
         for path in (self.work, self.checkpoints, self.artifacts):
             path.mkdir(parents=True, exist_ok=True)
+        if run_id:
+            (self.root / RUN_ID_FILE).write_text(run_id)
+
+
+RUN_ID_FILE = "run_id"
+
+
+def newest_checkpoint(state_dir: Path, run_id: str) -> Path | None:
+    """The newest complete checkpoint that an earlier attempt of `run_id` wrote on this machine: a file
+    (`*.ckpt`, not a writer's temp file) or a sharded folder (with its meta.pt, not one being written)."""
+    found: list[tuple[float, Path]] = []
+    for marker in (Path(state_dir) / "attempts").glob(f"*/{RUN_ID_FILE}"):
+        try:
+            if marker.read_text() != run_id:
+                continue
+            for path in (marker.parent / "checkpoints").iterdir():
+                name = path.name
+                if name.startswith(".") or ".partial" in name or ".old-" in name:
+                    continue
+                if path.is_file() and name.endswith(".ckpt") or path.is_dir() and (path / "meta.pt").is_file():
+                    found.append((path.stat().st_mtime, path))
+        except OSError:
+            continue
+    return max(found)[1] if found else None
 
 
 def free_port() -> int:
@@ -120,6 +145,7 @@ def rank_env(
     master_port: int,
     base_env: Mapping[str, str],
     venv: Path | None = None,
+    resume_from: str = "",
 ) -> dict[str, str]:
     """A rank's environment: the agent's, then the spec's, then torchrun's variables and
     gridlab's (which win, so a spec cannot break the group's wiring). The agent's own
@@ -145,8 +171,8 @@ def rank_env(
         GRIDLAB_ARTIFACT_DIR=str(dirs.artifacts),
         PYTHONUNBUFFERED="1",
     )
-    if assignment.resume_from:
-        env["GRIDLAB_RESUME_FROM"] = assignment.resume_from
+    if resume_from or assignment.resume_from:
+        env["GRIDLAB_RESUME_FROM"] = resume_from or assignment.resume_from
     if venv is not None:  # the run's requirements: its `python` is the environment's
         env["VIRTUAL_ENV"] = str(venv)
         env["PATH"] = os.pathsep.join([str(venv / "bin"), env.get("PATH", os.defpath)])
@@ -425,7 +451,13 @@ class Attempt:
             return
         self._set(S.ATTEMPT_STATE_PREPARING)
         dirs = AttemptDirs.of(self.settings.state_dir, self.attempt_id)
-        await asyncio.to_thread(dirs.prepare)
+        await asyncio.to_thread(dirs.prepare, self.run_id)
+        resume_from = ""
+        if not a.resume_from:  # until checkpoints are uploaded: an earlier attempt's, if it ran here
+            newest = await asyncio.to_thread(newest_checkpoint, self.settings.state_dir, self.run_id)
+            if newest is not None:
+                resume_from = str(newest)
+                self._system(SYSTEM_RANK, f"resuming from {newest} (the newest checkpoint of an earlier attempt)")
         self._metrics = MetricsTail(dirs.metrics, self._clock)
         command = list(a.spec.command)
         procs = max(1, a.procs_per_node)
@@ -453,6 +485,7 @@ class Attempt:
                 master_port=master_port,
                 base_env=base_env,
                 venv=venv,
+                resume_from=resume_from,
             )
             try:
                 proc, transport, exited = await spawn(command, cwd=dirs.work, env=env)

@@ -30,7 +30,9 @@ class Job(Module):
         rank = self.trainer.global_rank
         if self.trainer.global_step == sigterm_at and rank in sigterm_ranks and not self.trainer.received_sigterm:
             os.kill(os.getpid(), signal.SIGTERM)
-        if self.trainer.global_step == raise_at and rank == raise_rank:
+        only_attempt = os.environ.get("DIST_JOB_RAISE_ATTEMPT")
+        attempt_ok = only_attempt is None or os.environ.get("GRIDLAB_ATTEMPT") == only_attempt
+        if self.trainer.global_step == raise_at and rank == raise_rank and attempt_ok:
             raise ValueError(f"boom on rank {rank}")
         if self.trainer.global_step == self.sleep[0] and rank == self.sleep[1]:
             time.sleep(self.sleep[2])  # its peers wait in the next collective meanwhile
@@ -54,6 +56,7 @@ def main() -> None:
     p.add_argument("--shuffle", action="store_true")
     p.add_argument("--clip", type=float, default=None)
     p.add_argument("--precision", default="32-true")
+    p.add_argument("--checkpoint", action="store_true", help="ModelCheckpoint at each epoch end")
     p.add_argument("--global-batch", type=int, default=16)
     p.add_argument("--root", required=True)
     p.add_argument("--ckpt-path", default=None)
@@ -86,7 +89,7 @@ def main() -> None:
         precision=args.precision,
         default_root_dir=args.root,
         enable_progress_bar=False,
-        enable_checkpointing=False,
+        enable_checkpointing=args.checkpoint,
         logger=False,
     )
     trainer.fit(model, loader, ckpt_path=args.ckpt_path)

@@ -523,3 +523,23 @@ def test_as_subreaper_orphans_are_killed_and_reaped(tmp_path: Path) -> None:
     assert result["sr-fail"] == [S.ATTEMPT_STATE_FAILED, 3, 0]  # not 255: asyncio reaped its rank
     assert result["zombies"] == []
     assert result["children"] == 0
+
+
+def test_newest_checkpoint_is_the_runs_newest_complete_one(tmp_path: Path) -> None:
+    from gridlab.agent.launcher import AttemptDirs, newest_checkpoint
+
+    old, new, other = (AttemptDirs.of(tmp_path, a) for a in ("att-1", "att-2", "att-x"))
+    old.prepare("run-1")
+    new.prepare("run-1")
+    other.prepare("run-2")
+    (old.checkpoints / "epoch=0.ckpt").write_bytes(b"x")
+    (new.checkpoints / ".tmp-abc.ckpt").write_bytes(b"half")  # a writer's temp file
+    (new.checkpoints / "last.ckpt.partial").mkdir()  # a sharded save in progress
+    (other.checkpoints / "epoch=9.ckpt").write_bytes(b"another run's")
+    assert newest_checkpoint(tmp_path, "run-1") == old.checkpoints / "epoch=0.ckpt"
+    sharded = new.checkpoints / "epoch=1.ckpt"
+    sharded.mkdir()
+    (sharded / "meta.pt").write_bytes(b"")
+    os.utime(old.checkpoints / "epoch=0.ckpt", (1, 1))
+    assert newest_checkpoint(tmp_path, "run-1") == sharded
+    assert newest_checkpoint(tmp_path, "run-3") is None

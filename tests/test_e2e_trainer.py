@@ -5,10 +5,13 @@ GRIDLAB_METRICS_FILE, with no gridlab-specific code in the script."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from gridlab.client.localcluster import LocalCluster
 
@@ -69,3 +72,49 @@ def test_a_two_rank_ddp_run_under_an_agent_checkpoints_on_cancel_and_resumes(mak
     resumed = client.submit([*job, "--epochs", "3", "--ckpt-path", str(ckpt)], gpus=2, name="ddp-resume")
     assert resumed.wait(timeout=120).state == "SUCCEEDED", list(client.logs(resumed.id))
     assert any(line.startswith("done world_size=2 steps=48") for line in client.logs(resumed.id))
+
+
+@pytest.mark.slow
+def test_a_retried_attempt_on_the_same_machine_resumes_from_the_earlier_attempts_checkpoint(
+    make_cluster, tmp_path: Path
+) -> None:
+    """Attempt 1 checkpoints at its epoch end, then fails; attempt 2 (a retry, on the same agent) gets
+    GRIDLAB_RESUME_FROM, continues from that step instead of starting over, and ends with the weights of a
+    run that never failed."""
+    job = [sys.executable, str(ROOT / "tests" / "dist_job.py"), "--epochs", "3", "--checkpoint"]
+    ref = subprocess.run(
+        [*job, "--root", str(tmp_path / "ref"), "--save-weights", str(tmp_path / "ref.pt")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    cluster: LocalCluster = make_cluster()
+    cluster.start_scheduler()
+    cluster.start_agent("retry-box")
+    client = cluster.client()
+    command = [
+        *job,
+        "--root",
+        "root",
+        "--raise-at",
+        "20",
+        "--raise-rank",
+        "0",
+        "--save-weights",
+        str(tmp_path / "run.pt"),
+    ]
+    run = client.submit(command, max_retries=1, env={"DIST_JOB_RAISE_ATTEMPT": "1"}, name="retry-resume")
+    status = run.wait(timeout=180)
+    lines = [line for line in client.log_lines(run.id)]
+    assert status.state == "SUCCEEDED", [line.text for line in lines][-30:]
+    assert status.attempts == 2
+    notes = [line.text for line in lines if line.attempt_number == 2 and "resuming from" in line.text]
+    assert len(notes) == 1
+    assert "epoch=0-step=16.ckpt" in notes[0]  # attempt 1 failed at step 20, in its second epoch
+    assert any(line.text.startswith("done world_size=1 steps=48") for line in lines)
+    reference, resumed = torch.load(tmp_path / "ref.pt"), torch.load(tmp_path / "run.pt")
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
