@@ -110,20 +110,45 @@ class AttemptDirs:
 RUN_ID_FILE = "run_id"
 
 
+def _link_copy(src: Path, dest: Path) -> Path:
+    """`src` (a file or a sharded folder) at `dest` through hard links (a copy across file systems)."""
+    if dest.is_dir():
+        shutil.rmtree(dest)
+    elif dest.exists():
+        dest.unlink()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    if src.is_dir():
+        shutil.copytree(src, dest, copy_function=link, symlinks=False)
+    else:
+        link(str(src), str(dest))
+    return dest
+
+
 def newest_checkpoint(state_dir: Path, run_id: str) -> Path | None:
     """The newest complete checkpoint that an earlier attempt of `run_id` wrote on this machine: a file
     (`*.ckpt`, not a writer's temp file) or a sharded folder (with its meta.pt, not one being written)."""
     found: list[tuple[float, Path]] = []
+    now = time.time() + 60
     for marker in (Path(state_dir) / "attempts").glob(f"*/{RUN_ID_FILE}"):
         try:
             if marker.read_text() != run_id:
                 continue
             for path in (marker.parent / "checkpoints").iterdir():
                 name = path.name
-                if name.startswith(".") or ".partial" in name or ".old-" in name:
+                if name.startswith(".") or ".partial" in name or ".old-" in name or path.is_symlink():
+                    continue  # a writer's temp file, a save in progress, or a link that could point anywhere
+                mtime = path.lstat().st_mtime
+                if mtime > now:  # from the future: would win forever
                     continue
                 if path.is_file() and name.endswith(".ckpt") or path.is_dir() and (path / "meta.pt").is_file():
-                    found.append((path.stat().st_mtime, path))
+                    found.append((mtime, path))
         except OSError:
             continue
     return max(found)[1] if found else None
@@ -358,8 +383,7 @@ class Attempt:
             # backstop), or the agent could not report anything at all.
             try:
                 self._metrics.poll()
-                for record in self._metrics.take_records():  # forwarded like log lines: ordered, lossless
-                    self._events.on_log(self._log.line(METRICS_RANK, types_pb2.LOG_STREAM_METRICS, record))
+                self._forward_metrics()
                 step, when = self._metrics.last_step, self._metrics.last_step_time
                 progress = agent_pb2.AttemptStatus(last_step=step)
                 if when is not None:
@@ -371,6 +395,21 @@ class Attempt:
             else:
                 out.MergeFrom(progress)
         return out
+
+    def _forward_metrics(self) -> None:
+        """The metrics file's new records, as log lines: ordered, lossless, resumable like the logs."""
+        assert self._metrics is not None  # noqa: S101 - the caller checked
+        for record in self._metrics.take_records():
+            self._events.on_log(self._log.line(METRICS_RANK, types_pb2.LOG_STREAM_METRICS, record))
+
+    def _final_metrics(self) -> None:
+        """Read the metrics file to its end (a poll reads at most MAX_READ) before the last logs drain."""
+        if self._metrics is None:
+            return
+        with contextlib.suppress(Exception):  # the user's file must not stop the attempt's end
+            while self._metrics.poll():
+                self._forward_metrics()
+            self._forward_metrics()
 
     def pids(self) -> list[int]:
         return [r.proc.pid for r in self._ranks]
@@ -432,7 +471,7 @@ class Attempt:
             await self._finish_pipes()
             state, code, message = self._outcome or (S.ATTEMPT_STATE_SUCCEEDED, 0, "")
             self._status.ranks_exited = True  # heartbeats during the drain: no progress expected
-            self.status()  # a last read of the metrics file, so its final records go out with the logs
+            self._final_metrics()  # so its last records go out with the last logs
             await self._events.drain_logs(self.attempt_id)
             self._set(state, exit_code=code, message=message)
             log.info(
@@ -453,10 +492,13 @@ class Attempt:
         dirs = AttemptDirs.of(self.settings.state_dir, self.attempt_id)
         await asyncio.to_thread(dirs.prepare, self.run_id)
         resume_from = ""
-        if not a.resume_from:  # until checkpoints are uploaded: an earlier attempt's, if it ran here
+        # Until checkpoints are uploaded: an earlier attempt's, if it ran here. One node only: the other nodes
+        # of a gang could not read this machine's file.
+        if not a.resume_from and a.nodes <= 1:
             newest = await asyncio.to_thread(newest_checkpoint, self.settings.state_dir, self.run_id)
             if newest is not None:
-                resume_from = str(newest)
+                # Hard-linked into this attempt: the earlier attempt may still be stopping and rotate it away.
+                resume_from = str(await asyncio.to_thread(_link_copy, newest, dirs.root / "resume" / newest.name))
                 self._system(SYSTEM_RANK, f"resuming from {newest} (the newest checkpoint of an earlier attempt)")
         self._metrics = MetricsTail(dirs.metrics, self._clock)
         command = list(a.spec.command)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,20 +49,25 @@ class MetricsTail:
         self._clock = clock
         self._offset = 0
         self._partial = b""
+        self._inode = -1
         self.last_step = 0
         self.last_step_time: float | None = None
         self.records: list[str] = []  # new JSON objects since the caller last took them (take_records)
 
-    def poll(self) -> None:
+    def poll(self) -> bool:
+        """Read what is new (at most MAX_READ); True when there may be more to read now.
+
+        The file is meant to be appended to. One that is replaced (a new inode) or truncated below
+        what was read is read again from its start."""
         try:
             with self.path.open("rb") as fh:
-                fh.seek(0, 2)
-                if fh.tell() < self._offset:  # truncated or replaced: start over
-                    self._offset, self._partial = 0, b""
+                st = os.fstat(fh.fileno())
+                if st.st_ino != self._inode or st.st_size < self._offset:  # replaced or truncated
+                    self._inode, self._offset, self._partial = st.st_ino, 0, b""
                 fh.seek(self._offset)
                 data = fh.read(self.MAX_READ)
         except OSError:
-            return
+            return False
         self._offset += len(data)
         *lines, self._partial = (self._partial + data).split(b"\n")
         for raw in lines:
@@ -76,6 +82,7 @@ class MetricsTail:
                 self.last_step = step
                 when = record.get("time")
                 self.last_step_time = float(when) if valid_time(when) else self._clock()
+        return len(data) == self.MAX_READ
 
     def take_records(self) -> list[str]:
         """The JSON objects read since the last call, as text, oldest first (forwarded to the scheduler)."""

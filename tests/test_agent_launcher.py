@@ -543,3 +543,17 @@ def test_newest_checkpoint_is_the_runs_newest_complete_one(tmp_path: Path) -> No
     os.utime(old.checkpoints / "epoch=0.ckpt", (1, 1))
     assert newest_checkpoint(tmp_path, "run-1") == sharded
     assert newest_checkpoint(tmp_path, "run-3") is None
+
+
+def test_newest_checkpoint_ignores_links_and_times_from_the_future(tmp_path: Path) -> None:
+    from gridlab.agent.launcher import AttemptDirs, newest_checkpoint
+
+    mine, planted = AttemptDirs.of(tmp_path, "att-1"), AttemptDirs.of(tmp_path, "att-2")
+    mine.prepare("run-1")
+    planted.prepare("run-1")
+    (mine.checkpoints / "epoch=0.ckpt").write_bytes(b"x")
+    (planted.checkpoints / "x.ckpt").symlink_to(tmp_path / "elsewhere.pickle")  # a link could point anywhere
+    future = planted.checkpoints / "y.ckpt"
+    future.write_bytes(b"y")
+    os.utime(future, (4_000_000_000, 4_000_000_000))  # year 2096: it would win forever
+    assert newest_checkpoint(tmp_path, "run-1") == mine.checkpoints / "epoch=0.ckpt"
