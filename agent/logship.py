@@ -437,11 +437,9 @@ class LogShipper:
             q = max(self._queues.values(), key=lambda q: len(q.lines))
             if not q.lines:
                 return
-            _, size = q.lines.popleft()
+            line, size = q.lines.popleft()
             self._pending_bytes -= size
-            q.dropped += 1
-            if q.dropped in (1, 1000, 100_000):
-                log.warning("log buffer full, dropping oldest lines", dropped=q.dropped)
+            self._count_dropped(q, line.attempt_id, 1, "log buffer full, dropping oldest lines")
 
     def _notify(self) -> None:
         self._changed.set()

@@ -114,13 +114,16 @@ def load_sharded(
     optimizers: Sequence[torch.optim.Optimizer] = (),
     *,
     no_dist: bool = False,
+    meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Read a sharded folder into state dicts shaped like `module`'s and `optimizers`' current ones
-    (sharded DTensors under FSDP, plain tensors in one process): DCP reshards on the way in."""
+    (sharded DTensors under FSDP, plain tensors in one process): DCP reshards on the way in. `meta`:
+    the folder's meta.pt when the caller has read it already."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-    meta = _torch_load(os.path.join(path, META_FILE))
+    if meta is None:
+        meta = read_meta(path)
     template: dict[str, Any] = {"state_dict": get_model_state_dict(module)}
     saved_opts = meta.get("sharded", {}).get("optimizers", 0)
     if optimizers and saved_opts:

@@ -145,8 +145,7 @@ class DistributedStrategy(Strategy):
         topology (torchrun, the agent's CUDA_VISIBLE_DEVICES), LOCAL_RANK itself."""
         env = self.env or ClusterEnvironment.detect()
         local = env.local_rank if env is not None else 0
-        ids = getattr(self, "device_ids", [])
-        return ids[local] if local < len(ids) else local
+        return self.device_ids[local] if local < len(self.device_ids) else local
 
     def _launch(self) -> ClusterEnvironment:
         if self.num_nodes > 1:

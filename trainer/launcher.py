@@ -135,8 +135,17 @@ def _failure_message(folder: str, failed: tuple[int, int], world: int) -> str:
         _, _, rank, text = min(errors)
         return f"rank {rank} of {world} failed: {text} (its traceback is printed above)"
     rank, code = failed
-    why = f"signal {-code}" if code < 0 else f"code {code}"
-    return f"rank {rank} of {world} exited with {why} (its traceback is printed above)"
+    return f"rank {rank} of {world} exited with {_describe_exit(code)} (its traceback is printed above)"
+
+
+def _describe_exit(code: int) -> str:
+    """A child's returncode in words: negative means killed by that signal."""
+    return f"signal {-code}" if code < 0 else f"code {code}"
+
+
+def _exit_status(code: int) -> int:
+    """The status to exit with for a child's returncode, as a shell reports it (128 + signal)."""
+    return 128 - code if code < 0 else code
 
 
 def script_command() -> list[str]:
@@ -211,13 +220,13 @@ class SubprocessLauncher:
                     self._fail(rank, code)
 
     def _fail(self, rank: int, code: int) -> None:
-        why = f"signal {-code}" if code < 0 else f"code {code}"
+        why = _describe_exit(code)
         print(f"gridlab.trainer: rank {rank} exited with {why}; stopping every rank", file=sys.stderr, flush=True)
         # A moment for this rank to fail on its own (its collective errors out) and report the first error;
         # a rank stuck in NCCL would not, so then it is stopped here.
         time.sleep(self.grace)
         self._kill_all()
-        os._exit(128 - code if code < 0 else code)
+        os._exit(_exit_status(code))
 
     def _kill_all(self) -> None:
         for proc in self.procs:
@@ -247,7 +256,7 @@ class SubprocessLauncher:
         for proc in self.procs:
             code = proc.wait()
             if code and not failed:
-                failed = 128 - code if code < 0 else code
+                failed = _exit_status(code)
         if failed:
             sys.stdout.flush()
             sys.stderr.flush()

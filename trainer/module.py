@@ -46,7 +46,7 @@ class Module(HyperparametersMixin, nn.Module):
             ckpt = torch.load(checkpoint_path, map_location=map_location or "cpu", weights_only=False)  # noqa: S614
         module = instantiate_from_hparams(cls, ckpt.get("hyper_parameters") or {}, hparam_overrides, checkpoint_path)
         if sharded:
-            ckpt["state_dict"] = ckpt_io.load_sharded(checkpoint_path, module, no_dist=True)["state_dict"]
+            ckpt = ckpt_io.load_sharded(checkpoint_path, module, no_dist=True, meta=ckpt)
         module.on_load_checkpoint(ckpt)
         module.load_state_dict(ckpt["state_dict"], strict=strict)
         if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):

@@ -22,7 +22,6 @@ class Strategy:
         self.root_device = device
         self.precision = precision
         self.module: torch.nn.Module | None = None
-        self.optimizers: Sequence[torch.optim.Optimizer] = ()
 
     # -- process topology -------------------------------------------------
     @property
@@ -124,9 +123,11 @@ class Strategy:
         if self.is_global_zero:
             ckpt_io.write_file(checkpoint, path)
 
-    def load_checkpoint(self, path: str | os.PathLike) -> dict[str, Any]:
-        """A file, or a sharded folder (resharded into this process's module and optimizers)."""
-        return ckpt_io.read(path, self.module, self.optimizers, no_dist=self.world_size == 1)
+    def load_checkpoint(
+        self, path: str | os.PathLike, optimizers: Sequence[torch.optim.Optimizer] = ()
+    ) -> dict[str, Any]:
+        """A file, or a sharded folder (resharded into this process's module and `optimizers`)."""
+        return ckpt_io.read(path, self.module, optimizers, no_dist=self.world_size == 1)
 
     def remove_checkpoint(self, path: str | os.PathLike) -> None:
         if self.is_global_zero:

@@ -1318,8 +1318,7 @@ class Trainer:
         if path is None:
             return
         self.ckpt_path = path
-        self.strategy.optimizers = [] if weights_only else self.optimizers
-        ckpt = self.strategy.load_checkpoint(path)
+        ckpt = self.strategy.load_checkpoint(path, () if weights_only else self.optimizers)
         version = ckpt.get("format_version", 0)
         if version > FORMAT_VERSION:
             raise MisconfigurationError(
