@@ -114,7 +114,7 @@ class Engine:
         self.logs_changed = Notifier()
         self._kick = asyncio.Event()
         self._token_cache: dict[str, Principal] = {}
-        self._attempt_owner: dict[str, tuple[str, int, str]] = {}  # id -> run, number, agent
+        self._attempt_owner: dict[str, tuple[str, int, frozenset[str]]] = {}  # id -> run, number, its agents
         self.watchdog = Watchdog()
         # After a restart every agent the store thinks is ready gets a full timeout to
         # reconnect before it is declared lost.
@@ -667,17 +667,17 @@ class Engine:
         for line in lines:
             owner = self._attempt_owner.get(line.attempt_id)
             if owner is None:
-                found = self.store.one(
+                found = self.store.all(
                     "SELECT a.run_id, a.number, a.state, n.agent_name FROM attempts a "
                     "JOIN attempt_nodes n ON n.attempt_id = a.id WHERE a.id = ?",
                     (line.attempt_id,),
                 )
-                if found is None:
+                if not found:
                     raise ApiError(grpc.StatusCode.ABORTED, f"attempt {line.attempt_id!r} is unknown")
-                owner = (found["run_id"], found["number"], found["agent_name"])
-                if AttemptState(found["state"]).live:  # ended attempts are not cached: no unbounded growth
+                owner = (found[0]["run_id"], found[0]["number"], frozenset(r["agent_name"] for r in found))
+                if AttemptState(found[0]["state"]).live:  # ended attempts are not cached: no unbounded growth
                     self._attempt_owner[line.attempt_id] = owner
-            if owner[2] != agent_name:
+            if agent_name not in owner[2]:
                 raise ApiError(grpc.StatusCode.ABORTED, f"attempt {line.attempt_id!r} is not {agent_name}'s")
             if line.seq < 1:
                 raise invalid(f"log line seq is {line.seq}: sequence numbers start at 1")
@@ -816,7 +816,7 @@ class Engine:
                 RunState.STARTING,
                 f"attempt {number} on {p.agent_name}",
             )
-        self._attempt_owner[attempt_id] = (p.run_id, number, p.agent_name)
+        self._attempt_owner[attempt_id] = (p.run_id, number, frozenset({p.agent_name}))
         session.send(
             agent_pb2.SchedulerMessage(
                 assign=agent_pb2.Assignment(

@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlite_utils
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _migrate_1(db: sqlite_utils.Database) -> None:
@@ -141,7 +141,54 @@ def _migrate_2(db: sqlite_utils.Database) -> None:
     db["runs"].add_column("cancel_grace", float)  # type: ignore[union-attr]
 
 
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _migrate_1, 2: _migrate_2}
+def _migrate_3(db: sqlite_utils.Database) -> None:
+    # Each node of a gang reports its own end; the attempt ends when one fails or all succeed.
+    db["attempt_nodes"].add_column("state", str)  # type: ignore[union-attr]
+    # The artifact store: complete blobs (their bytes live in files named by digest), and what refers to them.
+    db["blobs"].create(  # type: ignore[union-attr]
+        {"digest": str, "size": int, "purpose": str, "created_at": float},
+        pk="digest",
+        not_null={"size", "created_at"},
+    )
+    db["checkpoints"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "run_id": str,
+            "attempt_id": str,
+            "attempt_number": int,
+            "node_rank": int,
+            "name": str,
+            "step": int,
+            "time": float,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id"), ("attempt_id", "attempts", "id")],
+        not_null={"run_id", "attempt_id", "name", "time"},
+    )
+    db["checkpoints"].create_index(["run_id", "id"])  # type: ignore[union-attr]
+    db["checkpoint_files"].create(  # type: ignore[union-attr]
+        {"checkpoint_id": int, "path": str, "digest": str, "size": int},
+        pk=("checkpoint_id", "path"),
+        foreign_keys=[("checkpoint_id", "checkpoints", "id"), ("digest", "blobs", "digest")],
+    )
+    db["artifacts"].create(  # type: ignore[union-attr]
+        {
+            "run_id": str,
+            "attempt_id": str,
+            "attempt_number": int,
+            "node_rank": int,
+            "path": str,
+            "digest": str,
+            "size": int,
+            "time": float,
+        },
+        pk=("attempt_id", "node_rank", "path"),
+        foreign_keys=[("run_id", "runs", "id"), ("digest", "blobs", "digest")],
+    )
+    db["artifacts"].create_index(["run_id"])  # type: ignore[union-attr]
+
+
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3}
 
 
 class Store:

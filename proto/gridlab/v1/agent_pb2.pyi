@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AttemptStatus(_message.Message):
-    __slots__ = ("attempt_id", "run_id", "state", "exit_code", "message", "time", "last_step", "last_step_time", "ranks_exited", "permanent")
+    __slots__ = ("attempt_id", "run_id", "state", "exit_code", "message", "time", "last_step", "last_step_time", "ranks_exited", "permanent", "prepared", "master_port")
     ATTEMPT_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,8 @@ class AttemptStatus(_message.Message):
     LAST_STEP_TIME_FIELD_NUMBER: _ClassVar[int]
     RANKS_EXITED_FIELD_NUMBER: _ClassVar[int]
     PERMANENT_FIELD_NUMBER: _ClassVar[int]
+    PREPARED_FIELD_NUMBER: _ClassVar[int]
+    MASTER_PORT_FIELD_NUMBER: _ClassVar[int]
     attempt_id: str
     run_id: str
     state: _types_pb2.AttemptState
@@ -33,7 +35,9 @@ class AttemptStatus(_message.Message):
     last_step_time: _timestamp_pb2.Timestamp
     ranks_exited: bool
     permanent: bool
-    def __init__(self, attempt_id: _Optional[str] = ..., run_id: _Optional[str] = ..., state: _Optional[_Union[_types_pb2.AttemptState, str]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_step: _Optional[int] = ..., last_step_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ranks_exited: _Optional[bool] = ..., permanent: _Optional[bool] = ...) -> None: ...
+    prepared: bool
+    master_port: int
+    def __init__(self, attempt_id: _Optional[str] = ..., run_id: _Optional[str] = ..., state: _Optional[_Union[_types_pb2.AttemptState, str]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_step: _Optional[int] = ..., last_step_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ranks_exited: _Optional[bool] = ..., permanent: _Optional[bool] = ..., prepared: _Optional[bool] = ..., master_port: _Optional[int] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("name", "pool", "labels", "inventory", "attempts", "version", "draining")
@@ -91,7 +95,7 @@ class Welcome(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., heartbeat_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("attempt_id", "run_id", "attempt_number", "spec", "node_rank", "nodes", "procs_per_node", "gpu_uuids", "master_addr", "master_port", "resume_from", "user")
+    __slots__ = ("attempt_id", "run_id", "attempt_number", "spec", "node_rank", "nodes", "procs_per_node", "gpu_uuids", "master_addr", "master_port", "resume_from", "user", "resume_name", "resume_files", "resume_attempt_number", "resume_step", "wait_for_start")
     ATTEMPT_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_NUMBER_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +108,11 @@ class Assignment(_message.Message):
     MASTER_PORT_FIELD_NUMBER: _ClassVar[int]
     RESUME_FROM_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
+    RESUME_NAME_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FILES_FIELD_NUMBER: _ClassVar[int]
+    RESUME_ATTEMPT_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    RESUME_STEP_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FOR_START_FIELD_NUMBER: _ClassVar[int]
     attempt_id: str
     run_id: str
     attempt_number: int
@@ -116,7 +125,22 @@ class Assignment(_message.Message):
     master_port: int
     resume_from: str
     user: str
-    def __init__(self, attempt_id: _Optional[str] = ..., run_id: _Optional[str] = ..., attempt_number: _Optional[int] = ..., spec: _Optional[_Union[_types_pb2.RunSpec, _Mapping]] = ..., node_rank: _Optional[int] = ..., nodes: _Optional[int] = ..., procs_per_node: _Optional[int] = ..., gpu_uuids: _Optional[_Iterable[str]] = ..., master_addr: _Optional[str] = ..., master_port: _Optional[int] = ..., resume_from: _Optional[str] = ..., user: _Optional[str] = ...) -> None: ...
+    resume_name: str
+    resume_files: _containers.RepeatedCompositeFieldContainer[_types_pb2.FileRef]
+    resume_attempt_number: int
+    resume_step: int
+    wait_for_start: bool
+    def __init__(self, attempt_id: _Optional[str] = ..., run_id: _Optional[str] = ..., attempt_number: _Optional[int] = ..., spec: _Optional[_Union[_types_pb2.RunSpec, _Mapping]] = ..., node_rank: _Optional[int] = ..., nodes: _Optional[int] = ..., procs_per_node: _Optional[int] = ..., gpu_uuids: _Optional[_Iterable[str]] = ..., master_addr: _Optional[str] = ..., master_port: _Optional[int] = ..., resume_from: _Optional[str] = ..., user: _Optional[str] = ..., resume_name: _Optional[str] = ..., resume_files: _Optional[_Iterable[_Union[_types_pb2.FileRef, _Mapping]]] = ..., resume_attempt_number: _Optional[int] = ..., resume_step: _Optional[int] = ..., wait_for_start: _Optional[bool] = ...) -> None: ...
+
+class StartAttempt(_message.Message):
+    __slots__ = ("attempt_id", "master_addr", "master_port")
+    ATTEMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    MASTER_ADDR_FIELD_NUMBER: _ClassVar[int]
+    MASTER_PORT_FIELD_NUMBER: _ClassVar[int]
+    attempt_id: str
+    master_addr: str
+    master_port: int
+    def __init__(self, attempt_id: _Optional[str] = ..., master_addr: _Optional[str] = ..., master_port: _Optional[int] = ...) -> None: ...
 
 class CancelAttempt(_message.Message):
     __slots__ = ("attempt_id", "grace", "reason", "final_state")
@@ -137,16 +161,18 @@ class ReleaseAttempt(_message.Message):
     def __init__(self, attempt_id: _Optional[str] = ...) -> None: ...
 
 class SchedulerMessage(_message.Message):
-    __slots__ = ("welcome", "assign", "cancel", "release")
+    __slots__ = ("welcome", "assign", "cancel", "release", "start")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ASSIGN_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     assign: Assignment
     cancel: CancelAttempt
     release: ReleaseAttempt
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assign: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelAttempt, _Mapping]] = ..., release: _Optional[_Union[ReleaseAttempt, _Mapping]] = ...) -> None: ...
+    start: StartAttempt
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assign: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelAttempt, _Mapping]] = ..., release: _Optional[_Union[ReleaseAttempt, _Mapping]] = ..., start: _Optional[_Union[StartAttempt, _Mapping]] = ...) -> None: ...
 
 class PushLogsRequest(_message.Message):
     __slots__ = ("agent_name", "lines")

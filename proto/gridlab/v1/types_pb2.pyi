@@ -325,3 +325,51 @@ class RunEvent(_message.Message):
     message: str
     time: _timestamp_pb2.Timestamp
     def __init__(self, id: _Optional[int] = ..., run_id: _Optional[str] = ..., attempt_id: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., message: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class FileRef(_message.Message):
+    __slots__ = ("path", "digest", "size")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    digest: str
+    size: int
+    def __init__(self, path: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+
+class Checkpoint(_message.Message):
+    __slots__ = ("id", "run_id", "attempt_id", "attempt_number", "node_rank", "name", "step", "files", "time")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    NODE_RANK_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    run_id: str
+    attempt_id: str
+    attempt_number: int
+    node_rank: int
+    name: str
+    step: int
+    files: _containers.RepeatedCompositeFieldContainer[FileRef]
+    time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[int] = ..., run_id: _Optional[str] = ..., attempt_id: _Optional[str] = ..., attempt_number: _Optional[int] = ..., node_rank: _Optional[int] = ..., name: _Optional[str] = ..., step: _Optional[int] = ..., files: _Optional[_Iterable[_Union[FileRef, _Mapping]]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Artifact(_message.Message):
+    __slots__ = ("run_id", "attempt_id", "attempt_number", "node_rank", "file", "time")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    NODE_RANK_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    attempt_id: str
+    attempt_number: int
+    node_rank: int
+    file: FileRef
+    time: _timestamp_pb2.Timestamp
+    def __init__(self, run_id: _Optional[str] = ..., attempt_id: _Optional[str] = ..., attempt_number: _Optional[int] = ..., node_rank: _Optional[int] = ..., file: _Optional[_Union[FileRef, _Mapping]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
