@@ -42,6 +42,10 @@ class SchedulerConfig:
     heartbeat_interval: float = 5.0  # seconds between agent heartbeats
     heartbeat_timeout: float = 30.0  # an agent silent this long is lost
     placement_interval: float = 1.0  # the queue is also retried at least this often
+    prepare_timeout: float = 900.0  # a gang whose nodes are not all prepared by then is released whole
+    artifact_dir: str = ""  # the content-addressed blob store; default <state_dir>/artifacts
+    bundle_max_bytes: int = 1024 * 1024 * 1024  # largest code bundle a user may upload (compressed)
+    blob_max_bytes: int = 256 * 1024**3  # largest checkpoint or artifact file an agent may upload
     log_format: str = "auto"  # auto (pretty on a terminal, else JSON), json, console
     log_level: str = "info"
 
@@ -63,6 +67,7 @@ class AgentConfig:
     pip_args: str = (
         ""  # extra pip options for those builds, shell-split: e.g. "--index-url URL" or "--no-index --find-links DIR"
     )
+    checkpoint_poll: float = 2.0  # seconds between scans of GRIDLAB_CHECKPOINT_DIR for finished checkpoints
     reconnect_min: float = 0.2  # first retry delay after the scheduler is unreachable
     reconnect_max: float = 10.0  # retry delay cap (exponential backoff with jitter)
     log_format: str = "auto"
