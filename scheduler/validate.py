@@ -15,6 +15,7 @@ MAX_ARGV_BYTES = 128 * 1024
 MAX_ENV_ITEMS = 1024
 MAX_ENV_BYTES = 256 * 1024
 MAX_NAME = 200
+MAX_NODES = 1024
 MAX_GPUS = 1024
 MAX_CPUS = 4096.0
 MAX_RETRIES = 100
@@ -62,12 +63,8 @@ def normalize(spec: types_pb2.RunSpec) -> None:
         raise SpecError(f"resources.gpus is {res.gpus}: it must be between 0 and {MAX_GPUS}")
     if res.cpus < 0 or res.cpus > MAX_CPUS or res.cpus != res.cpus:
         raise SpecError(f"resources.cpus is {res.cpus}: it must be between 0 and {MAX_CPUS:g}")
-    if res.nodes < 0:
-        raise SpecError(f"resources.nodes is {res.nodes}: it must be 1 or more")
-    if res.nodes > 1:
-        raise SpecError(
-            f"resources.nodes is {res.nodes}: multi-node runs are not supported by this scheduler yet; ask for nodes=1"
-        )
+    if res.nodes < 0 or res.nodes > MAX_NODES:
+        raise SpecError(f"resources.nodes is {res.nodes}: it must be between 1 and {MAX_NODES}")
     if res.procs_per_node < 0:
         raise SpecError(f"resources.procs_per_node is {res.procs_per_node}: it must be 0 or more")
     if res.memory_bytes < 0:
