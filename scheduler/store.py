@@ -144,6 +144,7 @@ def _migrate_2(db: sqlite_utils.Database) -> None:
 def _migrate_3(db: sqlite_utils.Database) -> None:
     # Each node of a gang reports its own end; the attempt ends when one fails or all succeed.
     db["attempt_nodes"].add_column("state", str)  # type: ignore[union-attr]
+    db.execute("UPDATE attempt_nodes SET state = (SELECT state FROM attempts WHERE attempts.id = attempt_id)")
     # The artifact store: complete blobs (their bytes live in files named by digest), and what refers to them.
     db["blobs"].create(  # type: ignore[union-attr]
         {"digest": str, "size": int, "purpose": str, "created_at": float},
