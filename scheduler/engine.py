@@ -30,6 +30,7 @@ from . import placement
 from .auth import ADMIN, AGENT, ROLES, Principal
 from .convert import run_pb
 from .errors import ApiError, denied, invalid, not_found, precondition
+from .gang import GangTracker, gang_end
 from .state import (
     LIVE_ATTEMPT_STATES,
     AttemptState,
@@ -46,6 +47,8 @@ from .watchdog import Watchdog
 log = structlog.get_logger("gridlab.scheduler")
 
 _LIVE_SQL = "(" + ",".join(f"'{s.value}'" for s in LIVE_ATTEMPT_STATES) + ")"
+# A node of an attempt that still holds its share of the agent (GPUs, CPUs, memory).
+_HELD_SQL = f"n.state IN {_LIVE_SQL}"
 ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 - a file name
 AGENT_TOKEN_FILE = "agent.token"  # noqa: S105 - a file name
 
@@ -116,6 +119,7 @@ class Engine:
         self._token_cache: dict[str, Principal] = {}
         self._attempt_owner: dict[str, tuple[str, int, frozenset[str]]] = {}  # id -> run, number, its agents
         self.watchdog = Watchdog()
+        self.gangs = GangTracker()
         # After a restart every agent the store thinks is ready gets a full timeout to
         # reconnect before it is declared lost.
         now = self.clock.monotonic()
@@ -205,6 +209,8 @@ class Engine:
             normalize(spec)
         except SpecError as exc:
             raise invalid(str(exc)) from None
+        if spec.code_digest and not self.store.one("SELECT 1 FROM blobs WHERE digest = ?", (spec.code_digest,)):
+            raise precondition(f"code bundle {spec.code_digest} is not in the scheduler's store: upload it first")
         if len(idempotency_key) > 200:
             raise invalid("idempotency_key is longer than 200 characters")
         if idempotency_key:
@@ -333,11 +339,13 @@ class Engine:
         check_attempt_transition(attempt["id"], AttemptState(attempt["state"]), state)
         self._attempt_owner.pop(attempt["id"], None)
         self.watchdog.forget(attempt["id"])
+        self.gangs.forget(attempt["id"])
         now = self.clock.time()
         conn.execute(
             "UPDATE attempts SET state = ?, exit_code = ?, reason = ?, finished_at = ? WHERE id = ?",
             (state.value, exit_code, reason, now, attempt["id"]),
         )
+        self._stop_nodes(conn, attempt["id"], state, reason)
         run = conn.execute("SELECT * FROM runs WHERE id = ?", (attempt["run_id"],)).fetchone()
         view = RunView(
             id=run["id"],
@@ -374,15 +382,31 @@ class Engine:
         )
         return outcome.state
 
+    def _stop_nodes(self, conn: sqlite3.Connection, attempt_id: str, state: AttemptState, reason: str) -> None:
+        """The attempt has ended: every node still live ends with it. In a gang, those nodes' agents are told
+        to stop their ranks now (they would otherwise wait for their dead peer until the collective timeout)."""
+        live = conn.execute(
+            f"SELECT n.agent_name FROM attempt_nodes n WHERE n.attempt_id = ? AND {_HELD_SQL}", (attempt_id,)
+        ).fetchall()
+        conn.execute(
+            f"UPDATE attempt_nodes AS n SET state = ? WHERE attempt_id = ? AND {_HELD_SQL}", (state.value, attempt_id)
+        )
+        nodes = conn.execute("SELECT COUNT(*) FROM attempt_nodes WHERE attempt_id = ?", (attempt_id,)).fetchone()[0]
+        if nodes > 1 and state is not AttemptState.SUCCEEDED:
+            for node in live:
+                self._send_cancel(node["agent_name"], attempt_id, f"gang stopped: {reason}", AttemptState.FAILED)
+
     def _attempt_rows(self, agent_name: str) -> list[sqlite3.Row]:
+        """Attempts with a live node on this agent (a node that already ended does not count: its gang may
+        still run elsewhere)."""
         return self.store.all(
             f"SELECT a.* FROM attempts a JOIN attempt_nodes n ON n.attempt_id = a.id "
-            f"WHERE n.agent_name = ? AND a.state IN {_LIVE_SQL}",
+            f"WHERE n.agent_name = ? AND a.state IN {_LIVE_SQL} AND {_HELD_SQL}",
             (agent_name,),
         )
 
     def _apply_status(self, session: AgentSession, status: agent_pb2.AttemptStatus, *, hello: bool) -> None:
-        """Reconcile what an agent says about one attempt with what the store holds.
+        """Reconcile what an agent says about its node of one attempt with what the store holds.
 
         Replies go to the agent's current session: `session` may be an older stream whose
         reader is still draining after the agent reconnected."""
@@ -391,60 +415,38 @@ class Engine:
         release = agent_pb2.SchedulerMessage(release=agent_pb2.ReleaseAttempt(attempt_id=status.attempt_id))
         reported_end = not reported.live
         row = self.store.one(
-            "SELECT a.*, n.agent_name FROM attempts a JOIN attempt_nodes n ON n.attempt_id = a.id "
-            "WHERE a.id = ? AND n.agent_name = ?",
+            "SELECT a.*, n.agent_name, n.node_rank, n.state AS node_state, "
+            "(SELECT COUNT(*) FROM attempt_nodes WHERE attempt_id = a.id) AS nodes "
+            "FROM attempts a JOIN attempt_nodes n ON n.attempt_id = a.id WHERE a.id = ? AND n.agent_name = ?",
             (status.attempt_id, session.name),
         )
-        if row is None or not AttemptState(row["state"]).live:
+        if row is None or not AttemptState(row["state"]).live or not AttemptState(row["node_state"]).live:
             # Unknown to us, another agent's, or already ended here (e.g. declared lost
             # and requeued while the agent was away): it must not keep running.
             if reported_end:
                 session.send(release)
             else:
-                why = "unknown to the scheduler" if row is None else f"already {row['state']} on the scheduler"
+                ended = row["node_state"] if row is not None and AttemptState(row["state"]).live else None
+                why = "unknown to the scheduler" if row is None else f"already {ended or row['state']} on the scheduler"
                 log.warning("stale_attempt", attempt_id=status.attempt_id, agent=session.name, why=why)
                 self._send_cancel(session.name, status.attempt_id, f"attempt {why}", AttemptState.FAILED)
             return
         if reported_end:
             with self.store.transaction() as conn:
-                self._end_attempt(
-                    conn, row, reported, status.exit_code, status.message[:4096], permanent=status.permanent
-                )
+                self._node_ended(conn, row, reported, status)
             session.send(release)
             self.events_changed.notify()
             self.logs_changed.notify()
             self.kick()
             return
         if reported is AttemptState.RUNNING and status.ranks_exited:  # only its last logs are on the way
-            nodes = self.store.one("SELECT COUNT(*) AS n FROM attempt_nodes WHERE attempt_id = ?", (row["id"],))
-            self.watchdog.ranks_exited(row["id"], session.name, nodes["n"] if nodes else 1, self.clock.monotonic())
+            self.watchdog.ranks_exited(row["id"], session.name, row["nodes"], self.clock.monotonic())
         elif reported is AttemptState.RUNNING:
             self._watch_progress(row, status.last_step)
-        new, old = reported, AttemptState(row["state"])
-        if new is AttemptState.RUNNING and old is not AttemptState.RUNNING:  # noqa: SIM102
-            with self.store.transaction() as conn:
-                check_attempt_transition(row["id"], old, new)
-                now = self.clock.time()
-                conn.execute(
-                    "UPDATE attempts SET state = ?, started_at = ? WHERE id = ?",
-                    (new.value, now, row["id"]),
-                )
-                run = conn.execute("SELECT state FROM runs WHERE id = ?", (row["run_id"],)).fetchone()
-                if run["state"] == RunState.STARTING.value:
-                    check_run_transition(row["run_id"], RunState.STARTING, RunState.RUNNING)
-                    conn.execute(
-                        "UPDATE runs SET state = ?, started_at = COALESCE(started_at, ?) WHERE id = ?",
-                        (RunState.RUNNING.value, now, row["run_id"]),
-                    )
-                    self._event(
-                        conn,
-                        row["run_id"],
-                        row["id"],
-                        "running",
-                        RunState.RUNNING,
-                        f"running on {session.name}",
-                    )
-            self.events_changed.notify()
+        elif reported is AttemptState.PREPARING and status.prepared and row["nodes"] > 1:
+            self._gang_prepared(row, status.master_port)
+        if reported is AttemptState.RUNNING and row["node_state"] != AttemptState.RUNNING.value:
+            self._node_running(row, session.name)
         if hello:
             run = self._run_row(row["run_id"])
             if run is not None and run["cancel_requested"]:
@@ -453,6 +455,115 @@ class Engine:
                 )
             elif hung := self.watchdog.stop_reason(row["id"]):
                 self._send_cancel(session.name, row["id"], hung, AttemptState.FAILED)
+
+    def _node_ended(
+        self, conn: sqlite3.Connection, row: sqlite3.Row, state: AttemptState, status: agent_pb2.AttemptStatus
+    ) -> None:
+        """One node's ranks have ended. A one-node attempt ends with it; a gang ends at its first bad end
+        (the others are stopped) or when every node has succeeded."""
+        reason = status.message[:4096]
+        if row["nodes"] > 1:
+            conn.execute(
+                "UPDATE attempt_nodes SET state = ? WHERE attempt_id = ? AND node_rank = ?",
+                (state.value, row["id"], row["node_rank"]),
+            )
+            states = {
+                r["node_rank"]: AttemptState(r["state"])
+                for r in conn.execute("SELECT node_rank, state FROM attempt_nodes WHERE attempt_id = ?", (row["id"],))
+            }
+            outcome = gang_end(states, row["node_rank"])
+            if outcome is None:
+                return
+            if outcome is not AttemptState.SUCCEEDED:
+                reason = f"node {row['node_rank']} ({row['agent_name']}): {reason or outcome.value.lower()}"
+            state = outcome
+        self._end_attempt(conn, row, state, status.exit_code, reason, permanent=status.permanent)
+
+    def _node_running(self, row: sqlite3.Row, agent_name: str) -> None:
+        """A node's ranks are all started; the attempt (and its run) is RUNNING once every node's are."""
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE attempt_nodes SET state = 'RUNNING' WHERE attempt_id = ? AND node_rank = ?",
+                (row["id"], row["node_rank"]),
+            )
+            waiting = conn.execute(
+                "SELECT COUNT(*) FROM attempt_nodes WHERE attempt_id = ? AND state != 'RUNNING'", (row["id"],)
+            ).fetchone()[0]
+            if waiting or row["state"] == AttemptState.RUNNING.value:
+                return
+            check_attempt_transition(row["id"], AttemptState(row["state"]), AttemptState.RUNNING)
+            now = self.clock.time()
+            conn.execute("UPDATE attempts SET state = 'RUNNING', started_at = ? WHERE id = ?", (now, row["id"]))
+            run = conn.execute("SELECT state FROM runs WHERE id = ?", (row["run_id"],)).fetchone()
+            if run["state"] == RunState.STARTING.value:
+                check_run_transition(row["run_id"], RunState.STARTING, RunState.RUNNING)
+                conn.execute(
+                    "UPDATE runs SET state = ?, started_at = COALESCE(started_at, ?) WHERE id = ?",
+                    (RunState.RUNNING.value, now, row["run_id"]),
+                )
+                where = agent_name if row["nodes"] == 1 else f"{row['nodes']} nodes"
+                self._event(conn, row["run_id"], row["id"], "running", RunState.RUNNING, f"running on {where}")
+        self.events_changed.notify()
+
+    def _gang_prepared(self, row: sqlite3.Row, port: int) -> None:
+        """A gang's node is ready to start; once all are, every node gets the order to start (again, to a
+        node that reports ready after it was sent: orders are idempotent on the agent)."""
+        attempt_id = row["id"]
+        if self.gangs.get(attempt_id) is None:  # a scheduler restart forgot it: learn it again
+            first = self.store.one(
+                "SELECT g.inventory FROM attempt_nodes n JOIN agents g ON g.name = n.agent_name "
+                "WHERE n.attempt_id = ? AND n.node_rank = 0",
+                (attempt_id,),
+            )
+            addr = types_pb2.Inventory.FromString(first["inventory"]).address if first else ""
+            self.gangs.add(attempt_id, row["nodes"], addr, self.clock.monotonic() + self.config.prepare_timeout)
+        gang = self.gangs.prepared(attempt_id, row["node_rank"], port)
+        if gang is None:
+            return
+        if not gang.ports.get(0):
+            log.error("gang_without_port", attempt_id=attempt_id)
+            return
+        order = agent_pb2.SchedulerMessage(
+            start=agent_pb2.StartAttempt(attempt_id=attempt_id, master_addr=gang.master_addr, master_port=gang.ports[0])
+        )
+        if gang.started:  # this node missed the order (it reconnected): it alone gets it again
+            names = [row["agent_name"]]
+        else:
+            gang.started = True
+            names = [
+                n["agent_name"]
+                for n in self.store.all("SELECT agent_name FROM attempt_nodes WHERE attempt_id = ?", (attempt_id,))
+            ]
+            log.info(
+                "gang_started", attempt_id=attempt_id, nodes=gang.nodes, master=f"{gang.master_addr}:{gang.ports[0]}"
+            )
+        for name in names:
+            session = self.sessions.get(name)
+            if session is not None:
+                session.send(order)
+
+    def check_gangs(self) -> list[str]:
+        """Release whole every gang whose nodes were not all prepared by the deadline: an infrastructure
+        failure (requeued, no retry spent), the nodes that did prepare are stopped."""
+        expired = self.gangs.expired(self.clock.monotonic())
+        for attempt_id, missing in expired:
+            with self.store.transaction() as conn:
+                attempt = conn.execute("SELECT * FROM attempts WHERE id = ?", (attempt_id,)).fetchone()
+                if attempt is None or not AttemptState(attempt["state"]).live:
+                    continue
+                names = dict(
+                    conn.execute(
+                        "SELECT node_rank, agent_name FROM attempt_nodes WHERE attempt_id = ?", (attempt_id,)
+                    ).fetchall()
+                )
+                late = ", ".join(f"node {r} ({names.get(r, '?')})" for r in missing)
+                reason = f"gang not prepared within {self.config.prepare_timeout:g}s: {late} not ready"
+                self._end_attempt(conn, attempt, AttemptState.LOST, -1, reason)
+            log.warning("gang_expired", attempt_id=attempt_id, missing=missing)
+        if expired:
+            self.events_changed.notify()
+            self.kick()
+        return [attempt_id for attempt_id, _ in expired]
 
     def _watch_progress(self, attempt: sqlite3.Row, step: int) -> None:
         now = self.clock.monotonic()
@@ -588,10 +699,7 @@ class Engine:
 
     def list_agents(self, pool: str = "") -> list[types_pb2.Agent]:
         live: dict[str, list[sqlite3.Row]] = {}
-        for row in self.store.all(
-            f"SELECT n.*, a.state FROM attempt_nodes n JOIN attempts a ON a.id = n.attempt_id "
-            f"WHERE a.state IN {_LIVE_SQL}"
-        ):
+        for row in self.store.all(f"SELECT n.* FROM attempt_nodes n WHERE {_HELD_SQL}"):
             live.setdefault(row["agent_name"], []).append(row)
         out = []
         sql = "SELECT * FROM agents" + (" WHERE pool = ?" if pool else "") + " ORDER BY name"
@@ -716,8 +824,7 @@ class Engine:
         used_cpus: dict[str, float] = {}
         used_mem: dict[str, int] = {}
         for row in self.store.all(
-            f"SELECT n.agent_name, n.gpu_uuids, n.cpus, n.memory_bytes FROM attempt_nodes n "
-            f"JOIN attempts a ON a.id = n.attempt_id WHERE a.state IN {_LIVE_SQL}"
+            f"SELECT n.agent_name, n.gpu_uuids, n.cpus, n.memory_bytes FROM attempt_nodes n WHERE {_HELD_SQL}"
         ):
             name = row["agent_name"]
             used_gpus.setdefault(name, set()).update(json.loads(row["gpu_uuids"]))
@@ -776,65 +883,71 @@ class Engine:
         return started
 
     def _commit(self, p: placement.Placement, spec: types_pb2.RunSpec) -> bool:
-        """Record a placement in one transaction, re-checking it against fresh state."""
-        session = self.sessions.get(p.agent_name)
-        if session is None:
+        """Record a placement (every node of it) in one transaction, re-checking it against fresh state."""
+        sessions = [self.sessions.get(node.agent_name) for node in p.nodes]
+        if any(s is None or s.closed for s in sessions):
             return False
         attempt_id = new_id("att")
         with self.store.transaction() as conn:
             run = conn.execute("SELECT state, user FROM runs WHERE id = ?", (p.run_id,)).fetchone()
             if run is None or run["state"] != RunState.QUEUED.value:
                 return False
-            held = conn.execute(
-                f"SELECT n.gpu_uuids FROM attempt_nodes n JOIN attempts a ON a.id = n.attempt_id "
-                f"WHERE n.agent_name = ? AND a.state IN {_LIVE_SQL}",
-                (p.agent_name,),
-            ).fetchall()
-            taken = {u for r in held for u in json.loads(r["gpu_uuids"])}
-            if taken & set(p.gpu_uuids):
-                return False
+            for node in p.nodes:
+                held = conn.execute(
+                    f"SELECT n.gpu_uuids FROM attempt_nodes n WHERE n.agent_name = ? AND {_HELD_SQL}",
+                    (node.agent_name,),
+                ).fetchall()
+                if {u for r in held for u in json.loads(r["gpu_uuids"])} & set(node.gpu_uuids):
+                    return False
             number = conn.execute(
                 "SELECT COALESCE(MAX(number), 0) + 1 FROM attempts WHERE run_id = ?", (p.run_id,)
             ).fetchone()[0]
-            now = self.clock.time()
             conn.execute(
                 "INSERT INTO attempts (id, run_id, number, state, created_at) VALUES (?, ?, ?, 'ASSIGNED', ?)",
-                (attempt_id, p.run_id, number, now),
+                (attempt_id, p.run_id, number, self.clock.time()),
             )
-            conn.execute(
-                "INSERT INTO attempt_nodes (attempt_id, node_rank, agent_name, gpu_uuids, cpus, memory_bytes) "
-                "VALUES (?, 0, ?, ?, ?, ?)",
-                (attempt_id, p.agent_name, json.dumps(list(p.gpu_uuids)), p.cpus, p.memory_bytes),
+            conn.executemany(
+                "INSERT INTO attempt_nodes (attempt_id, node_rank, agent_name, gpu_uuids, cpus, memory_bytes, state) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'ASSIGNED')",
+                [
+                    (attempt_id, rank, n.agent_name, json.dumps(list(n.gpu_uuids)), n.cpus, n.memory_bytes)
+                    for rank, n in enumerate(p.nodes)
+                ],
             )
             check_run_transition(p.run_id, RunState.QUEUED, RunState.STARTING)
             conn.execute("UPDATE runs SET state = 'STARTING', pending_reason = '' WHERE id = ?", (p.run_id,))
-            self._event(
-                conn,
-                p.run_id,
-                attempt_id,
-                "placed",
-                RunState.STARTING,
-                f"attempt {number} on {p.agent_name}",
+            where = ", ".join(n.agent_name for n in p.nodes)
+            self._event(conn, p.run_id, attempt_id, "placed", RunState.STARTING, f"attempt {number} on {where}")
+        names = frozenset(n.agent_name for n in p.nodes)
+        self._attempt_owner[attempt_id] = (p.run_id, number, names)
+        gang = len(p.nodes) > 1
+        master_addr = sessions[0].inventory.address if sessions[0] is not None else ""
+        if gang:
+            self.gangs.add(attempt_id, len(p.nodes), master_addr, self.clock.monotonic() + self.config.prepare_timeout)
+        for rank, (node, session) in enumerate(zip(p.nodes, sessions, strict=True)):
+            assignment = agent_pb2.Assignment(
+                attempt_id=attempt_id,
+                run_id=p.run_id,
+                attempt_number=number,
+                spec=spec,
+                node_rank=rank,
+                nodes=len(p.nodes),
+                procs_per_node=spec.resources.procs_per_node or max(1, spec.resources.gpus),
+                gpu_uuids=list(node.gpu_uuids),
+                master_addr=master_addr if gang else "",
+                user=run["user"],
+                wait_for_start=gang,
             )
-        self._attempt_owner[attempt_id] = (p.run_id, number, frozenset({p.agent_name}))
-        session.send(
-            agent_pb2.SchedulerMessage(
-                assign=agent_pb2.Assignment(
-                    attempt_id=attempt_id,
-                    run_id=p.run_id,
-                    attempt_number=number,
-                    spec=spec,
-                    node_rank=0,
-                    nodes=1,
-                    procs_per_node=spec.resources.procs_per_node or 1,
-                    gpu_uuids=list(p.gpu_uuids),
-                    user=run["user"],
-                )
-            )
-        )
-        log.info("run_placed", run_id=p.run_id, attempt_id=attempt_id, agent=p.agent_name)
+            self._add_resume(assignment)
+            assert session is not None  # noqa: S101 - checked above
+            session.send(agent_pb2.SchedulerMessage(assign=assignment))
+        log.info("run_placed", run_id=p.run_id, attempt_id=attempt_id, agents=sorted(names))
         self.events_changed.notify()
         return True
+
+    def _add_resume(self, assignment: agent_pb2.Assignment) -> None:
+        """The newest complete checkpoint of the run in the artifact store, for the new attempt to resume from."""
+        return
 
     # ---------------------------------------------------------------- loops
 
@@ -855,5 +968,6 @@ class Engine:
             try:
                 self.check_liveness()
                 self.check_hangs()
+                self.check_gangs()
             except Exception:
                 log.exception("liveness_check_failed")

@@ -47,12 +47,21 @@ class RunRequest:
 
 
 @dataclass(frozen=True)
-class Placement:
-    run_id: str
+class NodePlacement:
+    """Where one node of a run goes and what it holds there."""
+
     agent_name: str
     gpu_uuids: tuple[str, ...]
     cpus: float
     memory_bytes: int
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A run's whole gang: `nodes[i]` is node rank i (rank 0 hosts the rendezvous)."""
+
+    run_id: str
+    nodes: tuple[NodePlacement, ...]
 
 
 @dataclass
@@ -103,12 +112,12 @@ def rank_key(agent: AgentView, req: RunRequest) -> tuple[float, float, str]:
     return (len(agent.free_gpus) - req.gpus, agent.cpus_free - req.cpus, agent.name)
 
 
-def _take(agent: AgentView, p: Placement) -> AgentView:
+def _take(agent: AgentView, node: NodePlacement) -> AgentView:
     return replace(
         agent,
-        free_gpus=agent.free_gpus - frozenset(p.gpu_uuids),
-        cpus_free=agent.cpus_free - p.cpus,
-        memory_free=agent.memory_free - p.memory_bytes,
+        free_gpus=agent.free_gpus - frozenset(node.gpu_uuids),
+        cpus_free=agent.cpus_free - node.cpus,
+        memory_free=agent.memory_free - node.memory_bytes,
     )
 
 
@@ -116,41 +125,52 @@ def _pending_reason(agents: list[AgentView], req: RunRequest) -> str:
     if not agents:
         return "no agent is connected"
     reasons = [static_reason(a, req) for a in agents]
-    if all(r is not None for r in reasons):
+    fitting = sum(1 for r in reasons if r is None)
+    if fitting == 0:
         most = max(sum(1 for g in a.gpus if _gpu_fits(g, req)) for a in agents)
         if req.gpus > most:
             return f"Unsatisfiable: no agent has {req.gpus} suitable GPUs (the most on one agent is {most})"
         return "Unsatisfiable: " + "; ".join(f"{a.name}: {r}" for a, r in zip(agents, reasons, strict=True))
+    if fitting < req.nodes:
+        return f"Unsatisfiable: a gang of {req.nodes} nodes needs {req.nodes} agents that fit; {fitting} connected do"
+    if req.nodes > 1:
+        return f"Resources: waiting for {req.nodes} agents with room at once (a gang starts whole or not at all)"
     return "Resources: waiting for GPUs or CPUs to free up"
+
+
+def place_gang(agents: dict[str, AgentView], req: RunRequest) -> Placement | None:
+    """The `req.nodes` best-fitting distinct agents that can hold one node each now, or None: a gang
+    gets every node or nothing. Node rank 0 goes to the best fit of them."""
+    candidates: list[tuple[tuple[float, float, str], AgentView, tuple[str, ...]]] = []
+    for agent in agents.values():
+        if static_reason(agent, req) is not None:
+            continue
+        gpus = pick_gpus(agent, req)
+        if gpus is not None:
+            candidates.append((rank_key(agent, req), agent, gpus))
+    if len(candidates) < req.nodes:
+        return None
+    candidates.sort(key=lambda c: c[0])
+    nodes = tuple(
+        NodePlacement(agent.name, gpus, req.cpus, req.memory_bytes) for _, agent, gpus in candidates[: req.nodes]
+    )
+    return Placement(req.run_id, nodes)
 
 
 def plan(agents: list[AgentView], queue: list[RunRequest]) -> Plan:
     """Place `queue` (already in priority order) onto `agents`.
 
-    Single-node runs only. Each run takes the best-fitting agent that can hold it now;
-    a run that cannot be placed does not block those behind it.
+    Each run takes the best-fitting agents that can hold it now, one per node; a run that
+    cannot be placed does not block those behind it.
     """
     out = Plan()
     current = {a.name: a for a in agents}
     for req in queue:
-        if req.nodes != 1:
-            out.pending[req.run_id] = "Unsupported: multi-node runs need gang placement"
-            continue
-        best: tuple[tuple[float, float, str], AgentView, tuple[str, ...]] | None = None
-        for agent in current.values():
-            if static_reason(agent, req) is not None:
-                continue
-            gpus = pick_gpus(agent, req)
-            if gpus is None:
-                continue
-            key = rank_key(agent, req)
-            if best is None or key < best[0]:
-                best = (key, agent, gpus)
-        if best is None:
+        placement = place_gang(current, req)
+        if placement is None:
             out.pending[req.run_id] = _pending_reason(agents, req)
             continue
-        _, agent, gpus = best
-        placement = Placement(req.run_id, agent.name, gpus, req.cpus, req.memory_bytes)
         out.placements.append(placement)
-        current[agent.name] = _take(agent, placement)
+        for node in placement.nodes:
+            current[node.agent_name] = _take(current[node.agent_name], node)
     return out

@@ -368,16 +368,16 @@ def test_an_attempt_whose_ranks_exited_is_not_hung_while_its_logs_drain(engine: 
         assert engine.check_hangs() == []
 
 
-def test_specs_asking_for_what_is_not_built_yet_or_for_pip_options_are_refused(engine: Engine) -> None:
-    for field, value, match in [
-        ("code_digest", "sha256:" + "0" * 64, "code bundles"),
-        ("workdir", "src", "code bundles"),
-    ]:
-        s = spec()
-        setattr(s, field, value)
-        with pytest.raises(ApiError, match=match) as info:
-            engine.submit(ALICE, s, "")
-        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+def test_specs_naming_a_bundle_not_uploaded_or_pip_options_are_refused(engine: Engine) -> None:
+    s = spec()
+    s.code_digest = "sha256:" + "0" * 64
+    with pytest.raises(ApiError, match="upload it first") as info:
+        engine.submit(ALICE, s, "")
+    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    s = spec()
+    s.workdir = "src"
+    with pytest.raises(ApiError, match="set code_digest too"):
+        engine.submit(ALICE, s, "")
     s = spec()
     s.requirements.append("-e git+https://example.com/x.git")
     with pytest.raises(ApiError, match="pip option"):

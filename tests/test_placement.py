@@ -26,13 +26,13 @@ def test_runs_go_where_they_fit_best() -> None:
     big = agent("big", [("A100", 80)] * 8)
     small = agent("small", [("A100", 80)] * 2)
     out = plan([big, small], [RunRequest("r1", gpus=2, cpus=1)])
-    assert [(p.run_id, p.agent_name) for p in out.placements] == [("r1", "small")]
+    assert [(p.run_id, p.nodes[0].agent_name) for p in out.placements] == [("r1", "small")]
 
 
 def test_gpus_are_not_given_twice_within_one_plan() -> None:
     one = agent("one", [("A100", 80)] * 2)
     out = plan([one], [RunRequest("a", gpus=1, cpus=1), RunRequest("b", gpus=1, cpus=1), RunRequest("c", 1, 1)])
-    placed = [p.gpu_uuids for p in out.placements]
+    placed = [p.nodes[0].gpu_uuids for p in out.placements]
     assert len(placed) == 2
     assert set(placed[0]).isdisjoint(placed[1])
     assert out.pending["c"].startswith("Resources")
@@ -58,7 +58,7 @@ def test_mixed_models_on_one_machine_are_matched_per_gpu() -> None:
             RunRequest("t", 2, 1, gpu_types=("RTX-3090",)),
         ],
     )
-    by_run = {p.run_id: p.gpu_uuids for p in out.placements}
+    by_run = {p.run_id: p.nodes[0].gpu_uuids for p in out.placements}
     assert by_run == {"big": ("ws-g1",), "t": ("ws-g0", "ws-g2")}
 
 
@@ -69,3 +69,28 @@ def test_cpu_only_runs_respect_cpus() -> None:
 
 def test_no_agents() -> None:
     assert plan([], [RunRequest("x", 0, 1)]).pending == {"x": "no agent is connected"}
+
+
+def test_a_gang_takes_distinct_agents_best_fit_first() -> None:
+    agents = [agent("big", [("A100", 80)] * 8), agent("s1", [("A100", 80)] * 2), agent("s2", [("A100", 80)] * 2)]
+    out = plan(agents, [RunRequest("g", gpus=2, cpus=1, nodes=2)])
+    (p,) = out.placements
+    assert [n.agent_name for n in p.nodes] == ["s1", "s2"]
+    assert all(len(n.gpu_uuids) == 2 for n in p.nodes)
+
+
+def test_a_gang_is_all_or_nothing_and_says_why() -> None:
+    busy = agent("busy", [("A100", 80)] * 2, used=2)
+    free = agent("free", [("A100", 80)] * 2)
+    out = plan([busy, free], [RunRequest("g", gpus=1, cpus=1, nodes=2), RunRequest("one", gpus=1, cpus=1)])
+    assert [p.run_id for p in out.placements] == ["one"]  # the gang took nothing, so "one" fits
+    assert "2 agents with room at once" in out.pending["g"]
+    out = plan([free], [RunRequest("g", gpus=1, cpus=1, nodes=3)])
+    assert "gang of 3 nodes needs 3 agents that fit; 1 connected do" in out.pending["g"]
+
+
+def test_gang_nodes_are_not_given_twice_within_one_plan() -> None:
+    agents = [agent(f"a{i}", [("A100", 80)]) for i in range(3)]
+    out = plan(agents, [RunRequest("g1", 1, 1, nodes=2), RunRequest("g2", 1, 1, nodes=2)])
+    assert [p.run_id for p in out.placements] == ["g1"]
+    assert out.pending["g2"].startswith("Resources")
