@@ -307,6 +307,10 @@ class Agent:
             self._cancel(message.cancel)
         elif kind == "release":
             self._release(message.release.attempt_id)
+        elif kind == "start":
+            attempt = self.attempts.get(message.start.attempt_id)
+            if attempt is not None:
+                attempt.start(message.start)
         else:
             log.debug("ignoring scheduler message", kind=kind)
 

@@ -355,6 +355,8 @@ class Attempt:
         self._metrics: MetricsTail | None = None
         self._build_stop = threading.Event()  # set on cancel: a requirements build in progress gives up
         self._metrics_warned = False
+        self._go = asyncio.Event()  # a gang's start order came (or the attempt was stopped while it waited)
+        self._start_order: agent_pb2.StartAttempt | None = None
         self._status = agent_pb2.AttemptStatus(
             attempt_id=self.attempt_id,
             run_id=self.run_id,
@@ -432,6 +434,7 @@ class Attempt:
             final_state = S.ATTEMPT_STATE_CANCELLED
         grace = self.settings.grace_period if grace is None else grace
         self._build_stop.set()  # a run's environment being built: give up on it
+        self._go.set()  # a gang node waiting for its start: it will not come
         if self._outcome is None:
             name = types_pb2.AttemptState.Name(final_state).removeprefix("ATTEMPT_STATE_")
             message = f"{name.lower()}: {reason}" if reason else name.lower()
@@ -439,9 +442,16 @@ class Attempt:
             self._system(SYSTEM_RANK, f"stopping ({message}), grace {grace:g}s")
         self._stop(grace)
 
+    def start(self, order: agent_pb2.StartAttempt) -> None:
+        """Every node of the gang is prepared: start the ranks, with rank 0 where the order says."""
+        if self._start_order is None:
+            self._start_order = order
+        self._go.set()
+
     def kill(self) -> None:
         """SIGKILL every process of the attempt now."""
         self._build_stop.set()
+        self._go.set()
         if self._outcome is None:
             self._outcome = (S.ATTEMPT_STATE_CANCELLED, 0, "killed")
         self._stop(0)
@@ -514,6 +524,11 @@ class Attempt:
             venv = python.parent.parent
         master_addr = a.master_addr or ("127.0.0.1" if a.nodes <= 1 else self.settings.address)
         master_port = a.master_port or free_port()
+        if a.wait_for_start:
+            master = await self._wait_for_gang(master_port if a.node_rank == 0 else 0)
+            if master is None:
+                return
+            master_addr, master_port = master
         base_env = os.environ if self.settings.base_env is None else self.settings.base_env
         for local_rank in range(procs):
             if self._outcome is not None:  # cancelled while starting
@@ -543,6 +558,20 @@ class Attempt:
         else:
             self._set(S.ATTEMPT_STATE_RUNNING)
         await self._wait_ranks()
+
+    async def _wait_for_gang(self, port: int) -> tuple[str, int] | None:
+        """A node of a multi-node gang: report that it is prepared (node 0 with the port it reserved for the
+        rendezvous) and wait for the scheduler's order to start, which comes once every node is. None when the
+        attempt was stopped meanwhile."""
+        self._status.prepared = True
+        self._status.master_port = port
+        self._set(S.ATTEMPT_STATE_PREPARING)
+        self._system(SYSTEM_RANK, f"prepared; waiting for the other {self.assignment.nodes - 1} node(s) of the gang")
+        await self._go.wait()
+        order = self._start_order
+        if self._outcome is not None or order is None:
+            return None
+        return order.master_addr or self.assignment.master_addr, order.master_port
 
     async def _build_env(self, requirements: list[str]) -> Path | None:
         """The run's environment (built, or reused from the cache); its build log goes to the run's logs.

@@ -244,6 +244,8 @@ def build_spec(
     *,
     gpus: int = 0,
     cpus: float = 1,
+    nodes: int = 1,
+    procs_per_node: int = 0,
     env: Mapping[str, str] | None = None,
     name: str | None = None,
     max_retries: int = 0,
@@ -261,6 +263,9 @@ def build_spec(
             run without a shell.
         gpus: GPUs per node.
         cpus: CPU cores per node.
+        nodes: Machines the run spans; every node gets `gpus` GPUs and starts `procs_per_node`
+            ranks, all in one torch.distributed group (a gang: all nodes start, or none).
+        procs_per_node: Ranks per node; 0 means one per GPU, or one for a CPU run.
         env: Extra environment variables for every rank.
         name: A name to recognise the run by; need not be unique.
         max_retries: How many times a failed attempt (non-zero exit, or hung) is retried.
@@ -271,7 +276,7 @@ def build_spec(
             command is that environment's.
 
     Returns:
-        A one-node `RunSpec`.
+        The `RunSpec`.
 
     Raises:
         TypeError: An argument has the wrong type. Values are checked by the scheduler.
@@ -279,6 +284,8 @@ def build_spec(
     argv = _argv(command)
     _check("gpus", gpus, int, "an int")
     _check("cpus", cpus, (int, float), "a number")
+    _check("nodes", nodes, int, "an int")
+    _check("procs_per_node", procs_per_node, int, "an int")
     if name is not None:
         _check("name", name, str, "a string")
     env_map: dict[str, str] = {}
@@ -294,7 +301,7 @@ def build_spec(
         name=name or "",
         command=argv,
         env=env_map,
-        resources=types_pb2.Resources(nodes=1, gpus=gpus, cpus=float(cpus)),
+        resources=types_pb2.Resources(nodes=nodes, gpus=gpus, cpus=float(cpus), procs_per_node=procs_per_node),
         max_retries=max_retries,
     )
     if isinstance(requirements, str):
@@ -533,6 +540,8 @@ class Client:
         *,
         gpus: int = 0,
         cpus: float = 1,
+        nodes: int = 1,
+        procs_per_node: int = 0,
         env: Mapping[str, str] | None = None,
         name: str | None = None,
         idempotency_key: str | None = None,
@@ -552,6 +561,8 @@ class Client:
                 without a shell on the agent.
             gpus: GPUs per node.
             cpus: CPU cores per node.
+            nodes: Machines the run spans, started together as one process group (see `build_spec`).
+            procs_per_node: Ranks per node; 0 means one per GPU, or one for a CPU run.
             env: Extra environment variables for every rank.
             name: A name to recognise the run by.
             idempotency_key: A key you choose; submitting again with the same key
@@ -575,6 +586,8 @@ class Client:
             command,
             gpus=gpus,
             cpus=cpus,
+            nodes=nodes,
+            procs_per_node=procs_per_node,
             env=env,
             name=name,
             max_retries=max_retries,
