@@ -191,6 +191,7 @@ def rank_env(
         GRIDLAB_RUN_ID=assignment.run_id,
         GRIDLAB_ATTEMPT=str(assignment.attempt_number),
         GRIDLAB_ATTEMPT_ID=assignment.attempt_id,
+        GRIDLAB_NODE_RANK=str(assignment.node_rank),
         GRIDLAB_CHECKPOINT_DIR=str(dirs.checkpoints),
         GRIDLAB_METRICS_FILE=str(dirs.metrics),
         GRIDLAB_ARTIFACT_DIR=str(dirs.artifacts),
@@ -467,7 +468,7 @@ class Attempt:
             except asyncio.CancelledError:
                 self._signal_all(signal.SIGKILL)
                 if self._ranks:  # no time to wait here: kill, and reap what is already dead
-                    kill_attempt_processes(self.attempt_id, reap_timeout=0.2)
+                    kill_attempt_processes(self.attempt_id, self.assignment.node_rank, reap_timeout=0.2)
                 raise
             except Exception as exc:  # a bug or an OS error in the agent itself
                 log.exception("attempt failed inside the agent")
@@ -637,7 +638,7 @@ class Attempt:
             await asyncio.wait(alive, timeout=self.settings.pipe_eof_timeout)
         if self._ranks:
             try:
-                await asyncio.to_thread(kill_attempt_processes, self.attempt_id)
+                await asyncio.to_thread(kill_attempt_processes, self.attempt_id, self.assignment.node_rank)
             except Exception:  # best effort: never let it cost the attempt its report
                 log.exception("could not sweep the attempt's leftover processes")
         readers = [t for r in self._ranks for t in r.readers]

@@ -3,7 +3,8 @@
 A rank's descendants may leave its process group and session (setsid, a daemonizing
 double fork), and once their parent exits they are re-parented: killpg on the rank's
 group misses them. So they are found by what they cannot shed unknowingly, the
-environment they inherited (GRIDLAB_ATTEMPT_ID), killed, and reaped.
+environment they inherited (GRIDLAB_ATTEMPT_ID and GRIDLAB_NODE_RANK: the nodes of a gang
+may share a machine, and one node's end must not sweep another's ranks), killed, and reaped.
 
 The agent makes itself a child subreaper (Linux), so such orphans re-parent to the
 agent rather than to init, and their exit is collected here. Reaping is always by pid,
@@ -28,6 +29,7 @@ log = structlog.get_logger("gridlab.agent.reaper")
 
 PR_SET_CHILD_SUBREAPER = 36
 ATTEMPT_ENV = "GRIDLAB_ATTEMPT_ID"
+NODE_ENV = "GRIDLAB_NODE_RANK"
 
 # Pids of the ranks asyncio spawned and has not reaped yet: its child watcher owns them.
 asyncio_children: set[int] = set()
@@ -55,29 +57,32 @@ def is_subreaper() -> bool:
     return _subreaper
 
 
-def attempt_processes(attempt_id: str) -> list[psutil.Process]:
-    """Live processes whose environment says they belong to `attempt_id` (those of other
-    users, unreadable, are not ours anyway)."""
+def attempt_processes(attempt_id: str, node_rank: int | None = None) -> list[psutil.Process]:
+    """Live processes whose environment says they belong to `attempt_id` (and its node `node_rank`, when
+    given); those of other users, unreadable, are not ours anyway."""
     found = []
     me = os.getpid()
     for proc in psutil.process_iter():
         if proc.pid == me:
             continue
         try:
-            if proc.environ().get(ATTEMPT_ENV) == attempt_id:
+            env = proc.environ()
+            if env.get(ATTEMPT_ENV) == attempt_id and (node_rank is None or env.get(NODE_ENV) == str(node_rank)):
                 found.append(proc)
         except (psutil.Error, OSError):  # gone, a zombie, or not ours to read
             continue
     return found
 
 
-def kill_attempt_processes(attempt_id: str, *, rounds: int = 10, reap_timeout: float = 2.0) -> int:
-    """SIGKILL every process carrying `attempt_id`, again while new ones show up (one may
+def kill_attempt_processes(
+    attempt_id: str, node_rank: int | None = None, *, rounds: int = 10, reap_timeout: float = 2.0
+) -> int:
+    """SIGKILL every process carrying `attempt_id` (and `node_rank`), again while new ones show up (one may
     fork between the scan and the kill), then reap those that became our children.
     Returns how many were killed."""
     killed: dict[int, psutil.Process] = {}
     for _ in range(rounds):
-        found = attempt_processes(attempt_id)
+        found = attempt_processes(attempt_id, node_rank)
         if not found:
             break
         for proc in found:

@@ -67,7 +67,10 @@ def main() -> None:
     p.add_argument("--raise-rank", type=int, default=1)
     p.add_argument("--print-every", type=int, default=0, help="rank 0 prints 'step N' every N steps")
     p.add_argument("--sleep", default="-1,-1,0", help="STEP,RANK,SECONDS: that rank sleeps at that step")
+    p.add_argument("--say-hello", action="store_true", help="every rank prints 'rank R of W' before training")
     args = p.parse_args()
+    if args.say_hello:
+        print(f"rank {os.environ.get('RANK', '0')} of {os.environ.get('WORLD_SIZE', '1')}", flush=True)
 
     seed_everything(0)
     g = torch.Generator().manual_seed(7)
