@@ -58,9 +58,10 @@ class AgentGatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PushLogs(self, request_iterator, context):
-        """Log lines, any number of batches per call. Idempotent: a line already stored
-        (same attempt, rank, seq) is ignored, so an agent resends everything unacked
-        after a failure. ABORTED if the attempt is not this agent's.
+        """Log lines, any number of batches per call; each LogLine may itself be a batch of a rank's
+        consecutive lines (LogLine.count). Idempotent: a line already stored (same attempt, rank, seq)
+        is ignored, and a batch that overlaps stored lines keeps only its new tail, so an agent resends
+        everything unacked after a failure. ABORTED if the attempt is not this agent's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -39,9 +39,10 @@ class AgentGatewayStub:
     with a Welcome, then sends Assignments and CancelAttempt orders whenever it likes.
     """
     PushLogs: _grpc.StreamUnaryMultiCallable[_agent_pb2.PushLogsRequest, _agent_pb2.PushLogsResponse]
-    """Log lines, any number of batches per call. Idempotent: a line already stored
-    (same attempt, rank, seq) is ignored, so an agent resends everything unacked
-    after a failure. ABORTED if the attempt is not this agent's.
+    """Log lines, any number of batches per call; each LogLine may itself be a batch of a rank's
+    consecutive lines (LogLine.count). Idempotent: a line already stored (same attempt, rank, seq)
+    is ignored, and a batch that overlaps stored lines keeps only its new tail, so an agent resends
+    everything unacked after a failure. ABORTED if the attempt is not this agent's.
     """
 
 @_typing.type_check_only
@@ -52,9 +53,10 @@ class AgentGatewayAsyncStub(AgentGatewayStub):
     with a Welcome, then sends Assignments and CancelAttempt orders whenever it likes.
     """
     PushLogs: _aio.StreamUnaryMultiCallable[_agent_pb2.PushLogsRequest, _agent_pb2.PushLogsResponse]  # type: ignore[assignment]
-    """Log lines, any number of batches per call. Idempotent: a line already stored
-    (same attempt, rank, seq) is ignored, so an agent resends everything unacked
-    after a failure. ABORTED if the attempt is not this agent's.
+    """Log lines, any number of batches per call; each LogLine may itself be a batch of a rank's
+    consecutive lines (LogLine.count). Idempotent: a line already stored (same attempt, rank, seq)
+    is ignored, and a batch that overlaps stored lines keeps only its new tail, so an agent resends
+    everything unacked after a failure. ABORTED if the attempt is not this agent's.
     """
 
 class AgentGatewayServicer(metaclass=_abc_1.ABCMeta):
@@ -74,9 +76,10 @@ class AgentGatewayServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_agent_pb2.PushLogsRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.PushLogsResponse, _abc.Awaitable[_agent_pb2.PushLogsResponse]]:
-        """Log lines, any number of batches per call. Idempotent: a line already stored
-        (same attempt, rank, seq) is ignored, so an agent resends everything unacked
-        after a failure. ABORTED if the attempt is not this agent's.
+        """Log lines, any number of batches per call; each LogLine may itself be a batch of a rank's
+        consecutive lines (LogLine.count). Idempotent: a line already stored (same attempt, rank, seq)
+        is ignored, and a batch that overlaps stored lines keeps only its new tail, so an agent resends
+        everything unacked after a failure. ABORTED if the attempt is not this agent's.
         """
 
 def add_AgentGatewayServicer_to_server(servicer: AgentGatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

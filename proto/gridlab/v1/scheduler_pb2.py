@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from gridlab.v1 import types_pb2 as gridlab_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agridlab/v1/scheduler.proto\x12\ngridlab.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x16gridlab/v1/types.proto\"N\n\x10SubmitRunRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.gridlab.v1.RunSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"B\n\x11SubmitRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.gridlab.v1.Run\x12\x0f\n\x07\x65xisted\x18\x02 \x01(\x08\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\".\n\x0eGetRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.gridlab.v1.Run\"h\n\x0fListRunsRequest\x12$\n\x06states\x18\x01 \x03(\x0e\x32\x14.gridlab.v1.RunState\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"J\n\x10ListRunsResponse\x12\x1d\n\x04runs\x18\x01 \x03(\x0b\x32\x0f.gridlab.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\\\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12(\n\x05grace\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x03 \x01(\t\"1\n\x11\x43\x61ncelRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.gridlab.v1.Run\";\n\x10WatchRunsRequest\x12\x0f\n\x07run_ids\x18\x01 \x03(\t\x12\x16\n\x0e\x61\x66ter_event_id\x18\x02 \x01(\x03\"\x81\x01\n\x11StreamLogsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x14\n\x0c\x61\x66ter_cursor\x18\x03 \x01(\x03\x12\x16\n\x0e\x61ttempt_number\x18\x04 \x01(\x05\x12\x0c\n\x04rank\x18\x05 \x01(\x05\x12\x10\n\x08has_rank\x18\x06 \x01(\x08\"8\n\x12StreamLogsResponse\x12\"\n\x05lines\x18\x01 \x03(\x0b\x32\x13.gridlab.v1.LogLine\"!\n\x11ListAgentsRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"7\n\x12ListAgentsResponse\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.gridlab.v1.Agent\">\n\x12\x43reateTokenRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04team\x18\x03 \x01(\t\"$\n\x13\x43reateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t2\xd6\x04\n\tScheduler\x12H\n\tSubmitRun\x12\x1c.gridlab.v1.SubmitRunRequest\x1a\x1d.gridlab.v1.SubmitRunResponse\x12?\n\x06GetRun\x12\x19.gridlab.v1.GetRunRequest\x1a\x1a.gridlab.v1.GetRunResponse\x12\x45\n\x08ListRuns\x12\x1b.gridlab.v1.ListRunsRequest\x1a\x1c.gridlab.v1.ListRunsResponse\x12H\n\tCancelRun\x12\x1c.gridlab.v1.CancelRunRequest\x1a\x1d.gridlab.v1.CancelRunResponse\x12\x41\n\tWatchRuns\x12\x1c.gridlab.v1.WatchRunsRequest\x1a\x14.gridlab.v1.RunEvent0\x01\x12M\n\nStreamLogs\x12\x1d.gridlab.v1.StreamLogsRequest\x1a\x1e.gridlab.v1.StreamLogsResponse0\x01\x12K\n\nListAgents\x12\x1d.gridlab.v1.ListAgentsRequest\x1a\x1e.gridlab.v1.ListAgentsResponse\x12N\n\x0b\x43reateToken\x12\x1e.gridlab.v1.CreateTokenRequest\x1a\x1f.gridlab.v1.CreateTokenResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agridlab/v1/scheduler.proto\x12\ngridlab.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x16gridlab/v1/types.proto\"N\n\x10SubmitRunRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.gridlab.v1.RunSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"B\n\x11SubmitRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.gridlab.v1.Run\x12\x0f\n\x07\x65xisted\x18\x02 \x01(\x08\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\".\n\x0eGetRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.gridlab.v1.Run\"h\n\x0fListRunsRequest\x12$\n\x06states\x18\x01 \x03(\x0e\x32\x14.gridlab.v1.RunState\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"J\n\x10ListRunsResponse\x12\x1d\n\x04runs\x18\x01 \x03(\x0b\x32\x0f.gridlab.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\\\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12(\n\x05grace\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x03 \x01(\t\"1\n\x11\x43\x61ncelRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.gridlab.v1.Run\";\n\x10WatchRunsRequest\x12\x0f\n\x07run_ids\x18\x01 \x03(\t\x12\x16\n\x0e\x61\x66ter_event_id\x18\x02 \x01(\x03\"\x92\x01\n\x11StreamLogsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x14\n\x0c\x61\x66ter_cursor\x18\x03 \x01(\x03\x12\x16\n\x0e\x61ttempt_number\x18\x04 \x01(\x05\x12\x0c\n\x04rank\x18\x05 \x01(\x05\x12\x10\n\x08has_rank\x18\x06 \x01(\x08\x12\x0f\n\x07\x62\x61tched\x18\x07 \x01(\x08\"8\n\x12StreamLogsResponse\x12\"\n\x05lines\x18\x01 \x03(\x0b\x32\x13.gridlab.v1.LogLine\"!\n\x11ListAgentsRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"7\n\x12ListAgentsResponse\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.gridlab.v1.Agent\">\n\x12\x43reateTokenRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04team\x18\x03 \x01(\t\"$\n\x13\x43reateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t2\xd6\x04\n\tScheduler\x12H\n\tSubmitRun\x12\x1c.gridlab.v1.SubmitRunRequest\x1a\x1d.gridlab.v1.SubmitRunResponse\x12?\n\x06GetRun\x12\x19.gridlab.v1.GetRunRequest\x1a\x1a.gridlab.v1.GetRunResponse\x12\x45\n\x08ListRuns\x12\x1b.gridlab.v1.ListRunsRequest\x1a\x1c.gridlab.v1.ListRunsResponse\x12H\n\tCancelRun\x12\x1c.gridlab.v1.CancelRunRequest\x1a\x1d.gridlab.v1.CancelRunResponse\x12\x41\n\tWatchRuns\x12\x1c.gridlab.v1.WatchRunsRequest\x1a\x14.gridlab.v1.RunEvent0\x01\x12M\n\nStreamLogs\x12\x1d.gridlab.v1.StreamLogsRequest\x1a\x1e.gridlab.v1.StreamLogsResponse0\x01\x12K\n\nListAgents\x12\x1d.gridlab.v1.ListAgentsRequest\x1a\x1e.gridlab.v1.ListAgentsResponse\x12N\n\x0b\x43reateToken\x12\x1e.gridlab.v1.CreateTokenRequest\x1a\x1f.gridlab.v1.CreateTokenResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,17 +52,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHRUNSREQUEST']._serialized_start=654
   _globals['_WATCHRUNSREQUEST']._serialized_end=713
   _globals['_STREAMLOGSREQUEST']._serialized_start=716
-  _globals['_STREAMLOGSREQUEST']._serialized_end=845
-  _globals['_STREAMLOGSRESPONSE']._serialized_start=847
-  _globals['_STREAMLOGSRESPONSE']._serialized_end=903
-  _globals['_LISTAGENTSREQUEST']._serialized_start=905
-  _globals['_LISTAGENTSREQUEST']._serialized_end=938
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=940
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=995
-  _globals['_CREATETOKENREQUEST']._serialized_start=997
-  _globals['_CREATETOKENREQUEST']._serialized_end=1059
-  _globals['_CREATETOKENRESPONSE']._serialized_start=1061
-  _globals['_CREATETOKENRESPONSE']._serialized_end=1097
-  _globals['_SCHEDULER']._serialized_start=1100
-  _globals['_SCHEDULER']._serialized_end=1698
+  _globals['_STREAMLOGSREQUEST']._serialized_end=862
+  _globals['_STREAMLOGSRESPONSE']._serialized_start=864
+  _globals['_STREAMLOGSRESPONSE']._serialized_end=920
+  _globals['_LISTAGENTSREQUEST']._serialized_start=922
+  _globals['_LISTAGENTSREQUEST']._serialized_end=955
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=957
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=1012
+  _globals['_CREATETOKENREQUEST']._serialized_start=1014
+  _globals['_CREATETOKENREQUEST']._serialized_end=1076
+  _globals['_CREATETOKENRESPONSE']._serialized_start=1078
+  _globals['_CREATETOKENRESPONSE']._serialized_end=1114
+  _globals['_SCHEDULER']._serialized_start=1117
+  _globals['_SCHEDULER']._serialized_end=1715
 # @@protoc_insertion_point(module_scope)

@@ -83,20 +83,22 @@ class WatchRunsRequest(_message.Message):
     def __init__(self, run_ids: _Optional[_Iterable[str]] = ..., after_event_id: _Optional[int] = ...) -> None: ...
 
 class StreamLogsRequest(_message.Message):
-    __slots__ = ("run_id", "follow", "after_cursor", "attempt_number", "rank", "has_rank")
+    __slots__ = ("run_id", "follow", "after_cursor", "attempt_number", "rank", "has_rank", "batched")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     AFTER_CURSOR_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_NUMBER_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     HAS_RANK_FIELD_NUMBER: _ClassVar[int]
+    BATCHED_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     follow: bool
     after_cursor: int
     attempt_number: int
     rank: int
     has_rank: bool
-    def __init__(self, run_id: _Optional[str] = ..., follow: _Optional[bool] = ..., after_cursor: _Optional[int] = ..., attempt_number: _Optional[int] = ..., rank: _Optional[int] = ..., has_rank: _Optional[bool] = ...) -> None: ...
+    batched: bool
+    def __init__(self, run_id: _Optional[str] = ..., follow: _Optional[bool] = ..., after_cursor: _Optional[int] = ..., attempt_number: _Optional[int] = ..., rank: _Optional[int] = ..., has_rank: _Optional[bool] = ..., batched: _Optional[bool] = ...) -> None: ...
 
 class StreamLogsResponse(_message.Message):
     __slots__ = ("lines",)

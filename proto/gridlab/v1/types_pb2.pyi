@@ -289,7 +289,7 @@ class Agent(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., pool: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[AgentState, str]] = ..., inventory: _Optional[_Union[Inventory, _Mapping]] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt_ids: _Optional[_Iterable[str]] = ..., gpus_free: _Optional[int] = ..., cpus_free: _Optional[float] = ...) -> None: ...
 
 class LogLine(_message.Message):
-    __slots__ = ("attempt_id", "rank", "stream", "seq", "text", "time", "cursor", "attempt_number")
+    __slots__ = ("attempt_id", "rank", "stream", "seq", "text", "time", "cursor", "attempt_number", "count")
     ATTEMPT_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
@@ -298,6 +298,7 @@ class LogLine(_message.Message):
     TIME_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
     attempt_id: str
     rank: int
     stream: LogStream
@@ -306,7 +307,8 @@ class LogLine(_message.Message):
     time: _timestamp_pb2.Timestamp
     cursor: int
     attempt_number: int
-    def __init__(self, attempt_id: _Optional[str] = ..., rank: _Optional[int] = ..., stream: _Optional[_Union[LogStream, str]] = ..., seq: _Optional[int] = ..., text: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cursor: _Optional[int] = ..., attempt_number: _Optional[int] = ...) -> None: ...
+    count: int
+    def __init__(self, attempt_id: _Optional[str] = ..., rank: _Optional[int] = ..., stream: _Optional[_Union[LogStream, str]] = ..., seq: _Optional[int] = ..., text: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cursor: _Optional[int] = ..., attempt_number: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
 
 class RunEvent(_message.Message):
     __slots__ = ("id", "run_id", "attempt_id", "kind", "state", "message", "time")
