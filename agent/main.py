@@ -12,13 +12,14 @@ import asyncio
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import structlog
 
 from gridlab import __version__
 from gridlab.agent.daemon import Agent
 from gridlab.agent.inventory import InventoryCollector
-from gridlab.agent.reaper import become_subreaper
+from gridlab.agent.reaper import become_subreaper, kill_leftovers
 from gridlab.common import auth, logs
 from gridlab.common.config import AgentConfig, ConfigError, load
 
@@ -127,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     # Orphans of the ranks re-parent to the agent, which kills and reaps them (reaper.py).
     become_subreaper()
+    kill_leftovers(Path(config.state_dir).expanduser())
     return asyncio.run(serve(agent))
 
 

@@ -21,6 +21,7 @@ import signal
 import sys
 import time
 from collections.abc import Collection
+from pathlib import Path
 
 import psutil
 import structlog
@@ -95,6 +96,27 @@ def kill_attempt_processes(
     reap(killed.values(), timeout=reap_timeout)
     reap_orphans()
     return len(killed)
+
+
+def kill_leftovers(state_dir: Path) -> int:
+    """At start: kill what a previous agent on this state directory left running. Its ranks died with it
+    (parent-death signal), but a descendant that left their process group outlives them; it still carries
+    the id of an attempt whose folder is here. Returns how many were killed."""
+    try:
+        known = {p.name for p in (Path(state_dir) / "attempts").iterdir()}
+    except OSError:
+        return 0
+    me, killed = os.getpid(), 0
+    for proc in psutil.process_iter():
+        if proc.pid == me:
+            continue
+        with contextlib.suppress(psutil.Error, OSError):
+            if proc.environ().get(ATTEMPT_ENV) in known:
+                proc.send_signal(signal.SIGKILL)
+                killed += 1
+    if killed:
+        log.warning("killed processes a previous agent left behind", count=killed)
+    return killed
 
 
 def reap(procs: Collection[psutil.Process], timeout: float) -> None:
