@@ -7,6 +7,7 @@ heterogeneous clusters can be tested on laptops and CI runners.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import socket
@@ -174,7 +175,22 @@ class NvmlGpus:
         for gpu, buses in zip(out, bus_links, strict=True):
             peers = {by_bus[b.lower()] for b in buses if b.lower() in by_bus}
             gpu.nvlink_peers.extend(sorted(peers - {gpu.uuid}))
+        self._add_switch_peers(out)
         return out
+
+    def _add_switch_peers(self, gpus: list[types_pb2.Gpu]) -> None:
+        """Pairs whose closest common PCIe ancestor is a switch (one or several), not a host bridge or the CPU
+        interconnect: they talk peer to peer, so a run's GPUs are best taken from one such group."""
+        nv = self._nvml
+        switch = getattr(nv, "NVML_TOPOLOGY_MULTIPLE", 20)
+        handles = [_query(nv, "nvmlDeviceGetHandleByIndex", g.index) for g in gpus]
+        for i, j in itertools.combinations(range(len(gpus)), 2):
+            if handles[i] is None or handles[j] is None:
+                continue
+            level = _query(nv, "nvmlDeviceGetTopologyCommonAncestor", handles[i], handles[j])
+            if level is not None and level <= switch:
+                gpus[i].pcie_switch_peers.append(gpus[j].uuid)
+                gpus[j].pcie_switch_peers.append(gpus[i].uuid)
 
     def _nvlink_buses(self, handle: Any) -> list[str]:
         """PCI bus ids at the far end of this GPU's active NVLinks (best effort)."""

@@ -109,6 +109,9 @@ class _FlakyNvml:
     def nvmlDeviceGetTemperature(self, h: int, sensor: int) -> int:
         return 41
 
+    def nvmlDeviceGetTopologyCommonAncestor(self, a: int, b: int) -> int:
+        return 10 if {a, b} <= {0, 1} else 50  # GPUs 0 and 1 share one switch; a third would cross the CPUs
+
     def nvmlShutdown(self) -> None:
         pass
 
@@ -125,3 +128,4 @@ def test_nvml_one_failing_query_does_not_kill_inventory(tmp_path: Any) -> None:
     assert g0.temperature_c == 41
     assert list(g0.nvlink_peers) == ["GPU-1"]
     assert list(g1.nvlink_peers) == ["GPU-0"]
+    assert (list(g0.pcie_switch_peers), list(g1.pcie_switch_peers)) == (["GPU-1"], ["GPU-0"])

@@ -214,7 +214,7 @@ class Run(_message.Message):
     def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., state: _Optional[_Union[RunState, str]] = ..., user: _Optional[str] = ..., team: _Optional[str] = ..., pending_reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., retries_used: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class Gpu(_message.Message):
-    __slots__ = ("index", "uuid", "model", "memory_total_bytes", "memory_used_bytes", "utilization", "temperature_c", "compute_capability", "nvlink_peers", "pci_bus_id")
+    __slots__ = ("index", "uuid", "model", "memory_total_bytes", "memory_used_bytes", "utilization", "temperature_c", "compute_capability", "nvlink_peers", "pci_bus_id", "pcie_switch_peers")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     UUID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -225,6 +225,7 @@ class Gpu(_message.Message):
     COMPUTE_CAPABILITY_FIELD_NUMBER: _ClassVar[int]
     NVLINK_PEERS_FIELD_NUMBER: _ClassVar[int]
     PCI_BUS_ID_FIELD_NUMBER: _ClassVar[int]
+    PCIE_SWITCH_PEERS_FIELD_NUMBER: _ClassVar[int]
     index: int
     uuid: str
     model: str
@@ -235,7 +236,8 @@ class Gpu(_message.Message):
     compute_capability: str
     nvlink_peers: _containers.RepeatedScalarFieldContainer[str]
     pci_bus_id: str
-    def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., model: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., memory_used_bytes: _Optional[int] = ..., utilization: _Optional[float] = ..., temperature_c: _Optional[float] = ..., compute_capability: _Optional[str] = ..., nvlink_peers: _Optional[_Iterable[str]] = ..., pci_bus_id: _Optional[str] = ...) -> None: ...
+    pcie_switch_peers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., model: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., memory_used_bytes: _Optional[int] = ..., utilization: _Optional[float] = ..., temperature_c: _Optional[float] = ..., compute_capability: _Optional[str] = ..., nvlink_peers: _Optional[_Iterable[str]] = ..., pci_bus_id: _Optional[str] = ..., pcie_switch_peers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Inventory(_message.Message):
     __slots__ = ("hostname", "address", "gpus", "cpus", "memory_bytes", "disk_free_bytes", "fake_gpus")
