@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import re
+from pathlib import PureWindowsPath
 
 from gridlab.common.requirements import normalize_requirements
+from gridlab.common.transfer import is_digest
 from gridlab.v1 import types_pb2
 
 MAX_ARGV_ITEMS = 4096
@@ -20,6 +22,7 @@ MAX_GPUS = 1024
 MAX_CPUS = 4096.0
 MAX_RETRIES = 100
 MAX_PRIORITY = 1_000_000
+MAX_WORKDIR = 1024
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -30,6 +33,32 @@ class SpecError(ValueError):
 def _no_nul(field: str, text: str) -> None:
     if "\x00" in text:
         raise SpecError(f"{field} contains a NUL character")
+
+
+def _check_bundle(spec: types_pb2.RunSpec) -> None:
+    """`code_digest` names a bundle by content; `workdir` is a folder inside it, normalized in place
+    ("./src/" -> "src"). Whether the bundle was uploaded is the engine's check; the agent checks again
+    that the folder exists in the extracted bundle without leaving it through links."""
+    if spec.code_digest and not is_digest(spec.code_digest):
+        raise SpecError(
+            f"code_digest {spec.code_digest[:80]!r} is not 'sha256:' followed by 64 lowercase hex digits; "
+            "upload the folder with the SDK and pass the digest it returns"
+        )
+    if not spec.workdir:
+        return
+    if not spec.code_digest:
+        raise SpecError("workdir is a folder inside the code bundle: set code_digest too, or leave workdir empty")
+    workdir = spec.workdir
+    if len(workdir) > MAX_WORKDIR:
+        raise SpecError(f"workdir is {len(workdir)} characters; the limit is {MAX_WORKDIR}")
+    if not workdir.isprintable():
+        raise SpecError(f"workdir {workdir!r} contains a control character; give a plain relative path like 'src'")
+    if workdir.startswith(("/", "\\")) or PureWindowsPath(workdir).drive:
+        raise SpecError(f"workdir {workdir!r} is absolute; give a path relative to the bundle's root, like 'src'")
+    parts = [p for p in workdir.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise SpecError(f"workdir {workdir!r} contains '..'; it must stay inside the bundle")
+    spec.workdir = "/".join(parts)
 
 
 def normalize(spec: types_pb2.RunSpec) -> None:
@@ -85,11 +114,7 @@ def normalize(spec: types_pb2.RunSpec) -> None:
             normalize_requirements(list(spec.requirements))
         except ValueError as exc:
             raise SpecError(str(exc)) from None
-    if spec.code_digest or spec.workdir:
-        raise SpecError(
-            "code bundles (code_digest, workdir) are not supported by this scheduler yet: run a command that is "
-            "already on the agents' machines"
-        )
+    _check_bundle(spec)
     if spec.hang_timeout.ToNanoseconds() < 0:
         raise SpecError("hang_timeout is negative: give a positive duration, or none for no watchdog")
 
