@@ -35,7 +35,7 @@ import psutil
 import structlog
 
 from gridlab.agent.envcache import BuildCancelled, EnvBuildError, EnvCache
-from gridlab.agent.logship import MAX_LINE_BYTES, METRICS_RANK, SYSTEM_RANK, AttemptLog, pump_lines
+from gridlab.agent.logship import MAX_LINE_BYTES, METRICS_RANK, SYSTEM_RANK, AttemptLog, pump_batches
 from gridlab.agent.metrics import MetricsTail
 from gridlab.agent.reaper import asyncio_children, kill_attempt_processes
 from gridlab.common.timeutil import ts
@@ -606,12 +606,13 @@ class Attempt:
             r.readers.append(asyncio.create_task(self._pump(r.proc.stderr, r.rank, False)))
 
     async def _pump(self, reader: asyncio.StreamReader, rank: int, stdout: bool) -> None:
+        """A rank's pipe to EOF: each read's complete lines go out as one batch (a LogLine with count)."""
         stream = types_pb2.LOG_STREAM_STDOUT if stdout else types_pb2.LOG_STREAM_STDERR
 
-        def emit(text: str) -> None:
-            self._events.on_log(self._log.line(rank, stream, text))
+        def emit(text: str, count: int) -> None:
+            self._events.on_log(self._log.batch(rank, stream, text, count))
 
-        await pump_lines(reader, emit)
+        await pump_batches(reader, emit)
 
     async def _wait_ranks(self) -> None:
         waits: dict[asyncio.Future[None], _Rank] = {r.exited: r for r in self._ranks}

@@ -2,11 +2,13 @@
 
 Each (attempt, rank) numbers its lines from 1 without gaps, stdout and stderr sharing one
 counter, so the scheduler can drop duplicates and a client sees every line once, in
-order. Shipping is at-least-once: a batch leaves the queue only when PushLogs returned
-OK, and a failed batch is resent as is; except that ABORTED (the attempt is not ours)
+order. Lines travel in bulk: each read of a rank's pipe becomes one LogLine that is a batch
+(LogLine.count lines, seq .. seq+count-1, texts joined by "\n"), split and numbered without a
+Python step per line. Shipping is at-least-once: a batch leaves the queue only when PushLogs
+returned OK, and a failed batch is resent as is; except that ABORTED (the attempt is not ours)
 drops the attempt's lines and INVALID_ARGUMENT (a malformed batch) drops that batch.
 
-    rank pipes --LineSplitter--> AttemptLog.line() --LogShipper.add()--> PushLogs
+    rank pipes --LineSplitter.feed_joined--> AttemptLog.batch() --LogShipper.add()--> PushLogs
 """
 
 from __future__ import annotations
@@ -76,6 +78,33 @@ class LineSplitter:
             del buf[:cut]
         return out
 
+    def feed_joined(self, data: bytes) -> tuple[str, int]:
+        """`feed` in bulk: the complete lines as one text joined by "\n", and how many there are
+        (("", 0) for none). The same lines as `feed`, found by C-speed bytes methods instead of a
+        Python step per line, unless a line is too long (then `feed` does the work)."""
+        whole = bytes(self._buf) + data if self._buf else data
+        last = whole.rfind(b"\n")
+        if len(whole) - last - 1 > self.max_bytes:  # an unterminated line already too long
+            return self._slow(whole)
+        if last < 0:
+            self._buf = bytearray(whole)
+            return "", 0
+        body = whole[:last]
+        if b"\r" in body:  # CR LF ends a line too (one CR only, as `feed` does)
+            body = body.replace(b"\r\n", b"\n")
+            if body.endswith(b"\r"):
+                body = body[:-1]
+        if len(body) > self.max_bytes and _has_long_line(body, self.max_bytes):
+            return self._slow(whole)
+        self._buf = bytearray(whole[last + 1 :])
+        text = body.decode("ascii") if body.isascii() else body.decode("utf-8", errors="replace")
+        return text, body.count(b"\n") + 1
+
+    def _slow(self, whole: bytes) -> tuple[str, int]:
+        self._buf = bytearray(whole)
+        lines = self.feed(b"")
+        return "\n".join(lines), len(lines)
+
     def finish(self) -> list[str]:
         """The last line, when the stream ended without a newline."""
         if not self._buf:
@@ -91,6 +120,36 @@ class LineSplitter:
             line = line[cut:]
         out.append(bytes(line).decode("utf-8", errors="replace"))
         return out
+
+
+def _has_long_line(body: bytes, limit: int) -> bool:
+    """Whether a line of `body` (lines joined by "\n") is longer than `limit` bytes: one find per
+    `limit` bytes, not one per line."""
+    pos, end = 0, len(body)
+    while end - pos > limit:
+        nl = body.find(b"\n", pos, pos + limit + 1)
+        if nl < 0:
+            return True
+        pos = nl + 1
+    return False
+
+
+async def pump_batches(
+    reader: asyncio.StreamReader, on_batch: Callable[[str, int], None], chunk: int = 256 * 1024
+) -> None:
+    """Read `reader` to EOF, calling `on_batch(text, count)` for the complete lines of each read:
+    `count` lines joined by "\n" in `text`."""
+    splitter = LineSplitter()
+    while True:
+        data = await reader.read(chunk)
+        if not data:
+            break
+        text, count = splitter.feed_joined(data)
+        if count:
+            on_batch(text, count)
+    last = splitter.finish()
+    if last:
+        on_batch("\n".join(last), len(last))
 
 
 async def pump_lines(reader: asyncio.StreamReader, on_line: Callable[[str], None], chunk: int = 64 * 1024) -> None:
@@ -116,15 +175,43 @@ class AttemptLog:
         self._seq: dict[int, int] = collections.defaultdict(int)
 
     def line(self, rank: int, stream: types_pb2.LogStream, text: str) -> types_pb2.LogLine:
-        self._seq[rank] += 1
+        return self.batch(rank, stream, text, 1)
+
+    def batch(self, rank: int, stream: types_pb2.LogStream, text: str, count: int) -> types_pb2.LogLine:
+        """`count` lines joined by "\n" in `text`, as one LogLine (a batch when count > 1)."""
+        first = self._seq[rank] + 1
+        self._seq[rank] += count
         return types_pb2.LogLine(
             attempt_id=self.attempt_id,
             rank=rank,
             stream=stream,
-            seq=self._seq[rank],
+            seq=first,
             text=text,
             time=ts(self._clock()),
+            count=count if count > 1 else 0,
         )
+
+
+def line_count(line: types_pb2.LogLine) -> int:
+    """How many lines a LogLine holds (a batch, or one line)."""
+    return line.count if line.count > 1 else 1
+
+
+def expand(line: types_pb2.LogLine) -> list[types_pb2.LogLine]:
+    """A batch as single lines (a single line as itself)."""
+    if line.count <= 1:
+        return [line]
+    out = []
+    for i, text in enumerate(line.text.split("\n")):
+        one = types_pb2.LogLine()
+        one.CopyFrom(line)
+        one.count = 0
+        one.seq = line.seq + i
+        if line.cursor:
+            one.cursor = line.cursor + i
+        one.text = text
+        out.append(one)
+    return out
 
 
 def status_code(exc: BaseException) -> grpc.StatusCode | None:
@@ -141,10 +228,30 @@ def status_code(exc: BaseException) -> grpc.StatusCode | None:
 
 @dataclass
 class _Queue:
-    lines: collections.deque[tuple[types_pb2.LogLine, int]] = field(default_factory=collections.deque)
+    """An attempt's unacknowledged LogLines (each a batch or one line), with its line counts kept
+    up to date, so `pending` costs nothing per line."""
+
+    lines: collections.deque[tuple[types_pb2.LogLine, int]] = field(default_factory=collections.deque)  # (entry, bytes)
     in_flight: list[tuple[types_pb2.LogLine, int]] = field(default_factory=list)
+    queued_lines: int = 0  # lines in `lines`
+    queued_bytes: int = 0
+    flight_lines: int = 0  # lines in `in_flight`
     dropped: int = 0  # lines shed because the buffer (and the spill, when there is one) was full
     spill: _Spill | None = None  # newer lines than `lines`, on disk, while memory is over its cap
+
+    def push(self, entry: types_pb2.LogLine, size: int) -> None:
+        self.lines.append((entry, size))
+        self.queued_lines += line_count(entry)
+        self.queued_bytes += size
+
+    def pop(self) -> tuple[types_pb2.LogLine, int]:
+        entry, size = self.lines.popleft()
+        self.queued_lines -= line_count(entry)
+        self.queued_bytes -= size
+        return entry, size
+
+    def pending(self) -> int:
+        return self.queued_lines + self.flight_lines + (self.spill.count if self.spill is not None else 0)
 
 
 class _Spill:
@@ -160,7 +267,8 @@ class _Spill:
         self._out_size = 0
         self._in: BinaryIO | None = None
         self._next = 0
-        self.count = 0  # lines written, not yet read back
+        self.entries = 0  # LogLines written, not yet read back
+        self.count = 0  # lines in them
         self.disk_bytes = 0  # the segment files' size
 
     def write(self, line: types_pb2.LogLine) -> None:
@@ -175,13 +283,16 @@ class _Spill:
         self._out.write(struct.pack("<I", len(data)) + data)
         self._out_size += len(data) + 4
         self.disk_bytes += len(data) + 4
-        self.count += 1
+        self.entries += 1
+        self.count += line_count(line)
 
-    def read(self, n: int) -> list[types_pb2.LogLine]:
+    def read(self, max_bytes: int) -> list[types_pb2.LogLine]:
+        """The oldest entries, about `max_bytes` of them (at least one, when there is one)."""
         if self._out is not None:
             self._out.flush()
         out: list[types_pb2.LogLine] = []
-        while self.count and len(out) < n:
+        nbytes = 0
+        while self.entries and nbytes < max_bytes:
             if self._in is None:
                 self._in = self.segments[0].open("rb")
             header = self._in.read(4)
@@ -189,8 +300,11 @@ class _Spill:
                 self._drop_front()
                 continue
             (size,) = struct.unpack("<I", header)
-            out.append(types_pb2.LogLine.FromString(self._in.read(size)))
-            self.count -= 1
+            line = types_pb2.LogLine.FromString(self._in.read(size))
+            out.append(line)
+            nbytes += size
+            self.entries -= 1
+            self.count -= line_count(line)
         return out
 
     def _drop_front(self) -> None:
@@ -218,14 +332,15 @@ class LogShipper:
 
     One attempt per PushLogs call, so an ABORTED answer names the attempt to give up
     on; attempts take turns, so a chatty attempt cannot starve a quiet one. While a push
-    is in flight new lines accumulate, which batches them without any fixed delay.
+    is in flight new lines accumulate, which batches them without any fixed delay. What
+    is queued are LogLines that are batches (or single lines); caps count lines and bytes.
     """
 
     def __init__(
         self,
         push: PushFn,
         *,
-        max_batch_lines: int = 500,
+        max_batch_lines: int = 1_000_000,
         max_batch_bytes: int = 1024 * 1024,
         max_pending_bytes: int = 256 * 1024 * 1024,
         spill_dir: Path | None = None,
@@ -236,7 +351,7 @@ class LogShipper:
         retry_max: float = 5.0,
     ) -> None:
         self._push = push
-        self.max_batch_lines = max_batch_lines
+        self.max_batch_lines = max_batch_lines  # per PushLogs call (a bigger LogLine still goes, alone)
         self.max_batch_bytes = max_batch_bytes
         self.max_pending_bytes = max_pending_bytes
         self.spill_dir = spill_dir  # None: over the memory cap, shed the oldest lines instead
@@ -254,12 +369,13 @@ class LogShipper:
     # -- producers and waiters ---------------------------------------------------------
 
     def add(self, line: types_pb2.LogLine) -> None:
+        """Queue one LogLine: a single line, or a batch of a rank's consecutive lines."""
         size = line.ByteSize() + 8
         q = self._queues.setdefault(line.attempt_id, _Queue())
         if q.spill is not None or (self._pending_bytes + size > self.max_pending_bytes and self._can_spill()):
             self._to_spill(line.attempt_id, q, line)
         else:
-            q.lines.append((line, size))
+            q.push(line, size)
             self._pending_bytes += size
             if self._pending_bytes > self.max_pending_bytes:
                 self._shed()
@@ -273,7 +389,7 @@ class LogShipper:
 
     def _to_spill(self, attempt_id: str, q: _Queue, line: types_pb2.LogLine) -> None:
         if self._spilled_bytes() >= self.max_spill_bytes:  # the disk cap too: the newest lines are lost
-            self._count_dropped(q, attempt_id, 1, "log spill full, dropping lines")
+            self._count_dropped(q, attempt_id, line_count(line), "log spill full, dropping lines")
             return
         try:
             if q.spill is None:
@@ -283,10 +399,10 @@ class LogShipper:
                 log.info("log buffer full, spilling to disk", attempt=attempt_id, folder=str(self.spill_dir))
             q.spill.write(line)
         except OSError as exc:  # a full or failing disk must not stop a rank's output or the shipper
-            self._abandon_spill(q, attempt_id, exc)
+            self._abandon_spill(q, attempt_id, exc, line_count(line))
 
-    def _abandon_spill(self, q: _Queue, attempt_id: str, exc: BaseException) -> None:
-        lost = q.spill.count if q.spill is not None else 0
+    def _abandon_spill(self, q: _Queue, attempt_id: str, exc: BaseException, also: int = 0) -> None:
+        lost = (q.spill.count if q.spill is not None else 0) + also
         if q.spill is not None:
             q.spill.close()
             q.spill = None
@@ -300,18 +416,18 @@ class LogShipper:
     def _refill(self, q: _Queue) -> None:
         """Bring spilled lines back into memory, oldest first, while there is room."""
         spill = q.spill
-        if spill is None or len(q.lines) >= self.max_batch_lines:
+        if spill is None or q.queued_bytes >= self.max_batch_bytes:
             return
         try:
-            lines = spill.read(self.max_batch_lines - len(q.lines))
+            lines = spill.read(self.max_batch_bytes - q.queued_bytes)
         except (OSError, struct.error, DecodeError) as exc:
             self._abandon_spill(q, "?", exc)
             return
         for line in lines:
             size = line.ByteSize() + 8
-            q.lines.append((line, size))
+            q.push(line, size)
             self._pending_bytes += size
-        if spill.count == 0:
+        if spill.entries == 0:
             spill.close()
             q.spill = None
 
@@ -319,7 +435,7 @@ class LogShipper:
         """Forget an attempt's unacknowledged lines (the scheduler refuses them)."""
         q = self._queues.pop(attempt_id, None)
         if q is not None:
-            self._pending_bytes -= sum(size for _, size in (*q.lines, *q.in_flight))
+            self._pending_bytes -= q.queued_bytes + sum(size for _, size in q.in_flight)
             if q.spill is not None:
                 q.spill.close()
                 q.spill = None
@@ -332,10 +448,9 @@ class LogShipper:
     def pending(self, attempt_id: str | None = None) -> int:
         """Lines not yet acknowledged, of one attempt or of all."""
         if attempt_id is None:
-            queues = list(self._queues.values())
-        else:
-            queues = [q] if (q := self._queues.get(attempt_id)) else []
-        return sum(len(q.lines) + len(q.in_flight) + (q.spill.count if q.spill else 0) for q in queues)
+            return sum(q.pending() for q in self._queues.values())
+        q = self._queues.get(attempt_id)
+        return q.pending() if q is not None else 0
 
     async def wait_acked(self, attempt_id: str, timeout: float) -> bool:
         """Wait until every line of `attempt_id` added so far is acknowledged (or
@@ -382,7 +497,7 @@ class LogShipper:
                     log.warning(
                         "scheduler refused a log batch as malformed; dropping it",
                         attempt=attempt_id,
-                        lines=len(batch),
+                        lines=q.flight_lines,
                         error=_describe(exc),
                     )
                     self._settle(attempt_id, q)
@@ -405,6 +520,7 @@ class LogShipper:
             if not q.lines and q.spill is None:
                 del self._queues[attempt_id]
         q.in_flight.clear()
+        q.flight_lines = 0
         self._notify()
 
     def _take_batch(self) -> tuple[str, _Queue] | None:
@@ -417,29 +533,36 @@ class LogShipper:
                 continue  # (an empty, idle queue is simply forgotten)
             self._queues[attempt_id] = q  # to the back: attempts take turns
             nbytes = 0
-            while q.lines and len(q.in_flight) < self.max_batch_lines:
-                size = q.lines[0][1]
-                if q.in_flight and nbytes + size > self.max_batch_bytes:
+            while q.lines:
+                entry, size = q.lines[0]
+                if q.in_flight and (
+                    nbytes + size > self.max_batch_bytes or q.flight_lines + line_count(entry) > self.max_batch_lines
+                ):
                     break
-                q.in_flight.append(q.lines.popleft())
+                q.in_flight.append(q.pop())
+                q.flight_lines += line_count(entry)
                 nbytes += size
             return attempt_id, q
         return None
 
     def _requeue(self, q: _Queue) -> None:
-        q.lines.extendleft(reversed(q.in_flight))
+        for entry, size in reversed(q.in_flight):
+            q.lines.appendleft((entry, size))
+            q.queued_lines += line_count(entry)
+            q.queued_bytes += size
         q.in_flight.clear()
+        q.flight_lines = 0
 
     def _shed(self) -> None:
         """Over the memory cap (the scheduler has been away long): drop the oldest
         queued lines of the biggest queue, rather than stall the ranks or the agent."""
         while self._pending_bytes > self.max_pending_bytes * 0.9:
-            q = max(self._queues.values(), key=lambda q: len(q.lines))
+            q = max(self._queues.values(), key=lambda q: q.queued_bytes)
             if not q.lines:
                 return
-            line, size = q.lines.popleft()
+            line, size = q.pop()
             self._pending_bytes -= size
-            self._count_dropped(q, line.attempt_id, 1, "log buffer full, dropping oldest lines")
+            self._count_dropped(q, line.attempt_id, line_count(line), "log buffer full, dropping oldest lines")
 
     def _notify(self) -> None:
         self._changed.set()

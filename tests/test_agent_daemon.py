@@ -22,6 +22,7 @@ import structlog
 from gridlab.agent import main as agent_main
 from gridlab.agent.daemon import EXIT_OK, EXIT_REFUSED, Agent
 from gridlab.agent.inventory import InventoryCollector
+from gridlab.agent.logship import expand
 from gridlab.common import auth
 from gridlab.common.config import AgentConfig
 from gridlab.common.timeutil import duration
@@ -109,7 +110,7 @@ class FakeGateway(agent_pb2_grpc.AgentGatewayServicer):
         accepted = 0
         async for request in request_iterator:
             assert request.agent_name == "t1"
-            for line in request.lines:
+            for line in (one for entry in request.lines for one in expand(entry)):  # batches to lines
                 if line.attempt_id in self.aborted_attempts:
                     await context.abort(grpc.StatusCode.ABORTED, "not yours")
                 key = (line.attempt_id, line.rank, line.seq)

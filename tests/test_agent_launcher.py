@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from gridlab.agent.launcher import Attempt, AttemptDirs, LaunchSettings, exit_description
+from gridlab.agent.logship import expand
 from gridlab.agent.metrics import MetricsTail
 from gridlab.agent.reaper import attempt_processes
 from gridlab.common.timeutil import ts
@@ -41,7 +42,7 @@ class Recorder:
         self.updates_at_drain: int | None = None
 
     def on_log(self, line: types_pb2.LogLine) -> None:
-        self.lines.append(line)
+        self.lines.extend(expand(line))  # a pipe read's lines come as one batch
 
     def on_update(self, status: agent_pb2.AttemptStatus) -> None:
         self.updates.append(status)
