@@ -23,6 +23,7 @@ import shlex
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from gridlab.client.bundles import upload_bundle
 from gridlab.client.errors import (
     ClientConfigError,
     DeadlineExceeded,
@@ -40,7 +42,7 @@ from gridlab.client.errors import (
     from_rpc_error,
 )
 from gridlab.common import auth, grpcopts, timeutil
-from gridlab.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2
+from gridlab.v1 import artifacts_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, types_pb2
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -548,6 +550,8 @@ class Client:
         max_retries: int = 0,
         hang_timeout: float | timedelta | None = None,
         requirements: Sequence[str] = (),
+        code: str | os.PathLike[str] | None = None,
+        workdir: str = "",
     ) -> Run:
         """Queue a command to run on the cluster.
 
@@ -572,6 +576,12 @@ class Client:
             hang_timeout: Stop an attempt whose step has not advanced for this long (see
                 `build_spec`).
             requirements: pip requirement lines for the run's environment (see `build_spec`).
+            code: A folder to ship with the run (usually "."): packed into a tarball that honours
+                `.gitignore` and `.gridlabignore`, uploaded once per content (the scheduler keeps it by
+                digest), and extracted on every node as the ranks' working directory. Its top-level
+                `requirements.txt` is installed when `requirements` is empty. None: the command runs in
+                an empty folder and must name files the machines already have.
+            workdir: Where in `code` the ranks start ("" for its top).
 
         Returns:
             A `Run` handle.
@@ -596,9 +606,31 @@ class Client:
         )
         if idempotency_key is not None:
             _check("idempotency_key", idempotency_key, str, "a string")
+        _check("workdir", workdir, str, "a string")
+        if code is not None:
+            spec.code_digest = self.upload_code(code)
+        spec.workdir = workdir
         request = scheduler_pb2.SubmitRunRequest(spec=spec, idempotency_key=idempotency_key or "")
         response = self._unary(self._stub.SubmitRun, request)
         return Run(self, response.run.id, name=response.run.spec.name)
+
+    def upload_code(self, folder: str | os.PathLike[str]) -> str:
+        """Pack `folder` into a code bundle and upload it unless the scheduler already has it; returns its
+        digest for `RunSpec.code_digest`. Pack's warnings (a bundle over 50 MB, unreadable ignore files)
+        are issued as `UserWarning`s.
+
+        Raises:
+            BundleError: The folder cannot be packed (too big, a link leaving it); the message says why.
+            ResourceExhausted: The bundle is larger than the scheduler accepts.
+        """
+        stub = artifacts_pb2_grpc.ArtifactsStub(self._channel)
+        try:
+            digest, notes = upload_bundle(stub, self._metadata, Path(folder))
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+        for note in notes:
+            warnings.warn(note, UserWarning, stacklevel=3)
+        return digest
 
     def run(self, run_id: str) -> Run:
         """A `Run` handle on an existing run, to wait for it or follow its logs. Makes no
