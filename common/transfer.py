@@ -135,7 +135,9 @@ def _upload_requests(path: str, header: artifacts_pb2.BlobHeader) -> Iterator[ar
             yield artifacts_pb2.UploadBlobRequest(data=data)
 
 
-def _upload_steps(path: str, digest: str | None, purpose: int, attempt_id: str) -> Generator[_Step, Any, Blob]:
+def _upload_steps(
+    path: str, digest: str | None, purpose: artifacts_pb2.BlobPurpose, attempt_id: str
+) -> Generator[_Step, Any, Blob]:
     size = yield _Blocking(functools.partial(os.path.getsize, path))
     if digest is None:
         digest = yield _Blocking(functools.partial(digest_file, path))
@@ -341,7 +343,7 @@ def upload_file(
     stub: Any,
     path: str | os.PathLike[str],
     *,
-    purpose: int,
+    purpose: artifacts_pb2.BlobPurpose,
     attempt_id: str = "",
     metadata: Metadata,
     digest: str | None = None,
@@ -376,7 +378,7 @@ async def upload_file_async(
     stub: Any,
     path: str | os.PathLike[str],
     *,
-    purpose: int,
+    purpose: artifacts_pb2.BlobPurpose,
     attempt_id: str = "",
     metadata: Metadata,
     digest: str | None = None,

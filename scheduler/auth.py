@@ -24,9 +24,14 @@ ROLES = (ADMIN, USER, AGENT)
 SERVICE_ROLES = {
     "gridlab.v1.Scheduler": frozenset({ADMIN, USER}),
     "gridlab.v1.AgentGateway": frozenset({AGENT}),
+    # Per call, artifacts.py narrows who may move which blob (users: bundles and their runs' blobs).
+    "gridlab.v1.Artifacts": frozenset({ADMIN, USER, AGENT}),
 }
 METHOD_ROLES = {
     "/gridlab.v1.Scheduler/CreateToken": frozenset({ADMIN}),
+    "/gridlab.v1.Artifacts/RecordCheckpoint": frozenset({AGENT}),
+    "/gridlab.v1.Artifacts/RecordArtifacts": frozenset({AGENT}),
+    "/gridlab.v1.Artifacts/ListArtifacts": frozenset({ADMIN, USER}),
 }
 
 

@@ -21,9 +21,10 @@ import structlog
 from gridlab.common import logs
 from gridlab.common.config import ConfigError, SchedulerConfig, load
 from gridlab.common.grpcopts import SERVER_OPTIONS
-from gridlab.v1 import agent_pb2_grpc, scheduler_pb2_grpc
+from gridlab.v1 import agent_pb2_grpc, artifacts_pb2_grpc, scheduler_pb2_grpc
 
 from .api import SchedulerService
+from .artifacts_api import ArtifactsService
 from .auth import AuthInterceptor
 from .engine import Engine
 from .gateway import AgentGatewayService
@@ -43,6 +44,7 @@ async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> N
     server = grpc.aio.server(interceptors=[AuthInterceptor(engine.lookup_token)], options=SERVER_OPTIONS)
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(engine), server)
     agent_pb2_grpc.add_AgentGatewayServicer_to_server(AgentGatewayService(engine), server)
+    artifacts_pb2_grpc.add_ArtifactsServicer_to_server(ArtifactsService(engine), server)
     try:
         port = server.add_insecure_port(config.listen)
     except RuntimeError:
