@@ -45,6 +45,7 @@ MAX_NAME = 255
 MAX_PATH = 4096
 MAX_ARTIFACTS = 10_000  # files per attempt and node; keeps RecordArtifacts far under the message cap
 RPC_TIMEOUT = 30.0
+SETTLE_SECONDS = 2.0  # an entry's files must be this old before it is shipped while the ranks run
 # The scheduler refused this version of an entry: retrying the same bytes cannot help.
 _REFUSED_CODES = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT})
 # The attempt is no longer ours to report on: stop shipping.
@@ -251,7 +252,9 @@ class CheckpointShipper:
     """Uploads an attempt's complete checkpoints as they appear, and once more when it ends.
 
     Hashing runs in a thread, so the agent's event loop stays responsive; uploads run one at a
-    time (pass one `gate` for the whole agent to keep it so across attempts).
+    time (pass one `gate` for the whole agent to keep it so across attempts). While the ranks run,
+    an entry is taken only once its files have been still for `settle` seconds, in case a script
+    writes `last.ckpt` in place rather than renaming it there; `flush` takes everything.
     """
 
     def __init__(
@@ -267,6 +270,7 @@ class CheckpointShipper:
         poll: float,
         note: Note,
         gate: asyncio.Lock | None = None,
+        settle: float = SETTLE_SECONDS,
     ) -> None:
         self.stub = stub
         self.metadata = metadata
@@ -278,6 +282,7 @@ class CheckpointShipper:
         self.poll = poll
         self.note = note
         self.gate = gate or asyncio.Lock()
+        self.settle_ns = int(settle * 1e9)
         self.shipped: dict[str, tuple[tuple[str, int, int], ...]] = {}  # name -> key recorded
         self.refused: dict[str, tuple[tuple[str, int, int], ...]] = {}  # name -> key the scheduler refused
         self.gone = False  # the scheduler stopped taking reports about this attempt
@@ -305,7 +310,7 @@ class CheckpointShipper:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if await self.ship():
+                if await self.ship(final=True):
                     return True
             except Exception as e:
                 log.warning("checkpoint_flush_failed", attempt_id=self.attempt_id, error=repr(e))
@@ -315,8 +320,11 @@ class CheckpointShipper:
                 return False
             await asyncio.sleep(min(1.0, self.poll, left))
 
-    async def ship(self) -> bool:
-        """Upload what is new or rewritten. True when every complete checkpoint is shipped (or refused)."""
+    async def ship(self, *, final: bool = False) -> bool:
+        """Upload what is new or rewritten. True when every complete checkpoint is shipped (or refused).
+
+        `final`: the ranks have exited, so nothing is being written: no settling time.
+        """
         async with self._lock:
             if self.gone:
                 return False
@@ -324,13 +332,17 @@ class CheckpointShipper:
             for reason in scan.skipped:
                 self._note_once(f"checkpoint: skipped {reason}")
             pending = False
+            settled_ns = time.time_ns() - self.settle_ns
             for entry in scan.entries:
                 key = entry.key
                 if self.shipped.get(entry.name) == key or self.refused.get(entry.name) == key:
                     continue
                 seen = self._seen.get(entry.name)
                 if seen is None or seen[0] != key:
-                    self._seen[entry.name] = seen = (key, self.step())  # the step when it appeared
+                    self._seen[entry.name] = seen = (key, max(-1, self.step()))  # the step when it appeared
+                if not final and entry.newest_ns > settled_ns:
+                    pending = True
+                    continue
                 try:
                     done = await self._ship_entry(entry, seen[1])
                 except _Gone:

@@ -44,8 +44,8 @@ def packed(tmp_path: Path, store: FakeArtifacts) -> str:
     return store.put(bundle.path.read_bytes())
 
 
-def fetch(store: FakeArtifacts, digest: str, root: Path, work: str = "w1", **kw: Any) -> Path:
-    return arun(fetch_bundle(store, (), digest, root / "cache", root / work, **kw))  # type: ignore[arg-type]
+def fetch(store: FakeArtifacts, digest: str, root: Path, *, work: str = "w1", **kw: Any) -> Path:
+    return arun(fetch_bundle(store, (), digest, root / "cache", root / work, **kw))
 
 
 def test_fetch_extracts_and_returns_the_workdir_and_reuses_the_cache(tmp_path: Path) -> None:
@@ -56,7 +56,7 @@ def test_fetch_extracts_and_returns_the_workdir_and_reuses_the_cache(tmp_path: P
     assert (start / "train.py").read_text() == "print('hi')\n"
     assert (tmp_path / "cache" / f"{digest.removeprefix('sha256:')}.tar.gz").is_file()
     (tmp_path / "w2").mkdir()  # the attempt's fresh, empty working directory
-    assert fetch(store, digest, tmp_path, "w2") == (tmp_path / "w2").resolve()
+    assert fetch(store, digest, tmp_path, work="w2") == (tmp_path / "w2").resolve()
     assert (tmp_path / "w2" / "README").is_file()
     assert store.downloads == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "code", "packed", "w1", "w2"]
@@ -69,7 +69,7 @@ def test_two_attempts_asking_at_once_download_once(tmp_path: Path) -> None:
 
     async def go() -> list[Path]:
         return await asyncio.gather(
-            *(fetch_bundle(store, (), digest, tmp_path / "cache", tmp_path / f"w{i}") for i in range(3))  # type: ignore[arg-type]
+            *(fetch_bundle(store, (), digest, tmp_path / "cache", tmp_path / f"w{i}") for i in range(3))
         )
 
     assert len(set(arun(go()))) == 3
@@ -145,7 +145,7 @@ def tarball(members: list[Member]) -> bytes:
     return buf.getvalue()
 
 
-HOSTILE: dict[str, tuple[Callable[[Path], list[Member]], dict[str, int], str]] = {
+HOSTILE: dict[str, tuple[Callable[[Path], list[Member]], dict[str, Any], str]] = {
     "absolute path": (lambda out: [member(str(out / "evil"), b"x")], {}, "absolute paths"),
     "dot-dot": (lambda out: [member("ok"), member("../outside/evil", b"x")], {}, "'..'"),
     "symlink out": (

@@ -46,7 +46,7 @@ def names(ckpt_dir: Path) -> list[str]:
 
 def shipper(store: FakeArtifacts, ckpt_dir: Path, notes: list[str], step: int = 7) -> CheckpointShipper:
     return CheckpointShipper(
-        store,  # type: ignore[arg-type]
+        store,
         (),
         agent_name="w1",
         attempt_id="a1",
@@ -55,6 +55,7 @@ def shipper(store: FakeArtifacts, ckpt_dir: Path, notes: list[str], step: int = 
         step=lambda: step,
         poll=0.05,
         note=notes.append,
+        settle=0,
     )
 
 
@@ -241,7 +242,7 @@ def test_step_is_taken_when_the_checkpoint_appears(tmp_path: Path) -> None:
     store = FakeArtifacts()
     steps = iter([10, 20, 30])
     ship = CheckpointShipper(
-        store,  # type: ignore[arg-type]
+        store,
         (),
         agent_name="w1",
         attempt_id="a1",
@@ -250,6 +251,7 @@ def test_step_is_taken_when_the_checkpoint_appears(tmp_path: Path) -> None:
         step=lambda: next(steps),
         poll=0.05,
         note=lambda _: None,
+        settle=0,
     )
 
     async def go() -> None:
@@ -275,7 +277,7 @@ def test_artifacts_are_uploaded_recursively_without_following_links(tmp_path: Pa
     os.symlink(tmp_path, art / "up")
     store = FakeArtifacts()
     notes: list[str] = []
-    count = arun(upload_artifacts(store, (), "w1", "a1", 0, art, notes.append))  # type: ignore[arg-type]
+    count = arun(upload_artifacts(store, (), "w1", "a1", 0, art, notes.append))
     assert count == 2
     [record] = store.artifacts
     assert [(f.path, f.size) for f in record.files] == [("model.onnx", 4), ("plots/loss.png", 3)]
@@ -283,7 +285,7 @@ def test_artifacts_are_uploaded_recursively_without_following_links(tmp_path: Pa
     assert b"s" not in store.blobs.values()
     assert "artifacts: 2 files (7 bytes) uploaded" in notes
     assert sum("symlink" in n for n in notes) == 2
-    assert arun(upload_artifacts(store, (), "w1", "a1", 0, tmp_path / "none", notes.append)) == 0  # type: ignore[arg-type]
+    assert arun(upload_artifacts(store, (), "w1", "a1", 0, tmp_path / "none", notes.append)) == 0
 
 
 def test_artifacts_failure_is_noted_not_raised(tmp_path: Path) -> None:
@@ -291,7 +293,7 @@ def test_artifacts_failure_is_noted_not_raised(tmp_path: Path) -> None:
     store = FakeArtifacts()
     store.fail = grpc.StatusCode.PERMISSION_DENIED
     notes: list[str] = []
-    assert arun(upload_artifacts(store, (), "w1", "a1", 0, tmp_path / "art", notes.append, timeout=5)) == 0  # type: ignore[arg-type]
+    assert arun(upload_artifacts(store, (), "w1", "a1", 0, tmp_path / "art", notes.append, timeout=5)) == 0
     assert any("1 files not saved: PERMISSION_DENIED" in n for n in notes)
 
 
@@ -306,12 +308,12 @@ def resume(store: FakeArtifacts, name: str, files: dict[str, bytes]) -> agent_pb
 def test_restore_a_file_and_a_folder(tmp_path: Path) -> None:
     store = FakeArtifacts()
     dest = tmp_path / "resume"
-    assert arun(restore_checkpoint(store, (), agent_pb2.Assignment(), dest)) is None  # type: ignore[arg-type]
-    path = arun(restore_checkpoint(store, (), resume(store, "last.ckpt", {"last.ckpt": b"w"}), dest))  # type: ignore[arg-type]
+    assert arun(restore_checkpoint(store, (), agent_pb2.Assignment(), dest)) is None
+    path = arun(restore_checkpoint(store, (), resume(store, "last.ckpt", {"last.ckpt": b"w"}), dest))
     assert path == dest / "last.ckpt"
     assert path.read_bytes() == b"w"
     files = {"ep/meta.pt": b"m", "ep/.metadata": b"d", "ep/sub/x": b"x"}
-    path = arun(restore_checkpoint(store, (), resume(store, "ep", files), dest))  # type: ignore[arg-type]
+    path = arun(restore_checkpoint(store, (), resume(store, "ep", files), dest))
     assert path == dest / "ep"
     assert {str(p.relative_to(dest)): p.read_bytes() for p in path.rglob("*") if p.is_file()} == files
     assert sorted(p.name for p in dest.iterdir()) == ["ep", "last.ckpt"]  # no staging left behind
@@ -340,7 +342,7 @@ def test_restore_refuses_hostile_names_and_writes_nothing_outside(
     store = FakeArtifacts()
     dest = tmp_path / "a" / "resume"
     with pytest.raises(CheckpointRestoreError, match=match) as info:
-        arun(restore_checkpoint(store, (), resume(store, name, files), dest))  # type: ignore[arg-type]
+        arun(restore_checkpoint(store, (), resume(store, name, files), dest))
     assert info.value.permanent
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
@@ -350,11 +352,11 @@ def test_restore_of_a_missing_blob_is_permanent_and_of_an_unreachable_store_is_n
     assignment = resume(store, "a.ckpt", {"a.ckpt": b"a"})
     store.blobs.clear()
     with pytest.raises(CheckpointRestoreError, match="NOT_FOUND") as info:
-        arun(restore_checkpoint(store, (), assignment, tmp_path))  # type: ignore[arg-type]
+        arun(restore_checkpoint(store, (), assignment, tmp_path))
     assert info.value.permanent
     store.fail = grpc.StatusCode.UNAVAILABLE
     with pytest.raises(CheckpointRestoreError, match="UNAVAILABLE") as info:
-        arun(restore_checkpoint(store, (), assignment, tmp_path))  # type: ignore[arg-type]
+        arun(restore_checkpoint(store, (), assignment, tmp_path))
     assert not info.value.permanent
     assert list(tmp_path.iterdir()) == []
 
@@ -363,9 +365,9 @@ def test_restore_replaces_a_stale_copy(tmp_path: Path) -> None:
     store = FakeArtifacts()
     write(tmp_path / "ep" / "old", b"old")
     os.symlink(tmp_path / "elsewhere", tmp_path / "x.ckpt")
-    path = arun(restore_checkpoint(store, (), resume(store, "ep", {"ep/meta.pt": b"m"}), tmp_path))  # type: ignore[arg-type]
+    path = arun(restore_checkpoint(store, (), resume(store, "ep", {"ep/meta.pt": b"m"}), tmp_path))
     assert sorted(p.name for p in path.iterdir()) == ["meta.pt"]
-    path = arun(restore_checkpoint(store, (), resume(store, "x.ckpt", {"x.ckpt": b"x"}), tmp_path))  # type: ignore[arg-type]
+    path = arun(restore_checkpoint(store, (), resume(store, "x.ckpt", {"x.ckpt": b"x"}), tmp_path))
     assert not path.is_symlink()
     assert path.read_bytes() == b"x"
     assert not (tmp_path / "elsewhere").exists()
@@ -375,3 +377,22 @@ def test_safe_names() -> None:
     assert ckptship.split_rel("a/b.c") == ["a", "b.c"]
     for bad in ["", "/a", "a/", "a//b", "./a", "a/..", "a\\b", "a\x00b", "\udcff"]:
         assert ckptship.split_rel(bad) is None, bad
+
+
+def test_a_file_still_being_written_waits_until_it_settles_except_at_the_end(tmp_path: Path) -> None:
+    ck = tmp_path / "ck"
+    store = FakeArtifacts()
+    ship = shipper(store, ck, [])
+    ship.settle_ns = 3600 * 10**9
+
+    async def go() -> None:
+        write(ck / "last.ckpt", b"half")  # a script writing in place, not through a rename
+        assert not await ship.ship()
+        assert store.checkpoints == []
+        write(ck / "old.ckpt", b"o", mtime=time.time() - 7200)
+        assert not await ship.ship()
+        assert [c.name for c in store.checkpoints] == ["old.ckpt"]
+        assert await ship.flush(timeout=5)  # the ranks have exited: nothing is still being written
+        assert [c.name for c in store.checkpoints] == ["old.ckpt", "last.ckpt"]
+
+    arun(go())
