@@ -5,6 +5,7 @@
     submit [--gpus N] [--cpus N] [--name N] [-e K=V ...] [--wait|--follow] -- CMD ...
     runs [--state S ...] [--user U] [--limit N]
     status RUN            logs [-f] RUN            cancel RUN ...
+    artifacts RUN         download RUN [--checkpoint NAME|latest] [--artifact PATH ...] [-o DIR]
     agents [--pool P]     token create --user U [--role user|admin|agent]
 
 Tables by default (columns as wide as their content, times as "12s ago"), JSON with
@@ -28,6 +29,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from gridlab.client import artifacts
 from gridlab.client.errors import GridlabError
 from gridlab.client.sdk import ADDRESS_ENV, STATES, TOKEN_ENV, Client, RunStatus, state_word
 from gridlab.common import timeutil
@@ -408,6 +410,49 @@ def _agents_table(agents: list[types_pb2.Agent], wide: bool, now: float) -> str:
     return format_table(headers, rows)
 
 
+def _checkpoint_row(ck: types_pb2.Checkpoint, latest: bool, now: float) -> list[object]:
+    size = sum(f.size for f in ck.files)
+    name = ck.name + (" (latest)" if latest else "")
+    step = "-" if ck.step < 0 else ck.step
+    return ["checkpoint", name, step, ck.attempt_number, "-", len(ck.files), human_bytes(size), _ago(ck.time, now)]
+
+
+def cmd_artifacts(args: argparse.Namespace, client: Client) -> int:
+    """A run's checkpoints (the one a retry resumes from marked latest), then its artifacts."""
+    listing = artifacts.list_artifacts(client, args.run)
+    if _output(args) == "json":
+        _print_json(listing, sys.stdout)
+        return EXIT_OK
+    now = time.time()
+    latest = artifacts.newest(listing.checkpoints)
+    rows = [_checkpoint_row(ck, ck is latest, now) for ck in listing.checkpoints]
+    rows += [
+        ["artifact", a.file.path, "-", a.attempt_number, a.node_rank, 1, human_bytes(a.file.size), _ago(a.time, now)]
+        for a in listing.artifacts
+    ]
+    if not rows:
+        print(f"run {args.run} has no checkpoints or artifacts yet", file=sys.stderr)
+        return EXIT_OK
+    print(format_table(["KIND", "NAME", "STEP", "ATTEMPT", "NODE", "FILES", "SIZE", "AGE"], rows))
+    return EXIT_OK
+
+
+def cmd_download(args: argparse.Namespace, client: Client) -> int:
+    """Fetch a checkpoint and/or artifacts; with neither flag, every artifact. Prints what it wrote."""
+    written = []
+    if args.checkpoint:
+        written.append(artifacts.download_checkpoint(client, args.run, args.checkpoint, dest=args.dest))
+    for path in args.artifact or []:
+        written.append(artifacts.download_artifact(client, args.run, path, dest=args.dest))
+    if not args.checkpoint and not args.artifact:
+        written = artifacts.download_artifacts(client, args.run, dest=args.dest)
+        if not written:
+            print(f"run {args.run} has no artifacts (for a checkpoint: --checkpoint latest)", file=sys.stderr)
+    for path in written:
+        print(path)
+    return EXIT_OK
+
+
 def cmd_agents(args: argparse.Namespace, client: Client) -> int:
     agents = client.agents(pool=args.pool)
     if _output(args) == "json":
@@ -468,21 +513,28 @@ def _seconds_arg(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `schedctl` parser. Global flags are accepted before or after the command."""
+
     # SUPPRESS: a flag given after the command must not be reset by the default of the
     # same flag on the other level.
-    common = argparse.ArgumentParser(add_help=False)
-    group = common.add_argument_group("connection and output")
-    group.add_argument(
-        "--address",
-        default=argparse.SUPPRESS,
-        metavar="HOST:PORT",
-        help=f"scheduler address (default: ${ADDRESS_ENV}, then ~/.config/gridlab/config.toml)",
-    )
-    group.add_argument(
-        "--token",
-        default=argparse.SUPPRESS,
-        help=f"bearer token (default: ${TOKEN_ENV}, then the config file; prefer those, a flag shows in `ps`)",
-    )
+    def connection(title: str) -> tuple[argparse.ArgumentParser, Any]:
+        parent = argparse.ArgumentParser(add_help=False)
+        group = parent.add_argument_group(title)
+        group.add_argument(
+            "--address",
+            default=argparse.SUPPRESS,
+            metavar="HOST:PORT",
+            help=f"scheduler address (default: ${ADDRESS_ENV}, then ~/.config/gridlab/config.toml)",
+        )
+        group.add_argument(
+            "--token",
+            default=argparse.SUPPRESS,
+            help=f"bearer token (default: ${TOKEN_ENV}, then the config file; prefer those, a flag shows in `ps`)",
+        )
+        return parent, group
+
+    # `download` has its own -o (the folder, as in curl), so it takes the connection flags alone.
+    connection_only, _ = connection("connection")
+    common, group = connection("connection and output")
     group.add_argument(
         "-o",
         "--output",
@@ -562,6 +614,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=_seconds_arg, metavar="SECONDS", help="SIGTERM to SIGKILL (default: the agent's)")
     p.add_argument("--reason", help="recorded with the run")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run id")
+
+    p = add("artifacts", cmd_artifacts, "list a run's checkpoints and artifacts")
+    p.add_argument("run", metavar="RUN", help="run id")
+
+    help_ = "fetch a run's checkpoint or artifacts into a folder (resumes an interrupted download)"
+    p = sub.add_parser("download", parents=[connection_only], help=help_, description=help_)
+    p.set_defaults(func=cmd_download, parser=p)
+    p.add_argument("--checkpoint", metavar="NAME", help="a checkpoint's name, or 'latest' (what a retry resumes from)")
+    p.add_argument(
+        "--artifact", action="append", metavar="PATH", help="an artifact's path (repeatable); default: all of them"
+    )
+    p.add_argument("-o", "--dest", default=".", metavar="DIR", help="the folder to write into (default: .)")
+    p.add_argument("run", metavar="RUN", help="run id")
 
     p = add("agents", cmd_agents, "list machines: GPUs free/total, CPUs, memory, live attempts")
     p.add_argument("--pool", help="only this pool")

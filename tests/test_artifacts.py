@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 import pytest
 
+from gridlab.client import cli
 from gridlab.common import auth as tokens
 from gridlab.common import transfer
 from gridlab.common.config import SchedulerConfig
@@ -61,10 +62,11 @@ class Server:
         self.address = f"127.0.0.1:{port}"
         self.channel = grpc.insecure_channel(self.address)
         self.stub = artifacts_pb2_grpc.ArtifactsStub(self.channel)
-        self.md = {
-            who: tokens.metadata(self.on_loop(lambda w=who, r=role: self.engine.create_token(w, r)))
+        self.tokens = {
+            who: self.on_loop(lambda w=who, r=role: self.engine.create_token(w, r))
             for who, role in (("alice", "user"), ("bob", "user"), ("root", "admin"), ("agent", "agent"))
         }
+        self.md = {who: tokens.metadata(token) for who, token in self.tokens.items()}
 
     async def _start(self) -> tuple[grpc.aio.Server, int]:
         server = grpc.aio.server(interceptors=[AuthInterceptor(self.engine.lookup_token)], options=SERVER_OPTIONS)
@@ -615,3 +617,57 @@ def test_a_bad_partial_is_fetched_again_and_bad_bytes_never_land(
     with pytest.raises(transfer.TransferError, match="do not match"):
         transfer.download_blob(server.stub, blob.digest, tmp_path / "d3", metadata=server.md["agent"])
     assert not (tmp_path / "d3").exists()
+
+
+# --- the client helpers and schedctl ---------------------------------------------------------------
+
+
+def test_schedctl_lists_and_downloads_checkpoints_and_artifacts(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_id = server.add_run("alice")
+    attempt = server.add_attempt(run_id, agents=("a1", "a2"))
+    shards = [server.put(tmp_path / f"s{i}", f"shard {i}".encode(), CHECKPOINT, attempt) for i in range(2)]
+    model = server.put(tmp_path / "model", b"exported model", ARTIFACT, attempt)
+    for node, shard in enumerate(shards):
+        request = artifacts_pb2.RecordCheckpointRequest(
+            agent_name=f"a{node + 1}",
+            attempt_id=attempt,
+            node_rank=node,
+            name="step-7",
+            step=7,
+            files=[shard.ref(f"step-7/shard{node}")],
+        )
+        server.stub.RecordCheckpoint(request, metadata=server.md["agent"])
+    arts = artifacts_pb2.RecordArtifactsRequest(
+        agent_name="a1", attempt_id=attempt, node_rank=0, files=[model.ref("out/model.onnx")]
+    )
+    server.stub.RecordArtifacts(arts, metadata=server.md["agent"])
+    conn = ["--address", server.address, "--token", server.tokens["alice"]]
+
+    assert cli.main([*conn, "artifacts", run_id]) == 0
+    out = capsys.readouterr().out
+    assert "step-7 (latest)" in out
+    assert "out/model.onnx" in out
+    dest = tmp_path / "dl"
+    assert cli.main([*conn, "download", run_id, "--checkpoint", "latest", "-o", str(dest)]) == 0
+    assert capsys.readouterr().out.strip() == str(dest / "step-7")
+    assert (dest / "step-7" / "shard1").read_bytes() == b"shard 1"
+    assert cli.main([*conn, "download", run_id, "-o", str(dest)]) == 0
+    assert (dest / "out" / "model.onnx").read_bytes() == b"exported model"
+    assert cli.main([*conn, "download", run_id, "--checkpoint", "nope", "-o", str(dest)]) == 1
+    assert "its checkpoints: step-7" in capsys.readouterr().err
+    bob = ["--address", server.address, "--token", server.tokens["bob"]]
+    assert cli.main([*bob, "download", run_id, "--artifact", "out/model.onnx", "-o", str(tmp_path / "bob")]) == 1
+    assert "no run" in capsys.readouterr().err
+    assert not (tmp_path / "bob" / "out").exists()
+
+
+def test_client_refuses_to_write_outside_its_folder(tmp_path: Path) -> None:
+    from gridlab.client.artifacts import _target
+    from gridlab.client.errors import GridlabError
+
+    assert _target(tmp_path, "a/b") == tmp_path / "a" / "b"
+    for bad in ("/etc/passwd", "../x", "a/../../x", "", "a\\b"):
+        with pytest.raises(GridlabError, match="plain relative path"):
+            _target(tmp_path, bad)
