@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_engine import ALICE, drain, run_state, spec, status
 
 from gridlab.common.config import SchedulerConfig
 from gridlab.common.timeutil import FakeClock
@@ -13,8 +14,6 @@ from gridlab.scheduler.gang import GangTracker, gang_end
 from gridlab.scheduler.state import AttemptState
 from gridlab.scheduler.store import Store
 from gridlab.v1 import agent_pb2, types_pb2
-
-from test_engine import ALICE, drain, run_state, spec, status
 
 A = AttemptState
 
@@ -63,7 +62,8 @@ def test_gang_end_rules() -> None:
 def test_every_node_gets_its_rank_and_starts_only_when_all_are_prepared(engine: Engine) -> None:
     run_id, (s0, s1), (a0, a1) = placed_gang(engine)
     assert (a0.node_rank, a1.node_rank, a0.nodes, a0.attempt_id) == (0, 1, 2, a1.attempt_id)
-    assert a0.wait_for_start and a1.wait_for_start
+    assert a0.wait_for_start
+    assert a1.wait_for_start
     assert a0.master_addr == a1.master_addr == "10.0.0.1"  # node 0's machine hosts the rendezvous
     attempt = a0.attempt_id
     engine.agent_update(s1, prepared(attempt))
@@ -76,7 +76,8 @@ def test_every_node_gets_its_rank_and_starts_only_when_all_are_prepared(engine: 
         == agent_pb2.StartAttempt(attempt_id=attempt, master_addr="10.0.0.1", master_port=29500)
     )
     engine.agent_heartbeat(s1, agent_pb2.Heartbeat(attempts=[prepared(attempt)]))  # missed it: sent again, to it alone
-    assert [m.WhichOneof("msg") for m in drain(s1)] == ["start"] and drain(s0) == []
+    assert [m.WhichOneof("msg") for m in drain(s1)] == ["start"]
+    assert drain(s0) == []
     engine.agent_update(s0, status(attempt, "RUNNING"))
     assert run_state(engine, run_id) == "STARTING"  # node 1 has not started its ranks yet
     engine.agent_update(s1, status(attempt, "RUNNING"))
@@ -109,7 +110,8 @@ def test_a_failed_node_stops_the_others_and_spends_a_retry(engine: Engine) -> No
     engine.agent_update(s1, failed)
     assert run_state(engine, run_id) == "FAILED"  # max_retries is 0
     (cancel,) = drain(s0)
-    assert cancel.cancel.attempt_id == attempt and "gang stopped" in cancel.cancel.reason
+    assert cancel.cancel.attempt_id == attempt
+    assert "gang stopped" in cancel.cancel.reason
     reason = engine.store.one("SELECT reason FROM attempts WHERE id = ?", (attempt,))["reason"]
     assert reason == "node 1 (n1): rank 1 exited with 3"
     engine.agent_update(s0, status(attempt, "FAILED", exit_code=137))  # its end after the cancel: released
@@ -149,5 +151,6 @@ def test_a_restarted_scheduler_learns_a_preparing_gang_again(engine: Engine, tmp
     s0 = node_hello(fresh, "n0", [prepared(a0.attempt_id, port=777)])
     s1 = node_hello(fresh, "n1", [prepared(a0.attempt_id)])
     (start,) = [m for m in drain(s1) if m.WhichOneof("msg") == "start"]
-    assert start.start.master_port == 777 and start.start.master_addr == "10.0.0.1"
+    assert start.start.master_port == 777
+    assert start.start.master_addr == "10.0.0.1"
     assert [m.WhichOneof("msg") for m in drain(s0)] == ["welcome", "start"]
