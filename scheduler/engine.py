@@ -26,7 +26,7 @@ from gridlab.common.ids import new_id
 from gridlab.common.timeutil import Clock, duration, ts
 from gridlab.v1 import agent_pb2, types_pb2
 
-from . import placement
+from . import artifacts, placement
 from .auth import ADMIN, AGENT, ROLES, Principal
 from .convert import run_pb
 from .errors import ApiError, denied, invalid, not_found, precondition
@@ -209,7 +209,7 @@ class Engine:
             normalize(spec)
         except SpecError as exc:
             raise invalid(str(exc)) from None
-        if spec.code_digest and not self.store.one("SELECT 1 FROM blobs WHERE digest = ?", (spec.code_digest,)):
+        if spec.code_digest and not artifacts.has_blob(self.store, spec.code_digest):
             raise precondition(f"code bundle {spec.code_digest} is not in the scheduler's store: upload it first")
         if len(idempotency_key) > 200:
             raise invalid("idempotency_key is longer than 200 characters")
@@ -947,7 +947,13 @@ class Engine:
 
     def _add_resume(self, assignment: agent_pb2.Assignment) -> None:
         """The newest complete checkpoint of the run in the artifact store, for the new attempt to resume from."""
-        return
+        checkpoint = artifacts.newest_checkpoint(self.store, assignment.run_id)
+        if checkpoint is None:
+            return
+        assignment.resume_name = checkpoint.name
+        assignment.resume_files.extend(checkpoint.files)
+        assignment.resume_attempt_number = checkpoint.attempt_number
+        assignment.resume_step = checkpoint.step
 
     # ---------------------------------------------------------------- loops
 
