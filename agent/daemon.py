@@ -38,7 +38,7 @@ from gridlab.common import auth
 from gridlab.common.config import AgentConfig
 from gridlab.common.grpcopts import AGENT_CHANNEL_OPTIONS
 from gridlab.common.timeutil import from_duration
-from gridlab.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+from gridlab.v1 import agent_pb2, agent_pb2_grpc, artifacts_pb2_grpc, types_pb2
 
 log = structlog.get_logger("gridlab.agent")
 
@@ -90,6 +90,9 @@ class Agent:
             base_env=base_env,
             env_cache=EnvCache(Path(config.env_dir) if config.env_dir else state_dir / "envs"),
             pip_args=tuple(shlex.split(config.pip_args)),
+            metadata=self._metadata,
+            agent_name=config.name,
+            checkpoint_poll=config.checkpoint_poll,
         )
         # A backlog past the memory cap spills to disk rather than being dropped. A previous agent's spill is
         # of attempts this one does not hold: it is removed.
@@ -130,6 +133,7 @@ class Agent:
         channel = grpc.aio.insecure_channel(self.config.scheduler, options=AGENT_CHANNEL_OPTIONS)
         # The generated stub's overloads cannot tell an aio channel apart; it is the async stub.
         self._stub = cast("agent_pb2_grpc.AgentGatewayAsyncStub", agent_pb2_grpc.AgentGatewayStub(channel))
+        self.launch.artifacts = cast("artifacts_pb2_grpc.ArtifactsAsyncStub", artifacts_pb2_grpc.ArtifactsStub(channel))
         shipper = asyncio.create_task(self.shipper.run(), name="log-shipper")
         connection = asyncio.create_task(self._connection_loop(), name="connection")
         stop = asyncio.create_task(self._stop.wait())

@@ -34,12 +34,15 @@ from typing import Protocol
 import psutil
 import structlog
 
+from gridlab.agent.bundles import PrepareError, bundle_requirements, fetch_bundle
+from gridlab.agent.ckptship import CheckpointShipper, restore_checkpoint, upload_artifacts
 from gridlab.agent.envcache import BuildCancelled, EnvBuildError, EnvCache
 from gridlab.agent.logship import MAX_LINE_BYTES, METRICS_RANK, SYSTEM_RANK, AttemptLog, pump_batches
 from gridlab.agent.metrics import MetricsTail
 from gridlab.agent.reaper import asyncio_children, kill_attempt_processes
 from gridlab.common.timeutil import ts
-from gridlab.v1 import agent_pb2, types_pb2
+from gridlab.common.transfer import Metadata
+from gridlab.v1 import agent_pb2, artifacts_pb2_grpc, types_pb2
 
 log = structlog.get_logger("gridlab.agent.launcher")
 
@@ -81,6 +84,14 @@ class LaunchSettings:
     env_cache: EnvCache | None = None  # builds a run's `requirements` into a virtualenv
     pip_args: tuple[str, ...] = ()
     pipe_eof_timeout: float = 5.0  # after the processes are gone, wait this for EOF
+    # The scheduler's artifact store: code bundles in, checkpoints and artifacts out. None: this agent
+    # fetches no bundles and uploads nothing (tests of the launcher alone).
+    artifacts: artifacts_pb2_grpc.ArtifactsAsyncStub | None = None
+    metadata: Metadata = ()
+    agent_name: str = ""
+    bundle_dir: Path | None = None  # the bundle cache; default <state_dir>/bundles
+    checkpoint_poll: float = 2.0
+    upload_gate: asyncio.Lock = field(default_factory=asyncio.Lock)  # one upload at a time, agent-wide
 
 
 @dataclass(frozen=True)
@@ -356,6 +367,7 @@ class Attempt:
         self._metrics: MetricsTail | None = None
         self._build_stop = threading.Event()  # set on cancel: a requirements build in progress gives up
         self._metrics_warned = False
+        self._shipper: CheckpointShipper | None = None
         self._go = asyncio.Event()  # a gang's start order came (or the attempt was stopped while it waited)
         self._start_order: agent_pb2.StartAttempt | None = None
         self._status = agent_pb2.AttemptStatus(
@@ -480,8 +492,9 @@ class Attempt:
                 if self._kill_timer is not None:
                     self._kill_timer.cancel()
             await self._finish_pipes()
+            self._status.ranks_exited = True  # heartbeats during the uploads and the drain: no progress expected
+            await self._ship_last()
             state, code, message = self._outcome or (S.ATTEMPT_STATE_SUCCEEDED, 0, "")
-            self._status.ranks_exited = True  # heartbeats during the drain: no progress expected
             self._final_metrics()  # so its last records go out with the last logs
             await self._events.drain_logs(self.attempt_id)
             self._set(state, exit_code=code, message=message)
@@ -502,15 +515,13 @@ class Attempt:
         self._set(S.ATTEMPT_STATE_PREPARING)
         dirs = AttemptDirs.of(self.settings.state_dir, self.attempt_id)
         await asyncio.to_thread(dirs.prepare, self.run_id)
-        resume_from = ""
-        # Until checkpoints are uploaded: an earlier attempt's, if it ran here. One node only: the other nodes
-        # of a gang could not read this machine's file.
-        if not a.resume_from and a.nodes <= 1:
-            newest = await asyncio.to_thread(newest_checkpoint, self.settings.state_dir, self.run_id)
-            if newest is not None:
-                # Hard-linked into this attempt: the earlier attempt may still be stopping and rotate it away.
-                resume_from = str(await asyncio.to_thread(_link_copy, newest, dirs.root / "resume" / newest.name))
-                self._system(SYSTEM_RANK, f"resuming from {newest} (the newest checkpoint of an earlier attempt)")
+        try:
+            cwd, requirements = await self._fetch_code(dirs)
+            resume_from = await self._resume_from(dirs)
+        except PrepareError as exc:
+            self._fail(SYSTEM_RANK, 1, str(exc))
+            self._status.permanent = exc.permanent  # a hostile bundle fails the same way every time
+            return
         self._metrics = MetricsTail(dirs.metrics, self._clock)
         command = list(a.spec.command)
         procs = max(1, a.procs_per_node)
@@ -518,8 +529,8 @@ class Attempt:
             self._fail(SYSTEM_RANK, EXIT_NOT_FOUND, "the run's command is empty")
             return
         venv = None
-        if a.spec.requirements:
-            python = await self._build_env(list(a.spec.requirements))
+        if requirements:
+            python = await self._build_env(requirements)
             if python is None or self._outcome is not None:  # failed, or cancelled while building
                 return
             venv = python.parent.parent
@@ -546,7 +557,7 @@ class Attempt:
                 resume_from=resume_from,
             )
             try:
-                proc, transport, exited = await spawn(command, cwd=dirs.work, env=env)
+                proc, transport, exited = await spawn(command, cwd=cwd, env=env)
             except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv or env
                 code = EXIT_NOT_FOUND if isinstance(exc, FileNotFoundError) else EXIT_CANNOT_EXECUTE
                 self._fail(rank, code, f"rank {rank} could not start {command[0]!r}: {exc}")
@@ -558,7 +569,110 @@ class Attempt:
             self._stop(self.settings.grace_period, resignal=True)
         else:
             self._set(S.ATTEMPT_STATE_RUNNING)
-        await self._wait_ranks()
+        self._shipper = self._checkpoint_shipper(dirs)
+        shipping = asyncio.create_task(self._shipper.run()) if self._shipper is not None else None
+        try:
+            await self._wait_ranks()
+        finally:
+            if shipping is not None:
+                shipping.cancel()
+                await asyncio.gather(shipping, return_exceptions=True)
+
+    async def _fetch_code(self, dirs: AttemptDirs) -> tuple[Path, list[str]]:
+        """The folder the ranks start in (the run's code bundle, extracted, or an empty folder) and the
+        requirements to build (the spec's, else the bundle's requirements.txt)."""
+        a = self.assignment
+        requirements = list(a.spec.requirements)
+        if not a.spec.code_digest:
+            return dirs.work, requirements
+        if self.settings.artifacts is None:
+            raise PrepareError(
+                "this agent is not connected to an artifact store: it cannot fetch code", permanent=False
+            )
+        cache = self.settings.bundle_dir or self.settings.state_dir / "bundles"
+        cwd = await fetch_bundle(
+            self.settings.artifacts,
+            self.settings.metadata,
+            a.spec.code_digest,
+            cache,
+            dirs.work,
+            workdir=a.spec.workdir,
+        )
+        self._system(SYSTEM_RANK, f"code bundle {a.spec.code_digest[:19]} extracted")
+        if not requirements:
+            requirements = await asyncio.to_thread(bundle_requirements, dirs.work)
+        return cwd, requirements
+
+    async def _resume_from(self, dirs: AttemptDirs) -> str:
+        """What GRIDLAB_RESUME_FROM says: the checkpoint the scheduler chose (downloaded from its store), else,
+        for a one-node run, the newest one an earlier attempt left on this machine (it may not have been
+        uploaded before that attempt ended); "" to start fresh."""
+        a = self.assignment
+        if a.resume_from:
+            return a.resume_from
+        if a.resume_files and self.settings.artifacts is not None:
+            # Outside GRIDLAB_CHECKPOINT_DIR, so the shipper does not upload it again as this attempt's.
+            path = await restore_checkpoint(self.settings.artifacts, self.settings.metadata, a, dirs.root / "resume")
+            if path is not None:
+                step = f", step {a.resume_step}" if a.resume_step >= 0 else ""
+                self._system(
+                    SYSTEM_RANK,
+                    f"resuming from checkpoint {a.resume_name} (attempt {a.resume_attempt_number}{step}), "
+                    "downloaded from the scheduler",
+                )
+                return str(path)
+        if a.nodes > 1:  # the other nodes could not read this machine's file
+            return ""
+        newest = await asyncio.to_thread(newest_checkpoint, self.settings.state_dir, self.run_id)
+        if newest is None:
+            return ""
+        # Hard-linked into this attempt: the earlier attempt may still be stopping and rotate it away.
+        path = await asyncio.to_thread(_link_copy, newest, dirs.root / "resume" / newest.name)
+        self._system(SYSTEM_RANK, f"resuming from {newest} (the newest checkpoint of an earlier attempt)")
+        return str(path)
+
+    def _checkpoint_shipper(self, dirs: AttemptDirs) -> CheckpointShipper | None:
+        if self.settings.artifacts is None:
+            return None
+        return CheckpointShipper(
+            self.settings.artifacts,
+            self.settings.metadata,
+            agent_name=self.settings.agent_name,
+            attempt_id=self.attempt_id,
+            node_rank=self.assignment.node_rank,
+            checkpoint_dir=dirs.checkpoints,
+            step=self._step,
+            poll=self.settings.checkpoint_poll,
+            note=lambda text: self._system(SYSTEM_RANK, text),
+            gate=self.settings.upload_gate,
+        )
+
+    def _step(self) -> int:
+        """The run's last step as its metrics file says now; -1 when unknown."""
+        if self._metrics is None:
+            return -1
+        try:
+            self._metrics.poll()
+        except Exception:  # the user's file: reported by status(), never fatal here
+            return self._metrics.last_step
+        return self._metrics.last_step
+
+    async def _ship_last(self) -> None:
+        """After the ranks exited, before the end is reported: the checkpoints written since the last scan (a
+        preempted run's preempted.ckpt), and the files of GRIDLAB_ARTIFACT_DIR."""
+        if self._shipper is None or self.settings.artifacts is None:
+            return
+        await self._shipper.flush()
+        await upload_artifacts(
+            self.settings.artifacts,
+            self.settings.metadata,
+            self.settings.agent_name,
+            self.attempt_id,
+            self.assignment.node_rank,
+            AttemptDirs.of(self.settings.state_dir, self.attempt_id).artifacts,
+            lambda text: self._system(SYSTEM_RANK, text),
+            gate=self.settings.upload_gate,
+        )
 
     async def _wait_for_gang(self, port: int) -> tuple[str, int] | None:
         """A node of a multi-node gang: report that it is prepared (node 0 with the port it reserved for the

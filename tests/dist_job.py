@@ -30,11 +30,11 @@ class Job(Module):
         rank = self.trainer.global_rank
         if self.trainer.global_step == sigterm_at and rank in sigterm_ranks and not self.trainer.received_sigterm:
             os.kill(os.getpid(), signal.SIGTERM)
-        only_attempt = os.environ.get("DIST_JOB_RAISE_ATTEMPT")
+        only_attempt = os.environ.get("DIST_JOB_RAISE_ATTEMPT")  # faults (raise, sleep) only in that attempt
         attempt_ok = only_attempt is None or os.environ.get("GRIDLAB_ATTEMPT") == only_attempt
         if self.trainer.global_step == raise_at and rank == raise_rank and attempt_ok:
             raise ValueError(f"boom on rank {rank}")
-        if self.trainer.global_step == self.sleep[0] and rank == self.sleep[1]:
+        if self.trainer.global_step == self.sleep[0] and rank == self.sleep[1] and attempt_ok:
             time.sleep(self.sleep[2])  # its peers wait in the next collective meanwhile
         if self.print_every and self.trainer.global_step % self.print_every == 0:
             self.print(f"step {self.trainer.global_step}", flush=True)

@@ -3,13 +3,20 @@ agent, and the run is requeued onto the machines that remain."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
+import torch
 
+from gridlab.client.artifacts import list_artifacts
 from gridlab.client.localcluster import LocalCluster
+
+ROOT = Path(__file__).resolve().parents[1]
 
 ESCAPE = (
     "import subprocess, time\n"
@@ -47,3 +54,48 @@ def _attempt_of(proc: psutil.Process) -> str | None:
         return proc.environ().get("GRIDLAB_ATTEMPT_ID")
     except (psutil.Error, OSError):
         return None
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_agent_mid_run_resumes_elsewhere_from_the_uploaded_checkpoint(
+    make_cluster, tmp_path: Path
+) -> None:
+    """The run checkpoints at each epoch end and the agent uploads each checkpoint; its agent is killed
+    with SIGKILL in epoch 2; the run is requeued (infrastructure: no retry spent) onto the other agent,
+    which downloads the newest uploaded checkpoint and resumes from its step; the final weights equal
+    those of a run that was never interrupted."""
+    job = [sys.executable, str(ROOT / "tests" / "dist_job.py"), "--epochs", "3", "--checkpoint"]
+    ref = subprocess.run(
+        [*job, "--root", str(tmp_path / "ref"), "--save-weights", str(tmp_path / "ref.pt")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    cluster: LocalCluster = make_cluster(heartbeat_timeout=3)
+    cluster.start_scheduler()
+    fast = {"GRIDLAB_AGENT_CHECKPOINT_POLL": "0.2"}
+    cluster.start_agent("doomed", env=fast)
+    client = cluster.client()
+    command = [*job, "--root", "root", "--sleep", "20,0,120", "--save-weights", str(tmp_path / "run.pt")]
+    run = client.submit(command, env={"DIST_JOB_RAISE_ATTEMPT": "1"}, name="survivor")
+    deadline = time.monotonic() + 90
+    while not any(c.name == "epoch=0-step=16.ckpt" for c in list_artifacts(client, run.id).checkpoints):
+        assert time.monotonic() < deadline, list(client.logs(run.id))[-20:]
+        time.sleep(0.2)
+    cluster.start_agent("spare", env=fast)  # only now, so that attempt 1 surely ran on "doomed"
+    cluster.kill_agent("doomed")
+    status = run.wait(timeout=180)
+    lines = list(client.log_lines(run.id))
+    assert status.state == "SUCCEEDED", [line.text for line in lines][-30:]
+    detail = client.get_run(run.id)
+    assert [a.nodes[0].agent_name for a in detail.attempts] == ["doomed", "spare"]
+    assert detail.retries_used == 0
+    notes = [line.text for line in lines if line.attempt_number == 2 and "resum" in line.text.lower()]
+    assert any("epoch=0-step=16.ckpt" in note for note in notes), notes
+    assert any(line.text.startswith("done world_size=1 steps=48") for line in lines)
+    reference, resumed = torch.load(tmp_path / "ref.pt"), torch.load(tmp_path / "run.pt")
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
