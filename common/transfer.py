@@ -17,6 +17,9 @@ from its length, verify the SHA-256 over the whole file and rename it into place
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -71,6 +74,67 @@ class Blob:
     def ref(self, path: str) -> types_pb2.FileRef:
         """A FileRef naming this blob as `path` (for RecordCheckpoint / RecordArtifacts)."""
         return types_pb2.FileRef(path=path, digest=self.digest, size=self.size)
+
+
+class Pipeline:
+    """Calls run in order on one worker thread while the caller moves on: file and hash work
+    overlapping the network. At most `depth` calls wait; a failed call raises at the next
+    `put` or `drain`. A hop to a thread per chunk (`asyncio.to_thread`) costs more than it
+    saves, so the caller waits only when the queue is full.
+    """
+
+    def __init__(self, depth: int = 4) -> None:
+        self.depth = depth
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gridlab-transfer")
+        self._queued: collections.deque[concurrent.futures.Future[Any]] = collections.deque()
+
+    def _settled(self) -> concurrent.futures.Future[Any] | None:
+        """The oldest call to wait for before queueing another, after dropping finished ones."""
+        while self._queued and self._queued[0].done():
+            self._queued.popleft().result()
+        return self._queued.popleft() if len(self._queued) >= self.depth else None
+
+    def put(self, fn: Callable[..., Any], *args: Any) -> None:
+        while (oldest := self._settled()) is not None:
+            oldest.result()
+        self._queued.append(self._pool.submit(fn, *args))
+
+    async def put_async(self, fn: Callable[..., Any], *args: Any) -> None:
+        while (oldest := self._settled()) is not None:
+            await asyncio.wrap_future(oldest)
+        self._queued.append(self._pool.submit(fn, *args))
+
+    def drain(self) -> None:
+        while self._queued:
+            self._queued.popleft().result()
+
+    async def drain_async(self) -> None:
+        while self._queued:
+            await asyncio.wrap_future(self._queued.popleft())
+
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` after every queued call; its result."""
+        self.drain()
+        return self._pool.submit(fn, *args).result()
+
+    async def run_async(self, fn: Callable[..., T], *args: Any) -> T:
+        await self.drain_async()
+        return await asyncio.wrap_future(self._pool.submit(fn, *args))
+
+    def close(self) -> None:
+        """Wait for queued calls (their errors are dropped: the caller is already failing or done)."""
+        for future in self._queued:
+            with contextlib.suppress(Exception):
+                future.result()
+        self._queued.clear()
+        self._pool.shutdown(wait=True)
+
+    async def close_async(self) -> None:
+        for future in self._queued:
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(future)
+        self._queued.clear()
+        self._pool.shutdown(wait=False)
 
 
 # --- steps the protocol asks a driver to perform -------------------------------------------
@@ -187,11 +251,12 @@ class _Sink:
     def write(self, msg: artifacts_pb2.DownloadBlobResponse) -> None:
         if msg.size:
             self.expected = msg.size
-        if self.expected is not None and self.length + len(msg.data) > self.expected:
+        data = msg.data  # each read of the field is a copy
+        if self.expected is not None and self.length + len(data) > self.expected:
             raise TransferError(f"{self.digest}: the store sent more than the blob's {self.expected} bytes")
-        self.file.write(msg.data)
-        self.hash.update(msg.data)
-        self.length += len(msg.data)
+        self.file.write(data)
+        self.hash.update(data)
+        self.length += len(data)
 
     def reset(self) -> None:
         """Start again from byte 0."""
@@ -289,11 +354,14 @@ def _perform(stub: Any, metadata: Metadata, step: _Step) -> Any:
         return stub.UploadBlob(_upload_requests(step.path, step.header), metadata=metadata)
     if isinstance(step, _Fetch):
         call = stub.DownloadBlob(step.request, metadata=metadata)
+        pipe = Pipeline()
         try:
             for msg in call:
-                step.sink.write(msg)
+                pipe.put(step.sink.write, msg)
+            pipe.drain()
         finally:
             call.cancel()
+            pipe.close()  # the sink is the protocol's again only when no write is left
         return None
     if isinstance(step, _Blocking):
         return step.fn()
@@ -301,19 +369,26 @@ def _perform(stub: Any, metadata: Metadata, step: _Step) -> Any:
     return None
 
 
-async def _in_thread(items: Iterator[T]) -> AsyncIterator[T]:
-    """A blocking iterator (file reads), advanced in a worker thread."""
+async def read_ahead(items: Iterator[T], depth: int = 4) -> AsyncIterator[T]:
+    """A blocking iterator (file reads) advanced on a worker thread, `depth` items ahead."""
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gridlab-read")
     done = object()
+    ahead = collections.deque(pool.submit(next, items, done) for _ in range(depth))
     try:
         while True:
-            item: Any = await asyncio.to_thread(next, items, done)
+            future = ahead.popleft()
+            item: Any = future.result() if future.done() else await asyncio.wrap_future(future)
             if item is done:
                 return
+            ahead.append(pool.submit(next, items, done))
             yield item
     finally:
+        for future in ahead:
+            future.cancel()
         close = getattr(items, "close", None)
         if close is not None:
-            close()
+            pool.submit(close)  # after a read still running: one thread, in order
+        pool.shutdown(wait=False)
 
 
 async def _perform_async(stub: Any, metadata: Metadata, step: _Step) -> Any:
@@ -321,14 +396,17 @@ async def _perform_async(stub: Any, metadata: Metadata, step: _Step) -> Any:
         request = artifacts_pb2.StatBlobRequest(digest=step.digest)
         return await stub.StatBlob(request, metadata=metadata, timeout=UNARY_TIMEOUT)
     if isinstance(step, _Send):
-        return await stub.UploadBlob(_in_thread(_upload_requests(step.path, step.header)), metadata=metadata)
+        return await stub.UploadBlob(read_ahead(_upload_requests(step.path, step.header)), metadata=metadata)
     if isinstance(step, _Fetch):
         call = stub.DownloadBlob(step.request, metadata=metadata)
+        pipe = Pipeline()
         try:
             async for msg in call:
-                await asyncio.to_thread(step.sink.write, msg)
+                await pipe.put_async(step.sink.write, msg)
+            await pipe.drain_async()
         finally:
             call.cancel()
+            await pipe.close_async()
         return None
     if isinstance(step, _Blocking):
         return await asyncio.to_thread(step.fn)

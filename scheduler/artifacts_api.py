@@ -6,13 +6,12 @@ worker threads; the SQLite store is read and written on the event loop's thread 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 import grpc
 
+from gridlab.common.transfer import Pipeline, read_ahead
 from gridlab.v1 import artifacts_pb2, artifacts_pb2_grpc
 
 from . import auth
@@ -83,19 +82,28 @@ class ArtifactsService(artifacts_pb2_grpc.ArtifactsServicer):
         try:
             if (existing := self._existing(plan)) is not None:
                 return existing  # another upload of it finished while this one waited
-            partial = await asyncio.to_thread(PartialBlob, plan.partial, plan.digest, plan.size, plan.offset)
+            # The file and hash work runs on one thread beside the loop, a few chunks behind.
+            pipe = Pipeline(depth=8)
+            partial: PartialBlob | None = None
             try:
+                partial = await pipe.run_async(PartialBlob, plan.partial, plan.digest, plan.size, plan.offset)
+                received = plan.offset
                 async for msg in requests:
                     if msg.WhichOneof("msg") != "data":
                         raise invalid("after the header, UploadBlob messages carry data only")
                     if claim.superseded:
                         raise aborted("a newer upload of this blob took over: ask StatBlob where to resume")
+                    data = msg.data  # each read of the field is a copy
+                    received += len(data)
+                    if received > plan.size:
+                        raise invalid(f"more bytes than header.size ({plan.size}): send exactly the blob's bytes")
                     claim.touch()
-                    await asyncio.to_thread(partial.write, msg.data)
-                    claim.touch()
-                await asyncio.to_thread(partial.finish, plan.dest)
+                    await pipe.put_async(partial.write, data)
+                await pipe.run_async(partial.finish, plan.dest)
             finally:
-                partial.close()  # waits for a write still running in its thread (a cancelled call)
+                await pipe.close_async()  # no queued write is left when the file closes
+                if partial is not None:
+                    partial.close()
             self.blobs.commit(plan, self.engine.clock.time())
         finally:
             self.blobs.release(plan.digest, claim)
@@ -110,21 +118,13 @@ class ArtifactsService(artifacts_pb2_grpc.ArtifactsServicer):
             return self.blobs.open_download(request.digest, request.offset)
 
         path, size = await call(context, check)
-        chunks = read_chunks(path, request.offset)
-        # Read the next chunk while this one is sent: disk and network overlap.
-        pending = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
-        try:
-            sent_size = False
-            while (data := await pending) is not None:
-                pending = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
-                yield artifacts_pb2.DownloadBlobResponse(data=data, size=0 if sent_size else size)
-                sent_size = True
-            if not sent_size:
-                yield artifacts_pb2.DownloadBlobResponse(size=size)  # an empty blob, or from its end
-        finally:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await pending  # the generator is closed only once no thread is inside it
-            chunks.close()
+        first = True
+        # Disk reads run a few chunks ahead on a worker thread, beside the network.
+        async for data in read_ahead(read_chunks(path, request.offset)):
+            yield artifacts_pb2.DownloadBlobResponse(data=data, size=size if first else 0)
+            first = False
+        if first:
+            yield artifacts_pb2.DownloadBlobResponse(size=size)  # an empty blob, or from its end
 
     async def RecordCheckpoint(self, request: Any, context: Any) -> artifacts_pb2.RecordCheckpointResponse:
         checkpoint_id = await call(context, record_checkpoint, self.store, request, self.engine.clock.time())
