@@ -234,17 +234,25 @@ def _classify(error: grpc.RpcError) -> grpc.StatusCode | None:
 async def _upload(
     stub: artifacts_pb2_grpc.ArtifactsAsyncStub,
     metadata: Metadata,
-    attempt_id: str,
+    owner: tuple[str, str],
     files: Sequence[LocalFile],
     refs: list[types_pb2.FileRef],
     purpose: artifacts_pb2.BlobPurpose,
     gate: asyncio.Lock,
 ) -> None:
-    """Each file's bytes, one file at a time across everything that shares `gate`."""
+    """Each file's bytes, one file at a time across everything that shares `gate`. `owner`: the agent's name
+    and the attempt the files belong to."""
+    agent_name, attempt_id = owner
     for f, ref in zip(files, refs, strict=True):
         async with gate:
             await transfer.upload_file_async(
-                stub, f.path, purpose=purpose, attempt_id=attempt_id, metadata=metadata, digest=ref.digest
+                stub,
+                f.path,
+                purpose=purpose,
+                attempt_id=attempt_id,
+                agent_name=agent_name,
+                metadata=metadata,
+                digest=ref.digest,
             )
 
 
@@ -363,7 +371,7 @@ class CheckpointShipper:
             await _upload(
                 self.stub,
                 self.metadata,
-                self.attempt_id,
+                (self.agent_name, self.attempt_id),
                 entry.files,
                 refs,
                 artifacts_pb2.BLOB_PURPOSE_CHECKPOINT,
@@ -451,7 +459,9 @@ async def upload_artifacts(
         try:
             if refs is None:
                 raise OSError("a file changed while it was read")
-            await _upload(stub, metadata, attempt_id, files, refs, artifacts_pb2.BLOB_PURPOSE_ARTIFACT, gate)
+            await _upload(
+                stub, metadata, (agent_name, attempt_id), files, refs, artifacts_pb2.BLOB_PURPOSE_ARTIFACT, gate
+            )
             await stub.RecordArtifacts(
                 artifacts_pb2.RecordArtifactsRequest(
                     agent_name=agent_name, attempt_id=attempt_id, node_rank=node_rank, files=refs

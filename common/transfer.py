@@ -200,7 +200,7 @@ def _upload_requests(path: str, header: artifacts_pb2.BlobHeader) -> Iterator[ar
 
 
 def _upload_steps(
-    path: str, digest: str | None, purpose: artifacts_pb2.BlobPurpose, attempt_id: str
+    path: str, digest: str | None, purpose: artifacts_pb2.BlobPurpose, attempt_id: str, agent_name: str
 ) -> Generator[_Step, Any, Blob]:
     size = yield _Blocking(functools.partial(os.path.getsize, path))
     if digest is None:
@@ -217,7 +217,7 @@ def _upload_steps(
                 return Blob(digest, stat.size, existed=True)
             offset = stat.size if 0 <= stat.size <= size else 0
             header = artifacts_pb2.BlobHeader(
-                digest=digest, size=size, offset=offset, purpose=purpose, attempt_id=attempt_id
+                digest=digest, size=size, offset=offset, purpose=purpose, attempt_id=attempt_id, agent_name=agent_name
             )
             reply = yield _Send(path, header)
             return Blob(reply.digest, reply.size, existed=reply.existed)
@@ -423,6 +423,7 @@ def upload_file(
     *,
     purpose: artifacts_pb2.BlobPurpose,
     attempt_id: str = "",
+    agent_name: str = "",
     metadata: Metadata,
     digest: str | None = None,
 ) -> Blob:
@@ -437,6 +438,7 @@ def upload_file(
         path: The file. It must not change while it is sent (the store checks its digest).
         purpose: A `BlobPurpose` (BUNDLE for users; CHECKPOINT or ARTIFACT for agents).
         attempt_id: Agents: the live attempt the blob belongs to.
+        agent_name: Agents: the sender, which must hold a node of that attempt.
         metadata: Call metadata carrying the token (`gridlab.common.auth.metadata`).
         digest: The file's "sha256:<hex>" when the caller knows it; else computed.
 
@@ -448,7 +450,7 @@ def upload_file(
         ValueError: `digest` is not a sha256 digest.
         OSError: The file cannot be read.
     """
-    steps = _upload_steps(os.fspath(path), digest, purpose, attempt_id)
+    steps = _upload_steps(os.fspath(path), digest, purpose, attempt_id, agent_name)
     return _drive(steps, functools.partial(_perform, stub, metadata))
 
 
@@ -458,11 +460,12 @@ async def upload_file_async(
     *,
     purpose: artifacts_pb2.BlobPurpose,
     attempt_id: str = "",
+    agent_name: str = "",
     metadata: Metadata,
     digest: str | None = None,
 ) -> Blob:
     """`upload_file` with an `ArtifactsStub` on a grpc.aio channel; file reads run in threads."""
-    steps = _upload_steps(os.fspath(path), digest, purpose, attempt_id)
+    steps = _upload_steps(os.fspath(path), digest, purpose, attempt_id, agent_name)
     return await _drive_async(steps, functools.partial(_perform_async, stub, metadata))
 
 

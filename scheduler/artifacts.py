@@ -487,13 +487,16 @@ def may_upload(who: Principal, purpose: int) -> None:
         raise denied("users upload code bundles only (purpose BUNDLE); checkpoints and artifacts come from agents")
 
 
-def attempt_for_upload(store: Store, attempt_id: str, now: float) -> sqlite3.Row:
-    """The attempt an agent uploads a blob for: live, or ended less than ENDED_GRACE ago."""
+def attempt_for_upload(store: Store, attempt_id: str, agent_name: str, now: float) -> sqlite3.Row:
+    """The attempt an agent uploads a blob for: one with a node on that agent, live or ended less than
+    ENDED_GRACE ago."""
     if not attempt_id or len(attempt_id) > 128:
         raise invalid("header.attempt_id must name the attempt the file belongs to (1 to 128 characters)")
     row = store.one("SELECT * FROM attempts WHERE id = ?", (attempt_id,))
     if row is None:
         raise aborted(f"attempt {attempt_id!r} is unknown")
+    if not store.one("SELECT 1 FROM attempt_nodes WHERE attempt_id = ? AND agent_name = ?", (attempt_id, agent_name)):
+        raise aborted(f"attempt {attempt_id} has no node on agent {agent_name!r} (header.agent_name)")
     _check_recent(row, now)
     return row
 

@@ -75,7 +75,7 @@ class ArtifactsService(artifacts_pb2_grpc.ArtifactsServicer):
         may_upload(who, header.purpose)
         plan = self.blobs.plan_upload(header)
         if who.role == AGENT:
-            attempt_for_upload(self.store, header.attempt_id, self.engine.clock.time())
+            attempt_for_upload(self.store, header.attempt_id, header.agent_name, self.engine.clock.time())
         if (existing := self._existing(plan)) is not None:
             return existing
         claim = await self.blobs.claim(plan.digest)

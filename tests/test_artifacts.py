@@ -131,11 +131,15 @@ class Server:
 
         self.on_loop(update)
 
-    def put(self, path: Path, data: bytes, purpose: int = CHECKPOINT, attempt_id: str = "", who: str = "") -> Any:
-        """Upload `data` (written to `path`) as `who` (agent for checkpoints/artifacts, else alice)."""
+    def put(
+        self, path: Path, data: bytes, purpose: int = CHECKPOINT, attempt_id: str = "", who: str = "", agent: str = "a1"
+    ) -> Any:
+        """Upload `data` (written to `path`) as `who` (agent `agent` for checkpoints/artifacts, else alice)."""
         path.write_bytes(data)
         who = who or ("alice" if purpose == BUNDLE else "agent")
-        return transfer.upload_file(self.stub, path, purpose=purpose, attempt_id=attempt_id, metadata=self.md[who])
+        return transfer.upload_file(
+            self.stub, path, purpose=purpose, attempt_id=attempt_id, agent_name=agent, metadata=self.md[who]
+        )
 
     def close(self) -> None:
         self.channel.close()
@@ -311,7 +315,12 @@ def test_async_upload_and_download(server: Server, tmp_path: Path) -> None:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = artifacts_pb2_grpc.ArtifactsStub(channel)
             up = await transfer.upload_file_async(
-                stub, tmp_path / "f", purpose=CHECKPOINT, attempt_id=attempt, metadata=server.md["agent"]
+                stub,
+                tmp_path / "f",
+                purpose=CHECKPOINT,
+                attempt_id=attempt,
+                agent_name="a1",
+                metadata=server.md["agent"],
             )
             down = await transfer.download_blob_async(stub, up.digest, tmp_path / "out", metadata=server.md["agent"])
             return up, down
@@ -341,7 +350,9 @@ def test_sizes_are_capped_by_purpose_before_any_byte_is_written(server: Server, 
     expect(Code.RESOURCE_EXHAUSTED, lambda: raw_upload(server, header, [b"x"]), "at most 1048576 bytes per bundle")
     assert not (server.root / "artifacts" / "partial" / big.removeprefix("sha256:")).exists()
     attempt = server.add_attempt(server.add_run())
-    header = artifacts_pb2.BlobHeader(digest=big, size=(2 << 20) + 1, purpose=CHECKPOINT, attempt_id=attempt)
+    header = artifacts_pb2.BlobHeader(
+        digest=big, size=(2 << 20) + 1, purpose=CHECKPOINT, attempt_id=attempt, agent_name="a1"
+    )
     expect(Code.RESOURCE_EXHAUSTED, lambda: raw_upload(server, header, [], who="agent"), "per checkpoint")
     # More bytes than the header said are refused.
     header = artifacts_pb2.BlobHeader(digest=digest_of(b"abc"), size=3, purpose=BUNDLE)
@@ -447,6 +458,8 @@ def test_agents_upload_and_record_only_for_their_own_live_attempts(server: Serve
     expect(Code.PERMISSION_DENIED, lambda: server.put(tmp_path / "b", b"code", BUNDLE, who="agent"), "not code")
     expect(Code.ABORTED, lambda: server.put(tmp_path / "x", b"x", CHECKPOINT, "att-unknown"), "unknown")
     expect(Code.INVALID_ARGUMENT, lambda: server.put(tmp_path / "x", b"x", CHECKPOINT, ""), "attempt_id")
+    put_as_a3 = lambda: server.put(tmp_path / "y", b"y", CHECKPOINT, attempt, agent="a3")  # noqa: E731
+    expect(Code.ABORTED, put_as_a3, "has no node on agent 'a3'")
 
     def record(agent: str, node: int, attempt_id: str = attempt, files: Any = None) -> Any:
         request = artifacts_pb2.RecordCheckpointRequest(

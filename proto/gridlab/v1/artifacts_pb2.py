@@ -25,41 +25,41 @@ _sym_db = _symbol_database.Default()
 from gridlab.v1 import types_pb2 as gridlab_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agridlab/v1/artifacts.proto\x12\ngridlab.v1\x1a\x16gridlab/v1/types.proto\"!\n\x0fStatBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"2\n\x10StatBlobResponse\x12\x10\n\x08\x63omplete\x18\x01 \x01(\x08\x12\x0c\n\x04size\x18\x02 \x01(\x03\"x\n\nBlobHeader\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12(\n\x07purpose\x18\x04 \x01(\x0e\x32\x17.gridlab.v1.BlobPurpose\x12\x12\n\nattempt_id\x18\x05 \x01(\t\"T\n\x11UploadBlobRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.gridlab.v1.BlobHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x05\n\x03msg\"C\n\x12UploadBlobResponse\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0f\n\x07\x65xisted\x18\x03 \x01(\x08\"E\n\x13\x44ownloadBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0e\n\x06run_id\x18\x03 \x01(\t\"2\n\x14\x44ownloadBlobResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04size\x18\x02 \x01(\x03\"\x94\x01\n\x17RecordCheckpointRequest\x12\x12\n\nagent_name\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\x11\n\tnode_rank\x18\x03 \x01(\x05\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0c\n\x04step\x18\x05 \x01(\x03\x12\"\n\x05\x66iles\x18\x06 \x03(\x0b\x32\x13.gridlab.v1.FileRef\"1\n\x18RecordCheckpointResponse\x12\x15\n\rcheckpoint_id\x18\x01 \x01(\x03\"w\n\x16RecordArtifactsRequest\x12\x12\n\nagent_name\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\x11\n\tnode_rank\x18\x03 \x01(\x05\x12\"\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x13.gridlab.v1.FileRef\"\x19\n\x17RecordArtifactsResponse\"&\n\x14ListArtifactsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"m\n\x15ListArtifactsResponse\x12+\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x16.gridlab.v1.Checkpoint\x12\'\n\tartifacts\x18\x02 \x03(\x0b\x32\x14.gridlab.v1.Artifact*|\n\x0b\x42lobPurpose\x12\x1c\n\x18\x42LOB_PURPOSE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42LOB_PURPOSE_BUNDLE\x10\x01\x12\x1b\n\x17\x42LOB_PURPOSE_CHECKPOINT\x10\x02\x12\x19\n\x15\x42LOB_PURPOSE_ARTIFACT\x10\x03\x32\x87\x04\n\tArtifacts\x12\x45\n\x08StatBlob\x12\x1b.gridlab.v1.StatBlobRequest\x1a\x1c.gridlab.v1.StatBlobResponse\x12M\n\nUploadBlob\x12\x1d.gridlab.v1.UploadBlobRequest\x1a\x1e.gridlab.v1.UploadBlobResponse(\x01\x12S\n\x0c\x44ownloadBlob\x12\x1f.gridlab.v1.DownloadBlobRequest\x1a .gridlab.v1.DownloadBlobResponse0\x01\x12]\n\x10RecordCheckpoint\x12#.gridlab.v1.RecordCheckpointRequest\x1a$.gridlab.v1.RecordCheckpointResponse\x12Z\n\x0fRecordArtifacts\x12\".gridlab.v1.RecordArtifactsRequest\x1a#.gridlab.v1.RecordArtifactsResponse\x12T\n\rListArtifacts\x12 .gridlab.v1.ListArtifactsRequest\x1a!.gridlab.v1.ListArtifactsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agridlab/v1/artifacts.proto\x12\ngridlab.v1\x1a\x16gridlab/v1/types.proto\"!\n\x0fStatBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"2\n\x10StatBlobResponse\x12\x10\n\x08\x63omplete\x18\x01 \x01(\x08\x12\x0c\n\x04size\x18\x02 \x01(\x03\"\x8c\x01\n\nBlobHeader\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12(\n\x07purpose\x18\x04 \x01(\x0e\x32\x17.gridlab.v1.BlobPurpose\x12\x12\n\nattempt_id\x18\x05 \x01(\t\x12\x12\n\nagent_name\x18\x06 \x01(\t\"T\n\x11UploadBlobRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.gridlab.v1.BlobHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x05\n\x03msg\"C\n\x12UploadBlobResponse\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0f\n\x07\x65xisted\x18\x03 \x01(\x08\"E\n\x13\x44ownloadBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0e\n\x06run_id\x18\x03 \x01(\t\"2\n\x14\x44ownloadBlobResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04size\x18\x02 \x01(\x03\"\x94\x01\n\x17RecordCheckpointRequest\x12\x12\n\nagent_name\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\x11\n\tnode_rank\x18\x03 \x01(\x05\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0c\n\x04step\x18\x05 \x01(\x03\x12\"\n\x05\x66iles\x18\x06 \x03(\x0b\x32\x13.gridlab.v1.FileRef\"1\n\x18RecordCheckpointResponse\x12\x15\n\rcheckpoint_id\x18\x01 \x01(\x03\"w\n\x16RecordArtifactsRequest\x12\x12\n\nagent_name\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\x11\n\tnode_rank\x18\x03 \x01(\x05\x12\"\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x13.gridlab.v1.FileRef\"\x19\n\x17RecordArtifactsResponse\"&\n\x14ListArtifactsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"m\n\x15ListArtifactsResponse\x12+\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x16.gridlab.v1.Checkpoint\x12\'\n\tartifacts\x18\x02 \x03(\x0b\x32\x14.gridlab.v1.Artifact*|\n\x0b\x42lobPurpose\x12\x1c\n\x18\x42LOB_PURPOSE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42LOB_PURPOSE_BUNDLE\x10\x01\x12\x1b\n\x17\x42LOB_PURPOSE_CHECKPOINT\x10\x02\x12\x19\n\x15\x42LOB_PURPOSE_ARTIFACT\x10\x03\x32\x87\x04\n\tArtifacts\x12\x45\n\x08StatBlob\x12\x1b.gridlab.v1.StatBlobRequest\x1a\x1c.gridlab.v1.StatBlobResponse\x12M\n\nUploadBlob\x12\x1d.gridlab.v1.UploadBlobRequest\x1a\x1e.gridlab.v1.UploadBlobResponse(\x01\x12S\n\x0c\x44ownloadBlob\x12\x1f.gridlab.v1.DownloadBlobRequest\x1a .gridlab.v1.DownloadBlobResponse0\x01\x12]\n\x10RecordCheckpoint\x12#.gridlab.v1.RecordCheckpointRequest\x1a$.gridlab.v1.RecordCheckpointResponse\x12Z\n\x0fRecordArtifacts\x12\".gridlab.v1.RecordArtifactsRequest\x1a#.gridlab.v1.RecordArtifactsResponse\x12T\n\rListArtifacts\x12 .gridlab.v1.ListArtifactsRequest\x1a!.gridlab.v1.ListArtifactsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gridlab.v1.artifacts_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BLOBPURPOSE']._serialized_start=1054
-  _globals['_BLOBPURPOSE']._serialized_end=1178
+  _globals['_BLOBPURPOSE']._serialized_start=1075
+  _globals['_BLOBPURPOSE']._serialized_end=1199
   _globals['_STATBLOBREQUEST']._serialized_start=66
   _globals['_STATBLOBREQUEST']._serialized_end=99
   _globals['_STATBLOBRESPONSE']._serialized_start=101
   _globals['_STATBLOBRESPONSE']._serialized_end=151
-  _globals['_BLOBHEADER']._serialized_start=153
-  _globals['_BLOBHEADER']._serialized_end=273
-  _globals['_UPLOADBLOBREQUEST']._serialized_start=275
-  _globals['_UPLOADBLOBREQUEST']._serialized_end=359
-  _globals['_UPLOADBLOBRESPONSE']._serialized_start=361
-  _globals['_UPLOADBLOBRESPONSE']._serialized_end=428
-  _globals['_DOWNLOADBLOBREQUEST']._serialized_start=430
-  _globals['_DOWNLOADBLOBREQUEST']._serialized_end=499
-  _globals['_DOWNLOADBLOBRESPONSE']._serialized_start=501
-  _globals['_DOWNLOADBLOBRESPONSE']._serialized_end=551
-  _globals['_RECORDCHECKPOINTREQUEST']._serialized_start=554
-  _globals['_RECORDCHECKPOINTREQUEST']._serialized_end=702
-  _globals['_RECORDCHECKPOINTRESPONSE']._serialized_start=704
-  _globals['_RECORDCHECKPOINTRESPONSE']._serialized_end=753
-  _globals['_RECORDARTIFACTSREQUEST']._serialized_start=755
-  _globals['_RECORDARTIFACTSREQUEST']._serialized_end=874
-  _globals['_RECORDARTIFACTSRESPONSE']._serialized_start=876
-  _globals['_RECORDARTIFACTSRESPONSE']._serialized_end=901
-  _globals['_LISTARTIFACTSREQUEST']._serialized_start=903
-  _globals['_LISTARTIFACTSREQUEST']._serialized_end=941
-  _globals['_LISTARTIFACTSRESPONSE']._serialized_start=943
-  _globals['_LISTARTIFACTSRESPONSE']._serialized_end=1052
-  _globals['_ARTIFACTS']._serialized_start=1181
-  _globals['_ARTIFACTS']._serialized_end=1700
+  _globals['_BLOBHEADER']._serialized_start=154
+  _globals['_BLOBHEADER']._serialized_end=294
+  _globals['_UPLOADBLOBREQUEST']._serialized_start=296
+  _globals['_UPLOADBLOBREQUEST']._serialized_end=380
+  _globals['_UPLOADBLOBRESPONSE']._serialized_start=382
+  _globals['_UPLOADBLOBRESPONSE']._serialized_end=449
+  _globals['_DOWNLOADBLOBREQUEST']._serialized_start=451
+  _globals['_DOWNLOADBLOBREQUEST']._serialized_end=520
+  _globals['_DOWNLOADBLOBRESPONSE']._serialized_start=522
+  _globals['_DOWNLOADBLOBRESPONSE']._serialized_end=572
+  _globals['_RECORDCHECKPOINTREQUEST']._serialized_start=575
+  _globals['_RECORDCHECKPOINTREQUEST']._serialized_end=723
+  _globals['_RECORDCHECKPOINTRESPONSE']._serialized_start=725
+  _globals['_RECORDCHECKPOINTRESPONSE']._serialized_end=774
+  _globals['_RECORDARTIFACTSREQUEST']._serialized_start=776
+  _globals['_RECORDARTIFACTSREQUEST']._serialized_end=895
+  _globals['_RECORDARTIFACTSRESPONSE']._serialized_start=897
+  _globals['_RECORDARTIFACTSRESPONSE']._serialized_end=922
+  _globals['_LISTARTIFACTSREQUEST']._serialized_start=924
+  _globals['_LISTARTIFACTSREQUEST']._serialized_end=962
+  _globals['_LISTARTIFACTSRESPONSE']._serialized_start=964
+  _globals['_LISTARTIFACTSRESPONSE']._serialized_end=1073
+  _globals['_ARTIFACTS']._serialized_start=1202
+  _globals['_ARTIFACTS']._serialized_end=1721
 # @@protoc_insertion_point(module_scope)

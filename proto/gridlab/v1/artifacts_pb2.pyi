@@ -34,18 +34,20 @@ class StatBlobResponse(_message.Message):
     def __init__(self, complete: _Optional[bool] = ..., size: _Optional[int] = ...) -> None: ...
 
 class BlobHeader(_message.Message):
-    __slots__ = ("digest", "size", "offset", "purpose", "attempt_id")
+    __slots__ = ("digest", "size", "offset", "purpose", "attempt_id", "agent_name")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
     digest: str
     size: int
     offset: int
     purpose: BlobPurpose
     attempt_id: str
-    def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ..., offset: _Optional[int] = ..., purpose: _Optional[_Union[BlobPurpose, str]] = ..., attempt_id: _Optional[str] = ...) -> None: ...
+    agent_name: str
+    def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ..., offset: _Optional[int] = ..., purpose: _Optional[_Union[BlobPurpose, str]] = ..., attempt_id: _Optional[str] = ..., agent_name: _Optional[str] = ...) -> None: ...
 
 class UploadBlobRequest(_message.Message):
     __slots__ = ("header", "data")
