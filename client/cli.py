@@ -210,12 +210,16 @@ def cmd_submit(args: argparse.Namespace, client: Client) -> int:
         args.command,
         gpus=args.gpus,
         cpus=args.cpus,
+        nodes=args.nodes,
+        procs_per_node=args.procs_per_node,
         env=dict(args.env or ()),
         name=args.name,
         idempotency_key=args.idempotency_key,
         max_retries=args.max_retries,
         hang_timeout=args.hang_timeout,
         requirements=args.pip or (),
+        code=args.code,
+        workdir=args.workdir,
     )
     as_json = _output(args) == "json"
     if not as_json:
@@ -558,6 +562,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("submit", cmd_submit, "queue a command; prints the run id")
     p.add_argument("--gpus", type=int, default=0, help="GPUs per node (default 0)")
     p.add_argument("--cpus", type=float, default=1, help="CPU cores per node (default 1)")
+    p.add_argument("--nodes", type=_positive_int, default=1, help="machines, started together as one group (default 1)")
+    p.add_argument("--procs-per-node", type=int, default=0, help="ranks per node (default: one per GPU, or 1)")
+    p.add_argument(
+        "--code",
+        metavar="DIR",
+        help="ship this folder (honouring .gitignore/.gridlabignore) and run the command in it on every node",
+    )
+    p.add_argument("--workdir", default="", metavar="PATH", help="with --code: start in this folder inside it")
     p.add_argument("--name", help="a name to recognise the run by")
     p.add_argument(
         "-e",

@@ -138,3 +138,13 @@ def test_submit_takes_retries_and_a_hang_timeout_into_the_spec() -> None:
 def test_metrics_takes_a_run_and_follow() -> None:
     args = cli.parse_args(["metrics", "-f", "run-1"])
     assert (args.run, args.follow) == ("run-1", True)
+
+
+def test_submit_takes_nodes_and_code() -> None:
+    args = cli.parse_args(
+        ["submit", "--nodes", "2", "--procs-per-node", "4", "--code", ".", "--workdir", "src", "--", "python", "t.py"]
+    )
+    assert (args.nodes, args.procs_per_node, args.code, args.workdir) == (2, 4, ".", "src")
+    assert cli.parse_args(["submit", "--", "true"]).code is None
+    with pytest.raises(SystemExit):
+        cli.parse_args(["submit", "--nodes", "0", "--", "true"])
