@@ -33,6 +33,7 @@ from collections.abc import Generator, Iterable, Sequence
 from pathlib import Path
 
 import grpc
+import structlog
 
 from gridlab.common.config import SchedulerConfig
 from gridlab.common.timeutil import ts
@@ -49,8 +50,11 @@ MAX_PATH_CHARS = 1024
 MAX_PART_CHARS = 255
 MAX_NAME_CHARS = 255
 ENDED_GRACE = 3600.0  # seconds after an attempt ended that its node may still upload and record
+PARTIAL_MAX_AGE = 7 * 86400.0  # an interrupted upload nobody resumed this long is removed at start
 STALL_SECONDS = 30.0  # an upload that sent nothing this long gives way to a new one of the same blob
 READ_CHUNK = 1024 * 1024  # bytes per DownloadBlob message (see bench/artifact_throughput.py)
+
+log = structlog.get_logger("gridlab.scheduler.artifacts")
 
 _PURPOSE_WORDS = {
     artifacts_pb2.BLOB_PURPOSE_BUNDLE: "bundle",
@@ -385,6 +389,23 @@ class BlobStore:
         (self.root / "sha256").mkdir(parents=True, exist_ok=True)
         (self.root / "partial").mkdir(parents=True, exist_ok=True)
         self._claims: dict[str, _Claim] = {}
+        self.sweep_partials()
+
+    def sweep_partials(self, max_age: float = PARTIAL_MAX_AGE) -> int:
+        """Remove interrupted uploads nobody resumed for `max_age` seconds (at start: no upload is in flight
+        yet). A client that comes back later starts that blob over. Returns how many were removed."""
+        removed = 0
+        cutoff = time.time() - max_age
+        for path in (self.root / "partial").iterdir():
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                continue
+        if removed:
+            log.info("stale_partial_uploads_removed", count=removed)
+        return removed
 
     def blob_path(self, digest: str) -> Path:
         hexdigest = digest.removeprefix("sha256:")

@@ -29,7 +29,7 @@ from gridlab.common.grpcopts import SERVER_OPTIONS
 from gridlab.common.ids import new_id
 from gridlab.common.timeutil import FakeClock
 from gridlab.scheduler import artifacts
-from gridlab.scheduler.artifacts import newest_checkpoint, run_checkpoints
+from gridlab.scheduler.artifacts import BlobStore, newest_checkpoint, run_checkpoints
 from gridlab.scheduler.artifacts_api import ArtifactsService
 from gridlab.scheduler.auth import AuthInterceptor
 from gridlab.scheduler.engine import Engine
@@ -684,3 +684,16 @@ def test_client_refuses_to_write_outside_its_folder(tmp_path: Path) -> None:
     for bad in ("/etc/passwd", "../x", "a/../../x", "", "a\\b"):
         with pytest.raises(GridlabError, match="plain relative path"):
             _target(tmp_path, bad)
+
+
+def test_interrupted_uploads_nobody_resumed_are_swept_at_start(tmp_path: Path) -> None:
+    config = SchedulerConfig(state_dir=str(tmp_path))
+    store = Store(tmp_path / "s.db")
+    blobs = BlobStore(store, config)
+    old, fresh = blobs.partial_path(digest_of(b"old")), blobs.partial_path(digest_of(b"fresh"))
+    old.write_bytes(b"ol")
+    fresh.write_bytes(b"fr")
+    os.utime(old, (time.time() - 8 * 86400,) * 2)
+    BlobStore(store, config)  # a restarted scheduler
+    assert not old.exists()
+    assert fresh.exists()
