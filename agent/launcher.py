@@ -715,18 +715,24 @@ class Attempt:
 
     def _read_output(self, r: _Rank) -> None:
         if r.proc.stdout is not None:
-            r.readers.append(asyncio.create_task(self._pump(r.proc.stdout, r.rank, True)))
+            pipe = r.transport.get_pipe_transport(1)
+            r.readers.append(asyncio.create_task(self._pump(r.proc.stdout, r.rank, True, pipe)))
         if r.proc.stderr is not None:
-            r.readers.append(asyncio.create_task(self._pump(r.proc.stderr, r.rank, False)))
+            pipe = r.transport.get_pipe_transport(2)
+            r.readers.append(asyncio.create_task(self._pump(r.proc.stderr, r.rank, False, pipe)))
 
-    async def _pump(self, reader: asyncio.StreamReader, rank: int, stdout: bool) -> None:
-        """A rank's pipe to EOF: each read's complete lines go out as one batch (a LogLine with count)."""
+    async def _pump(
+        self, reader: asyncio.StreamReader, rank: int, stdout: bool, pipe: asyncio.BaseTransport | None = None
+    ) -> None:
+        """A rank's pipe to EOF: each read's complete lines go out as one batch (a LogLine with count); a
+        busy pipe is read every 2 ms, so a rank writing line by line still makes big batches."""
         stream = types_pb2.LOG_STREAM_STDOUT if stdout else types_pb2.LOG_STREAM_STDERR
 
         def emit(text: str, count: int) -> None:
             self._events.on_log(self._log.batch(rank, stream, text, count))
 
-        await pump_batches(reader, emit)
+        read_pipe = pipe if isinstance(pipe, asyncio.ReadTransport) else None
+        await pump_batches(reader, emit, gather=0.002, pipe=read_pipe)
 
     async def _wait_ranks(self) -> None:
         waits: dict[asyncio.Future[None], _Rank] = {r.exited: r for r in self._ranks}

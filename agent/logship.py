@@ -135,10 +135,17 @@ def _has_long_line(body: bytes, limit: int) -> bool:
 
 
 async def pump_batches(
-    reader: asyncio.StreamReader, on_batch: Callable[[str, int], None], chunk: int = 256 * 1024
+    reader: asyncio.StreamReader,
+    on_batch: Callable[[str, int], None],
+    chunk: int = 256 * 1024,
+    gather: float = 0.0,
+    pipe: asyncio.ReadTransport | None = None,
 ) -> None:
     """Read `reader` to EOF, calling `on_batch(text, count)` for the complete lines of each read:
-    `count` lines joined by "\n" in `text`."""
+    `count` lines joined by "\n" in `text`. With `gather` and the reader's `pipe` transport, a read
+    that found output stops reading the pipe for `gather` seconds, so a rank that writes line by line
+    (PYTHONUNBUFFERED) is read in chunks rather than once per write; an idle pipe still wakes the
+    reader at once, so a lone line waits no longer than before."""
     splitter = LineSplitter()
     while True:
         data = await reader.read(chunk)
@@ -147,6 +154,12 @@ async def pump_batches(
         text, count = splitter.feed_joined(data)
         if count:
             on_batch(text, count)
+        if gather and len(data) < chunk and pipe is not None and pipe.is_reading():
+            pipe.pause_reading()  # the output gathers in the pipe meanwhile, with no wakeup per write
+            try:
+                await asyncio.sleep(gather)
+            finally:
+                pipe.resume_reading()
     last = splitter.finish()
     if last:
         on_batch("\n".join(last), len(last))
@@ -175,7 +188,8 @@ class AttemptLog:
         self._seq: dict[int, int] = collections.defaultdict(int)
 
     def line(self, rank: int, stream: types_pb2.LogStream, text: str) -> types_pb2.LogLine:
-        return self.batch(rank, stream, text, 1)
+        """One line; a text with newlines in it (an agent note quoting an error) is that many lines."""
+        return self.batch(rank, stream, text, text.count("\n") + 1)
 
     def batch(self, rank: int, stream: types_pb2.LogStream, text: str, count: int) -> types_pb2.LogLine:
         """`count` lines joined by "\n" in `text`, as one LogLine (a batch when count > 1)."""
@@ -226,25 +240,86 @@ def status_code(exc: BaseException) -> grpc.StatusCode | None:
     return None
 
 
+MERGE_BYTES = 256 * 1024  # a queued batch grows by the rank's next reads up to this size ...
+MERGE_SPAN = 0.1  # ... and for this long (seconds), as the lines share its one time
+
+
+@dataclass
+class _Tail:
+    """The newest queued batch while it still grows: later reads of the same rank and stream join it
+    (their texts kept apart until it is sealed), so a rank that writes line by line still ships, stores
+    and streams in big batches."""
+
+    first: types_pb2.LogLine  # its attempt, rank, stream, first seq and time
+    texts: list[str]
+    count: int
+    size: int
+    started: float  # time.monotonic()
+
+    def takes(self, entry: types_pb2.LogLine, size: int, now: float, max_lines: int, max_bytes: int) -> bool:
+        first = self.first
+        return (
+            entry.seq == first.seq + self.count
+            and entry.rank == first.rank
+            and entry.stream == first.stream
+            and self.size + size <= max_bytes
+            and self.count + line_count(entry) <= max_lines
+            and now - self.started <= MERGE_SPAN
+        )
+
+    def seal(self) -> types_pb2.LogLine:
+        if len(self.texts) == 1:
+            return self.first
+        entry = types_pb2.LogLine()
+        entry.CopyFrom(self.first)
+        entry.text = "\n".join(self.texts)
+        entry.count = self.count
+        return entry
+
+
 @dataclass
 class _Queue:
-    """An attempt's unacknowledged LogLines (each a batch or one line), with its line counts kept
-    up to date, so `pending` costs nothing per line."""
+    """An attempt's unacknowledged LogLines (each a batch or one line), oldest first, with its line
+    counts kept up to date, so `pending` costs nothing per line."""
 
     lines: collections.deque[tuple[types_pb2.LogLine, int]] = field(default_factory=collections.deque)  # (entry, bytes)
+    tail: _Tail | None = None  # newer than `lines`, still growing
     in_flight: list[tuple[types_pb2.LogLine, int]] = field(default_factory=list)
-    queued_lines: int = 0  # lines in `lines`
+    queued_lines: int = 0  # lines in `lines` and `tail`
     queued_bytes: int = 0
     flight_lines: int = 0  # lines in `in_flight`
     dropped: int = 0  # lines shed because the buffer (and the spill, when there is one) was full
-    spill: _Spill | None = None  # newer lines than `lines`, on disk, while memory is over its cap
+    spill: _Spill | None = None  # newer lines than `lines` and `tail`, on disk, while memory is over its cap
+    merge_lines: int = 1_000_000  # the tail grows to this many lines at most
+    merge_bytes: int = MERGE_BYTES
 
-    def push(self, entry: types_pb2.LogLine, size: int) -> None:
-        self.lines.append((entry, size))
-        self.queued_lines += line_count(entry)
+    def push(self, entry: types_pb2.LogLine, size: int, *, merge: bool = True) -> None:
+        n = line_count(entry)
+        self.queued_lines += n
         self.queued_bytes += size
+        if merge:
+            now = time.monotonic()
+            tail = self.tail
+            if tail is not None and tail.takes(entry, size, now, self.merge_lines, self.merge_bytes):
+                tail.texts.append(entry.text)
+                tail.count += n
+                tail.size += size
+                return
+            self.seal()
+            self.tail = _Tail(entry, [entry.text], n, size, now)
+        else:
+            self.seal()
+            self.lines.append((entry, size))
+
+    def seal(self) -> None:
+        """The growing batch stops growing: an ordinary queued entry."""
+        if self.tail is not None:
+            self.lines.append((self.tail.seal(), self.tail.size))
+            self.tail = None
 
     def pop(self) -> tuple[types_pb2.LogLine, int]:
+        if not self.lines:
+            self.seal()
         entry, size = self.lines.popleft()
         self.queued_lines -= line_count(entry)
         self.queued_bytes -= size
@@ -371,7 +446,13 @@ class LogShipper:
     def add(self, line: types_pb2.LogLine) -> None:
         """Queue one LogLine: a single line, or a batch of a rank's consecutive lines."""
         size = line.ByteSize() + 8
-        q = self._queues.setdefault(line.attempt_id, _Queue())
+        q = self._queues.get(line.attempt_id)
+        if q is None:
+            q = self._queues[line.attempt_id] = _Queue(
+                merge_lines=self.max_batch_lines,
+                # (a small memory cap sheds in small steps: a batch is shed whole)
+                merge_bytes=min(MERGE_BYTES, self.max_batch_bytes, self.max_pending_bytes // 16),
+            )
         if q.spill is not None or (self._pending_bytes + size > self.max_pending_bytes and self._can_spill()):
             self._to_spill(line.attempt_id, q, line)
         else:
@@ -394,6 +475,7 @@ class LogShipper:
         try:
             if q.spill is None:
                 assert self.spill_dir is not None  # noqa: S101 - _can_spill checked
+                q.seal()
                 self.spill_dir.mkdir(parents=True, exist_ok=True)
                 q.spill = _Spill(self.spill_dir, f"{attempt_id}.{id(q):x}", self.spill_segment_bytes)
                 log.info("log buffer full, spilling to disk", attempt=attempt_id, folder=str(self.spill_dir))
@@ -425,7 +507,7 @@ class LogShipper:
             return
         for line in lines:
             size = line.ByteSize() + 8
-            q.push(line, size)
+            q.push(line, size, merge=False)
             self._pending_bytes += size
         if spill.entries == 0:
             spill.close()
@@ -517,7 +599,7 @@ class LogShipper:
         """The batch in flight is done with (acknowledged, or refused for good)."""
         if self._queues.get(attempt_id) is q:  # not dropped while in flight
             self._pending_bytes -= sum(size for _, size in q.in_flight)
-            if not q.lines and q.spill is None:
+            if not q.lines and q.tail is None and q.spill is None:
                 del self._queues[attempt_id]
         q.in_flight.clear()
         q.flight_lines = 0
@@ -526,6 +608,7 @@ class LogShipper:
     def _take_batch(self) -> tuple[str, _Queue] | None:
         for attempt_id in list(self._queues):
             q = self._queues.pop(attempt_id)
+            q.seal()
             self._refill(q)
             if not q.lines:
                 if q.in_flight:
@@ -558,7 +641,7 @@ class LogShipper:
         queued lines of the biggest queue, rather than stall the ranks or the agent."""
         while self._pending_bytes > self.max_pending_bytes * 0.9:
             q = max(self._queues.values(), key=lambda q: q.queued_bytes)
-            if not q.lines:
+            if not q.lines and q.tail is None:
                 return
             line, size = q.pop()
             self._pending_bytes -= size

@@ -41,6 +41,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from gridlab.client.localcluster import LocalCluster
 from gridlab.v1 import types_pb2
 
@@ -170,8 +172,15 @@ def pipe(n: int) -> Result:
     return Result("pipe read by this process", checker, checker.first_to_last, submit_to_last=t_last - t0)
 
 
-def through_gridlab(n: int, timeout: float, keep: Path | None) -> tuple[Result, str]:
-    """One run printing n lines, followed from submit to its end."""
+def _cpu(proc: psutil.Process) -> tuple[float, float]:
+    """(own CPU seconds, CPU seconds of its reaped children)."""
+    t = proc.cpu_times()
+    return t.user + t.system, t.children_user + t.children_system
+
+
+def through_gridlab(n: int, timeout: float, keep: Path | None) -> tuple[Result, str, dict[str, float]]:
+    """One run printing n lines, followed from submit to its end; also the CPU seconds each process
+    spent on it (the rank's through the agent, which reaps it)."""
     checker = Checker(n)
     seqs: dict[tuple[str, int], int] = {}
     seq_errors = 0
@@ -187,6 +196,11 @@ def through_gridlab(n: int, timeout: float, keep: Path | None) -> tuple[Result, 
             if sum(1 for _ in warm.logs(follow=True, timeout=60)) != 10:
                 raise RuntimeError("the warm-up run did not deliver its 10 lines")
             warm.wait(timeout=60)
+            assert cluster.scheduler is not None  # noqa: S101 - started above
+            scheduler = psutil.Process(cluster.scheduler.pid)
+            agent = psutil.Process(cluster.agents["bench"].pid)
+            sched0, agent0 = _cpu(scheduler), _cpu(agent)
+            client0 = time.process_time()
             t0 = time.perf_counter()
             run = client.submit(printer_command(n), name="log-throughput")
             try:
@@ -202,10 +216,18 @@ def through_gridlab(n: int, timeout: float, keep: Path | None) -> tuple[Result, 
                     checker.line(line.text, now)
             except TimeoutError as exc:
                 timed_out = str(exc)
+            client_cpu = time.process_time() - client0
             try:
                 status = run.status() if timed_out else run.wait(timeout=60)
             except TimeoutError:
                 status = run.status()
+            sched1, agent1 = _cpu(scheduler), _cpu(agent)
+    cpu = {
+        "rank (printer)": agent1[1] - agent0[1],
+        "agent": agent1[0] - agent0[0],
+        "scheduler": sched1[0] - sched0[0],
+        "client (this process)": client_cpu,
+    }
     t_last = checker.last_at
     notes = [f"run {status.state}, exit code {status.exit_code}, attempts seen {len({a for a, _ in seqs})}"]
     if seq_errors:
@@ -220,7 +242,7 @@ def through_gridlab(n: int, timeout: float, keep: Path | None) -> tuple[Result, 
         checker.first_to_last,
         submit_to_last=(t_last - t0) if t_last is not None else None,
     )
-    return result, "; ".join(notes)
+    return result, "; ".join(notes), cpu
 
 
 def main() -> None:
@@ -237,7 +259,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gridlab-bench-") as tmp:
         file_result = local_file(n, Path(tmp))
     pipe_result = pipe(n)
-    grid, grid_note = through_gridlab(n, args.timeout, args.keep)
+    grid, grid_note, cpu = through_gridlab(n, args.timeout, args.keep)
 
     print(f"lines: {n:,} printed by one `python -c` rank (`line 1` ... `line {n}`), one agent, idle cluster")
     print(f"{'':34} {'received':>10} {'lost':>8} {'dup':>6} {'order':>6} {'seconds':>9} {'lines/s':>10}")
@@ -252,6 +274,11 @@ def main() -> None:
             rate = r.checker.unique / r.submit_to_last if r.submit_to_last > 0 else 0.0
             print(f"{r.name + ', start to last':49} {r.submit_to_last:27.3f} {rate:10,.0f}")
     print(f"gridlab: {grid_note}")
+    print(
+        "CPU seconds per process during the gridlab run ("
+        + ", ".join(f"{name} {sec:.2f}" for name, sec in cpu.items())
+        + f"); per line: {', '.join(f'{name.split()[0]} {sec / n * 1e6:.2f} us' for name, sec in cpu.items())}"
+    )
     c = grid.checker
     print(
         f"received {c.received:,} of {n:,} printed: lost {c.lost:,}, duplicated {c.duplicates:,}, "

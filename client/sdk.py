@@ -420,6 +420,35 @@ class Run:
         return hash(self._id)
 
 
+def _last_cursor(batch: types_pb2.LogLine) -> int:
+    """The cursor of a batch's last line (0 when the scheduler set none)."""
+    return batch.cursor + max(1, batch.count) - 1 if batch.cursor else 0
+
+
+def _single_lines(
+    batches: Generator[tuple[types_pb2.LogLine, list[str]], None, None],
+) -> Generator[types_pb2.LogLine, None, None]:
+    """Batches as one LogLine per line (each a copy of its batch with the line's text, seq and cursor)."""
+    with contextlib.closing(batches):
+        for batch, texts in batches:
+            if batch.count <= 1 and len(texts) == 1:
+                yield batch
+                continue
+            template = types_pb2.LogLine()
+            template.CopyFrom(batch)
+            template.count = 0
+            template.text = ""
+            seq, cursor = batch.seq, batch.cursor
+            for i, text in enumerate(texts):
+                line = types_pb2.LogLine()
+                line.CopyFrom(template)
+                line.seq = seq + i
+                if cursor:
+                    line.cursor = cursor + i
+                line.text = text
+                yield line
+
+
 def _timing_out(items: Generator[T, None, None], message: str) -> Generator[T, None, None]:
     """`items`, whose deadline (DeadlineExceeded) becomes TimeoutError(message)."""
     with contextlib.closing(items):
@@ -890,6 +919,20 @@ class Client:
         if timeout is not None:
             _check("timeout", timeout, (int, float), "a number of seconds or None")
 
+        deadline = None if timeout is None else time.monotonic() + timeout
+        batches = self._log_batches(run_id, follow=follow, attempt=attempt, rank=rank, deadline=deadline)
+        lines = _single_lines(batches)
+        if timeout is None:
+            return lines
+        return _timing_out(lines, f"run {run_id} was still sending logs after {timeout:g}s")
+
+    def _log_batches(
+        self, run_id: str, *, follow: bool, attempt: int | None, rank: int | None, deadline: float | None
+    ) -> Generator[tuple[types_pb2.LogLine, list[str]], None, None]:
+        """A run's lines as (batch, its lines' texts): the scheduler sends batches of a rank's consecutive
+        lines (LogLine.count), and this splits them, with no protobuf message per line. Every line comes
+        once and in order across reconnects; a batch's seq and cursor are its first line's."""
+
         def open_stream(after: int, timeout: float | None) -> Any:
             request = scheduler_pb2.StreamLogsRequest(
                 run_id=run_id,
@@ -898,16 +941,26 @@ class Client:
                 attempt_number=attempt or 0,
                 rank=rank if rank is not None else 0,
                 has_rank=rank is not None,
+                batched=True,
             )
             return self._stub.StreamLogs(request, timeout=timeout, metadata=self._metadata)
 
-        if timeout is None:
-            return self._resumable(open_stream, lambda response: response.lines, lambda line: line.cursor)
-        deadline = time.monotonic() + timeout
-        lines = self._resumable(
-            open_stream, lambda response: response.lines, lambda line: line.cursor, deadline=deadline
-        )
-        return _timing_out(lines, f"run {run_id} was still sending logs after {timeout:g}s")
+        batches = self._resumable(
+            open_stream, lambda response: response.lines, _last_cursor, deadline=deadline
+        )  # fmt: skip
+        seen = 0  # the last cursor yielded
+        with contextlib.closing(batches):
+            for batch in batches:
+                texts = batch.text.split("\n") if batch.count > 1 else [batch.text]
+                if batch.cursor:
+                    if batch.cursor <= seen:  # partly sent before a reconnect: the rest only
+                        skip = seen - batch.cursor + 1
+                        del texts[:skip]
+                        batch.seq += skip
+                        batch.cursor += skip
+                    seen = max(seen, batch.cursor + len(texts) - 1)
+                if texts:
+                    yield batch, texts
 
     def logs(self, run_id: str, *, follow: bool = False, timeout: float | None = None) -> Iterator[str]:
         """What a run's ranks printed (stdout and stderr), every line once and in order.
@@ -937,8 +990,15 @@ class Client:
             TimeoutError: The lines had not ended after `timeout` seconds (raised while
                 iterating); the message names the run, which keeps running.
         """
-        lines = self.log_lines(run_id, follow=follow, timeout=timeout)
-        return (line.text for line in lines if line.stream not in _NOT_PRINTED)
+        _check("run_id", run_id, str, "a string")
+        if timeout is not None:
+            _check("timeout", timeout, (int, float), "a number of seconds or None")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        batches = self._log_batches(run_id, follow=follow, attempt=None, rank=None, deadline=deadline)
+        texts = (text for batch, texts in batches if batch.stream not in _NOT_PRINTED for text in texts)
+        if timeout is None:
+            return texts
+        return _timing_out(texts, f"run {run_id} was still sending logs after {timeout:g}s")
 
     def metrics(self, run_id: str, *, follow: bool = False, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """What the run logged to `GRIDLAB_METRICS_FILE` (the trainer's metrics: step, epoch, loss, ...), one

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -11,7 +11,7 @@ from gridlab.common.timeutil import from_duration
 from gridlab.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2
 
 from . import auth
-from .convert import event_pb, log_pb
+from .convert import event_pb, single_lines
 from .engine import Engine
 from .errors import ApiError, invalid
 from .state import RunState
@@ -30,6 +30,18 @@ async def call(context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: A
     except ApiError as exc:
         await context.abort(exc.code, exc.message)
         raise  # unreachable: abort raises
+
+
+def _single_line_responses(batches: list[types_pb2.LogLine]) -> Iterator[scheduler_pb2.StreamLogsResponse]:
+    """Batches as messages of at most _LOG_BATCH single lines (for a client that does not take batches)."""
+    lines: list[types_pb2.LogLine] = []
+    for batch in batches:
+        lines.extend(single_lines(batch))
+        while len(lines) >= _LOG_BATCH:
+            yield scheduler_pb2.StreamLogsResponse(lines=lines[:_LOG_BATCH])
+            del lines[:_LOG_BATCH]
+    if lines:
+        yield scheduler_pb2.StreamLogsResponse(lines=lines)
 
 
 def _state_word(value: int) -> str:
@@ -125,18 +137,13 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             await waiter.wait(_POLL)
 
     async def StreamLogs(self, request: Any, context: Any) -> AsyncIterator[scheduler_pb2.StreamLogsResponse]:
+        """A run's lines after `after_cursor`, read from the log files a message's worth at a time: as
+        batches (LogLine.count) to a client that asks for them, else one LogLine per line."""
         who = auth.current()
         engine = self.engine
         await call(context, lambda: engine.visible_run(who, request.run_id))
-        where = ["run_id = ?", "cursor > ?"]
-        extra: list[Any] = []
-        if request.attempt_number:
-            where.append("attempt_number = ?")
-            extra.append(request.attempt_number)
-        if request.has_rank:
-            where.append("rank = ?")
-            extra.append(request.rank)
-        sql = f"SELECT * FROM logs WHERE {' AND '.join(where)} ORDER BY cursor LIMIT {_LOG_BATCH}"
+        logs = engine.store.logs
+        rank = request.rank if request.has_rank else None
         after = request.after_cursor
         while True:
             waiter = engine.logs_changed
@@ -144,10 +151,15 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             # stored already (agents flush logs before reporting the end).
             run = engine.store.one("SELECT state FROM runs WHERE id = ?", (request.run_id,))
             ended = run is not None and RunState(run["state"]).terminal
-            rows = engine.store.all(sql, (request.run_id, after, *extra))
-            if rows:
-                after = rows[-1]["cursor"]
-                yield scheduler_pb2.StreamLogsResponse(lines=[log_pb(r) for r in rows])
+            batches, upto = logs.read(request.run_id, after, attempt_number=request.attempt_number, rank=rank)
+            if batches:
+                if request.batched:
+                    yield scheduler_pb2.StreamLogsResponse(lines=batches)
+                else:
+                    for response in _single_line_responses(batches):
+                        yield response
+            if upto > after:  # (also past rows that could not be read back)
+                after = upto
                 continue
             if not request.follow or ended:
                 return

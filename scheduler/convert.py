@@ -82,15 +82,38 @@ def event_pb(row: sqlite3.Row) -> types_pb2.RunEvent:
     return out
 
 
-def log_pb(row: sqlite3.Row) -> types_pb2.LogLine:
+def log_pb(row: sqlite3.Row, text: str | None = None, skip: int = 0) -> types_pb2.LogLine:
+    """A log_batches row as one LogLine (a batch when it holds more than one line): its lines in
+    `text` (default: the row's inline text), less the first `skip` of them."""
+    count = row["count"] - skip
     out = types_pb2.LogLine(
         attempt_id=row["attempt_id"],
         attempt_number=row["attempt_number"],
         rank=row["rank"],
-        seq=row["seq"],
+        seq=row["first_seq"] + skip,
         stream=row["stream"],
-        text=row["text"],
-        cursor=row["cursor"],
+        text=row["text"] if text is None else text,
+        cursor=row["first_cursor"] + skip,
+        count=count if count > 1 else 0,
     )
     _set_time(out, "time", row["time"])
+    return out
+
+
+def single_lines(batch: types_pb2.LogLine) -> list[types_pb2.LogLine]:
+    """A batch as one LogLine per line, for clients that do not take batches."""
+    if batch.count <= 1:
+        return [batch]
+    template = types_pb2.LogLine()
+    template.CopyFrom(batch)
+    template.count = 0
+    template.text = ""
+    out = []
+    for i, text in enumerate(batch.text.split("\n")):
+        line = types_pb2.LogLine()
+        line.CopyFrom(template)
+        line.seq = batch.seq + i
+        line.cursor = batch.cursor + i
+        line.text = text
+        out.append(line)
     return out

@@ -770,8 +770,12 @@ class Engine:
         return when if 0 < when < now + 86_400 else now
 
     def push_logs(self, agent_name: str, lines: Iterable[types_pb2.LogLine]) -> tuple[int, int]:
-        """Store log lines, ignoring ones already stored. ABORTED for another agent's attempt."""
-        rows = []
+        """Store log lines (each LogLine one line or a batch of a rank's consecutive lines, LogLine.count),
+        ignoring lines already stored; (lines stored, lines ignored). ABORTED for another agent's attempt.
+        The lines go to the log files (logstore.py), one index row per batch."""
+        from .logstore import Batch  # (imported here: this method is the engine's only use of it)
+
+        batches = []
         for line in lines:
             owner = self._attempt_owner.get(line.attempt_id)
             if owner is None:
@@ -791,31 +795,28 @@ class Engine:
                 raise invalid(f"log line seq is {line.seq}: sequence numbers start at 1")
             if line.stream not in types_pb2.LogStream.values():
                 raise invalid(f"log line stream {line.stream} is not a known stream")
-            when = self._line_time(line)
-            rows.append(
-                (
-                    owner[0],
-                    line.attempt_id,
-                    owner[1],
-                    line.rank,
-                    line.seq,
-                    int(line.stream),
-                    line.text,
-                    when,
+            count = max(1, line.count)
+            if line.count > 1 and (held := line.text.count("\n") + 1) != count:
+                raise invalid(f"log batch of {count} lines holds {held}: its lines must be joined by newlines")
+            batches.append(
+                Batch(
+                    run_id=owner[0],
+                    attempt_id=line.attempt_id,
+                    attempt_number=owner[1],
+                    rank=line.rank,
+                    source=agent_name if line.rank < 0 else "",  # each node numbers its agent's own lines
+                    stream=int(line.stream),
+                    first_seq=line.seq,
+                    count=count,
+                    text=line.text if line.count > 1 else line.text.replace("\n", " "),
+                    time=self._line_time(line),
                 )
             )
-        if not rows:
+        if not batches:
             return 0, 0
-        with self.store.transaction() as conn:
-            before = conn.total_changes
-            conn.executemany(
-                "INSERT OR IGNORE INTO logs (run_id, attempt_id, attempt_number, rank, seq, stream, text, time) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            accepted = conn.total_changes - before
+        accepted, duplicates = self.store.logs.append(batches)
         self.logs_changed.notify()
-        return accepted, len(rows) - accepted
+        return accepted, duplicates
 
     # ---------------------------------------------------------------- placement
 

@@ -3,21 +3,26 @@
 One connection, used only from the event loop's thread, is the single writer. WAL lets
 readers (an admin's `sqlite3` shell, backups) work beside it; `synchronous=FULL` makes an
 acknowledged submit survive power loss, not just a `kill -9`. Every state change is one
-`BEGIN IMMEDIATE` transaction that also appends to `events`.
+`BEGIN IMMEDIATE` transaction that also appends to `events`. Run logs are the exception: their
+bytes live in files (`logstore.py`), indexed here by transactions that are not fsynced.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
-SCHEMA_VERSION = 3
+if TYPE_CHECKING:
+    from .logstore import LogStore
+
+SCHEMA_VERSION = 4
 
 
 def _migrate_1(db: sqlite_utils.Database) -> None:
@@ -189,7 +194,58 @@ def _migrate_3(db: sqlite_utils.Database) -> None:
     db["artifacts"].create_index(["run_id"])  # type: ignore[union-attr]
 
 
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3}
+def _migrate_4(db: sqlite_utils.Database) -> None:
+    # Logs move from one row per line to files of lines (one per attempt and rank, under <state>/logs)
+    # indexed by one row per batch: log_files holds each file's committed size and the next seq it
+    # expects; log_batches the lines first_cursor..last_cursor at file_offset, file_length. Cursors
+    # keep counting where the old table's did. Old rows become one-line batches that keep their cursor
+    # and their text inline (text; no file), so a client's old cursor still resumes where it was.
+    statements = [
+        """CREATE TABLE log_files (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            attempt_id TEXT NOT NULL,
+            rank INTEGER NOT NULL,
+            source TEXT NOT NULL DEFAULT '',  -- the pushing agent, for ranks below 0 (each node numbers its own)
+            path TEXT NOT NULL DEFAULT '',    -- under the logs folder, '' until the first bytes are written
+            size INTEGER NOT NULL DEFAULT 0,  -- bytes committed: anything past it is cut off on open
+            next_seq INTEGER NOT NULL DEFAULT 1
+        )""",
+        "CREATE UNIQUE INDEX log_files_key ON log_files (attempt_id, rank, source)",
+        """CREATE TABLE log_batches (
+            first_cursor INTEGER PRIMARY KEY,
+            last_cursor INTEGER NOT NULL,
+            run_id TEXT NOT NULL,
+            attempt_id TEXT NOT NULL,
+            attempt_number INTEGER NOT NULL,
+            rank INTEGER NOT NULL,
+            stream INTEGER NOT NULL,
+            first_seq INTEGER NOT NULL,
+            count INTEGER NOT NULL,
+            file_id INTEGER REFERENCES log_files (id),
+            file_offset INTEGER NOT NULL DEFAULT 0,
+            file_length INTEGER NOT NULL DEFAULT 0,
+            time REAL NOT NULL,
+            text TEXT                         -- the lines inline (migrated rows), when file_id is NULL
+        )""",
+        "CREATE INDEX log_batches_run ON log_batches (run_id, last_cursor)",
+        """INSERT INTO log_batches (first_cursor, last_cursor, run_id, attempt_id, attempt_number, rank, stream,
+                                    first_seq, count, time, text)
+            SELECT cursor, cursor, run_id, attempt_id, attempt_number, rank, stream, seq, 1, time, text FROM logs""",
+        """INSERT INTO log_files (run_id, attempt_id, rank, next_seq)
+            SELECT MIN(run_id), attempt_id, rank, MAX(seq) + 1 FROM logs GROUP BY attempt_id, rank""",
+        "DROP TABLE logs",
+    ]
+    for sql in statements:  # one by one: executescript would commit the migration's transaction
+        db.conn.execute(sql)
+
+
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
+    1: _migrate_1,
+    2: _migrate_2,
+    3: _migrate_3,
+    4: _migrate_4,
+}
 
 
 class Store:
@@ -221,15 +277,30 @@ class Store:
                 self.conn.execute(f"PRAGMA user_version={target}")
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """`BEGIN IMMEDIATE` ... `COMMIT`, rolled back on any exception."""
-        self.conn.execute("BEGIN IMMEDIATE")
+    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """`BEGIN IMMEDIATE` ... `COMMIT`, rolled back on any exception. `durable=False` commits without
+        an fsync (WAL, synchronous=NORMAL): a power loss may undo it, a crash of the process cannot, and
+        the next durable commit makes it durable too. For log index rows, whose files are not fsynced."""
+        if not durable:
+            self.conn.execute("PRAGMA synchronous=NORMAL")
         try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+        finally:
+            if not durable:
+                self.conn.execute("PRAGMA synchronous=FULL")
+
+    @functools.cached_property
+    def logs(self) -> LogStore:
+        """Run logs: files beside this database (`logs/`), indexed in it."""
+        from .logstore import LogStore  # logstore builds on Store
+
+        return LogStore(self, self.path.parent / "logs")
 
     def one(self, sql: str, params: Any = ()) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self.conn.execute(sql, params).fetchone()
@@ -239,6 +310,8 @@ class Store:
         return list(self.conn.execute(sql, params).fetchall())
 
     def close(self) -> None:
+        if "logs" in self.__dict__:  # opened: its files too
+            self.logs.close()
         self.conn.close()
 
 

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 
-from gridlab.agent.logship import AttemptLog, LineSplitter, LogShipper, pump_lines
+from gridlab.agent.logship import AttemptLog, LineSplitter, LogShipper, expand, pump_lines
 from gridlab.v1 import types_pb2
 
 T = TypeVar("T")
@@ -17,6 +17,11 @@ T = TypeVar("T")
 
 def arun(coro: Coroutine[Any, Any, T], timeout: float = 10) -> T:
     return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def singles(lines: list[types_pb2.LogLine]) -> list[types_pb2.LogLine]:
+    """A push's LogLines (batches: the shipper merges a rank's consecutive lines) as single lines."""
+    return [one for line in lines for one in expand(line)]
 
 
 def test_splitter_lines_partial_and_crlf() -> None:
@@ -89,7 +94,7 @@ def test_shipper_batches_retries_and_acks() -> None:
         fail = [True]
 
         async def push(lines: list[types_pb2.LogLine]) -> None:
-            calls.append([(x.attempt_id, x.seq) for x in lines])
+            calls.append([(x.attempt_id, x.seq) for x in singles(lines)])
             if fail[0]:
                 fail[0] = False
                 raise _Rpc(grpc.StatusCode.UNAVAILABLE)
@@ -193,7 +198,7 @@ def test_invalid_argument_drops_that_batch_only() -> None:
         calls: list[list[str]] = []
 
         async def push(lines: list[types_pb2.LogLine]) -> None:
-            calls.append([x.text for x in lines])
+            calls.append([x.text for x in singles(lines)])
             if any(x.text == "bad" for x in lines):
                 raise _Rpc(grpc.StatusCode.INVALID_ARGUMENT)
 
@@ -218,7 +223,7 @@ def gated_push(received: list[str], up: asyncio.Event) -> Any:
     async def push(lines: list[types_pb2.LogLine]) -> None:
         if not up.is_set():
             raise _Rpc(grpc.StatusCode.UNAVAILABLE)
-        received.extend(x.text for x in lines)
+        received.extend(x.text for x in singles(lines))
 
     return push
 

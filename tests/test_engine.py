@@ -172,7 +172,7 @@ def test_cancel_running_orders_the_agent_and_ends_cancelled(engine: Engine) -> N
 def test_logs_are_idempotent_and_fenced_by_agent(engine: Engine) -> None:
     session = hello(engine)
     hello(engine, "a2")
-    engine.submit(ALICE, spec(gpus=2), "")
+    run_id, _ = engine.submit(ALICE, spec(gpus=2), "")
     engine.place_once()
     attempt = drain(session)[-1].assign.attempt_id
     lines = [types_pb2.LogLine(attempt_id=attempt, rank=0, seq=i, text=f"l{i}") for i in (1, 2, 3)]
@@ -183,8 +183,8 @@ def test_logs_are_idempotent_and_fenced_by_agent(engine: Engine) -> None:
     assert info.value.code == grpc.StatusCode.ABORTED
     with pytest.raises(ApiError):
         engine.push_logs("a1", [types_pb2.LogLine(attempt_id="att-nope", seq=1)])
-    texts = [r["text"] for r in engine.store.all("SELECT text FROM logs ORDER BY cursor")]
-    assert texts == ["l1", "l2", "l3"]
+    batches, _ = engine.store.logs.read(run_id, 0)
+    assert [b.text for b in batches] == ["l1", "l2", "l3"]
 
 
 def test_state_survives_reopening_the_store(tmp_path: Path) -> None:
@@ -251,7 +251,7 @@ def test_log_lines_with_impossible_times_or_streams(engine: Engine) -> None:
     line.time.seconds = 253402300799
     line.time.nanos = 999999999
     assert engine.push_logs("a1", [line]) == (1, 0)
-    stored = engine.store.one("SELECT time FROM logs")["time"]
+    stored = engine.store.one("SELECT time FROM log_batches")["time"]
     assert stored == engine.clock.time()  # the arrival time replaced the impossible one
     with pytest.raises(ApiError) as info:
         engine.push_logs("a1", [types_pb2.LogLine(attempt_id=attempt, seq=2, stream=42)])
