@@ -13,7 +13,8 @@ consecutive too. Reported:
                                               - time just before SubmitRun)
 
 with the count received against the count printed, and the lines lost, duplicated and
-out of order.
+out of order; and the CPU seconds each process spent on the run (the rank's, through the
+agent that reaps it; the agent; the scheduler; this client), to say where the time goes.
 
 Baselines, measured in the same script with the same printing program (the same kind of
 `python -c` process, started with `subprocess`):

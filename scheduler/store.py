@@ -229,6 +229,7 @@ def _migrate_4(db: sqlite_utils.Database) -> None:
             text TEXT                         -- the lines inline (migrated rows), when file_id is NULL
         )""",
         "CREATE INDEX log_batches_run ON log_batches (run_id, last_cursor)",
+        "CREATE INDEX log_batches_rank ON log_batches (run_id, rank, last_cursor)",  # rank filters (metrics)
         """INSERT INTO log_batches (first_cursor, last_cursor, run_id, attempt_id, attempt_number, rank, stream,
                                     first_seq, count, time, text)
             SELECT cursor, cursor, run_id, attempt_id, attempt_number, rank, stream, seq, 1, time, text FROM logs""",
