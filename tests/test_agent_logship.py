@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import grpc
 import pytest
 
-from gridlab.agent.logship import AttemptLog, LineSplitter, LogShipper, expand, pump_lines
+from gridlab.agent.logship import AttemptLog, LineSplitter, LogShipper, expand, pump_batches, pump_lines
 from gridlab.v1 import types_pb2
 
 T = TypeVar("T")
@@ -299,3 +300,77 @@ def test_spill_rotates_segments_and_a_failing_disk_loses_lines_not_the_shipper(t
     assert left == 0  # each segment removed once read back
     assert second  # the lines that fit in memory still went out
     assert second == sorted(second, key=lambda t: int(t.split()[1]))  # in order, with a gap
+
+
+def test_bulk_splitting_finds_the_same_lines_as_line_by_line() -> None:
+    """feed_joined (bytes methods over whole reads) against feed (a step per line), over random reads
+    with CR LF, lone CRs, empty lines, bad UTF-8, multi-byte characters cut by a read, and lines longer
+    than the limit."""
+    rng = random.Random(5)
+    pieces = [b"a", b"line", b"\n", b"\r\n", b"\r", b"", b"\xff", "é€".encode(), b"x" * 9, b"\n\n"]
+    for _ in range(300):
+        data = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 60)))
+        one, bulk = LineSplitter(max_bytes=8), LineSplitter(max_bytes=8)
+        expected: list[str] = []
+        got: list[str] = []
+        pos = 0
+        while pos < len(data):
+            step = rng.randrange(1, 12)
+            chunk = data[pos : pos + step]
+            pos += step
+            expected += one.feed(chunk)
+            text, count = bulk.feed_joined(chunk)
+            if count:
+                assert text.count("\n") == count - 1
+                got += text.split("\n")
+        assert got + bulk.finish() == expected + one.finish(), data
+
+
+def test_pump_batches_reads_to_eof_in_batches() -> None:
+    async def go() -> list[tuple[str, int]]:
+        reader = asyncio.StreamReader()
+        reader.feed_data(b"one\ntw")
+        reader.feed_data(b"o\nthree\n\nlast")
+        reader.feed_eof()
+        out: list[tuple[str, int]] = []
+        await pump_batches(reader, lambda text, count: out.append((text, count)))
+        return out
+
+    out = arun(go())
+    assert out == [("one\ntwo\nthree\n", 4), ("last", 1)]
+
+
+def test_lines_queued_behind_a_push_merge_into_one_batch() -> None:
+    """A rank's reads that queue while a push is in flight go out as one LogLine (count lines), not one
+    each; another rank's, or another stream's, start a batch of their own."""
+
+    async def go() -> list[list[tuple[int, int, int, int]]]:
+        calls: list[list[tuple[int, int, int, int]]] = []
+        release = asyncio.Event()
+
+        async def push(lines: list[types_pb2.LogLine]) -> None:
+            calls.append([(x.rank, x.stream, x.seq, x.count) for x in lines])
+            await release.wait()
+
+        shipper = LogShipper(push)
+        task = asyncio.create_task(shipper.run())
+        log = AttemptLog("a1")
+        shipper.add(_line(log, "first"))
+        await asyncio.sleep(0.01)  # in flight now
+        for i in range(100):
+            shipper.add(log.batch(0, types_pb2.LOG_STREAM_STDOUT, f"{i}a\n{i}b", 2))
+        shipper.add(_line(log, "rank 1", rank=1))
+        shipper.add(log.line(0, types_pb2.LOG_STREAM_STDERR, "err"))
+        assert shipper.pending("a1") == 1 + 200 + 2
+        release.set()
+        assert await shipper.wait_acked("a1", 5)
+        task.cancel()
+        return calls
+
+    calls = arun(go())
+    assert calls[0] == [(0, types_pb2.LOG_STREAM_STDOUT, 1, 0)]
+    assert calls[1] == [
+        (0, types_pb2.LOG_STREAM_STDOUT, 2, 200),
+        (1, types_pb2.LOG_STREAM_STDOUT, 1, 0),
+        (0, types_pb2.LOG_STREAM_STDERR, 202, 0),
+    ]
