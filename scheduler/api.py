@@ -18,7 +18,8 @@ from .state import RunState
 
 T = TypeVar("T")
 _POLL = 1.0  # seconds between checks when nothing woke a waiting stream
-_LOG_BATCH = 500
+_LOG_BATCH = 500  # single lines per StreamLogs message, at most
+_LOG_BYTES = 1024 * 1024  # and about this much text
 MAX_WATCHED = 1000  # run ids per WatchRuns stream
 MAX_GRACE = 86_400  # seconds between SIGTERM and SIGKILL, at most
 
@@ -33,13 +34,17 @@ async def call(context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: A
 
 
 def _single_line_responses(batches: list[types_pb2.LogLine]) -> Iterator[scheduler_pb2.StreamLogsResponse]:
-    """Batches as messages of at most _LOG_BATCH single lines (for a client that does not take batches)."""
+    """Batches as messages of single lines (for a client that does not take batches): at most _LOG_BATCH
+    lines or about _LOG_BYTES of text each."""
     lines: list[types_pb2.LogLine] = []
+    nbytes = 0
     for batch in batches:
-        lines.extend(single_lines(batch))
-        while len(lines) >= _LOG_BATCH:
-            yield scheduler_pb2.StreamLogsResponse(lines=lines[:_LOG_BATCH])
-            del lines[:_LOG_BATCH]
+        for line in single_lines(batch):
+            if lines and (len(lines) >= _LOG_BATCH or nbytes + len(line.text) > _LOG_BYTES):
+                yield scheduler_pb2.StreamLogsResponse(lines=lines)
+                lines, nbytes = [], 0
+            lines.append(line)
+            nbytes += len(line.text)
     if lines:
         yield scheduler_pb2.StreamLogsResponse(lines=lines)
 
