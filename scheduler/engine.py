@@ -334,6 +334,7 @@ class Engine:
         exit_code: int,
         reason: str,
         permanent: bool = False,
+        infrastructure: bool = False,
     ) -> RunState:
         """Record the end of a live attempt and move its run on. Inside a transaction."""
         check_attempt_transition(attempt["id"], AttemptState(attempt["state"]), state)
@@ -354,7 +355,7 @@ class Engine:
             max_retries=run["max_retries"],
             cancel_requested=bool(run["cancel_requested"]),
         )
-        outcome = attempt_ended(view, state, exit_code, reason, permanent=permanent)
+        outcome = attempt_ended(view, state, exit_code, reason, permanent=permanent, infrastructure=infrastructure)
         check_run_transition(run["id"], view.state, outcome.state)
         ended_by_exit = state in (AttemptState.SUCCEEDED, AttemptState.FAILED)
         conn.execute(
@@ -383,18 +384,37 @@ class Engine:
         return outcome.state
 
     def _stop_nodes(self, conn: sqlite3.Connection, attempt_id: str, state: AttemptState, reason: str) -> None:
-        """The attempt has ended: every node still live ends with it. In a gang, those nodes' agents are told
-        to stop their ranks now (they would otherwise wait for their dead peer until the collective timeout)."""
+        """The attempt has ended while other nodes of its gang still run: their agents are told to stop the
+        ranks now (they would otherwise wait for their dead peer until the collective timeout). Each such node
+        keeps its GPUs until its agent reports the ranks gone, or is lost: they are still in use meanwhile."""
+        if state is AttemptState.SUCCEEDED:
+            return
         live = conn.execute(
             f"SELECT n.agent_name FROM attempt_nodes n WHERE n.attempt_id = ? AND {_HELD_SQL}", (attempt_id,)
         ).fetchall()
+        for node in live:
+            self._send_cancel(node["agent_name"], attempt_id, f"gang stopped: {reason}", AttemptState.FAILED)
+
+    def _set_node_state(self, conn: sqlite3.Connection, attempt_id: str, agent_name: str, state: AttemptState) -> None:
         conn.execute(
-            f"UPDATE attempt_nodes AS n SET state = ? WHERE attempt_id = ? AND {_HELD_SQL}", (state.value, attempt_id)
+            "UPDATE attempt_nodes SET state = ? WHERE attempt_id = ? AND agent_name = ?",
+            (state.value, attempt_id, agent_name),
         )
-        nodes = conn.execute("SELECT COUNT(*) FROM attempt_nodes WHERE attempt_id = ?", (attempt_id,)).fetchone()[0]
-        if nodes > 1 and state is not AttemptState.SUCCEEDED:
-            for node in live:
-                self._send_cancel(node["agent_name"], attempt_id, f"gang stopped: {reason}", AttemptState.FAILED)
+
+    def _lose_nodes(self, conn: sqlite3.Connection, agent_name: str, keep: set[str], reason: str) -> None:
+        """The agent no longer runs its live nodes (other than those of attempts in `keep`): each node ends
+        LOST, and so does its attempt if that was still live."""
+        nodes = conn.execute(
+            f"SELECT a.*, n.agent_name FROM attempts a JOIN attempt_nodes n ON n.attempt_id = a.id "
+            f"WHERE n.agent_name = ? AND {_HELD_SQL}",
+            (agent_name,),
+        ).fetchall()
+        for row in nodes:
+            if row["id"] in keep:
+                continue
+            self._set_node_state(conn, row["id"], agent_name, AttemptState.LOST)
+            if AttemptState(row["state"]).live:
+                self._end_attempt(conn, row, AttemptState.LOST, -1, reason)
 
     def _attempt_rows(self, agent_name: str) -> list[sqlite3.Row]:
         """Attempts with a live node on this agent (a node that already ended does not count: its gang may
@@ -421,13 +441,18 @@ class Engine:
             (status.attempt_id, session.name),
         )
         if row is None or not AttemptState(row["state"]).live or not AttemptState(row["node_state"]).live:
-            # Unknown to us, another agent's, or already ended here (e.g. declared lost
-            # and requeued while the agent was away): it must not keep running.
+            # Unknown to us, another agent's, already ended here (e.g. declared lost and requeued while the
+            # agent was away), or a gang node stopping after its attempt ended: it must not keep running.
             if reported_end:
+                if row is not None and AttemptState(row["node_state"]).live:  # its GPUs are free now
+                    with self.store.transaction() as conn:
+                        self._set_node_state(conn, row["id"], session.name, reported)
+                    self.kick()
                 session.send(release)
             else:
-                ended = row["node_state"] if row is not None and AttemptState(row["state"]).live else None
-                why = "unknown to the scheduler" if row is None else f"already {ended or row['state']} on the scheduler"
+                gone = row is None or not AttemptState(row["node_state"]).live
+                state = "unknown to the scheduler" if row is None else row["node_state" if gone else "state"]
+                why = state if row is None else f"already {state} on the scheduler"
                 log.warning("stale_attempt", attempt_id=status.attempt_id, agent=session.name, why=why)
                 self._send_cancel(session.name, status.attempt_id, f"attempt {why}", AttemptState.FAILED)
             return
@@ -443,8 +468,8 @@ class Engine:
             self.watchdog.ranks_exited(row["id"], session.name, row["nodes"], self.clock.monotonic())
         elif reported is AttemptState.RUNNING:
             self._watch_progress(row, status.last_step)
-        elif reported is AttemptState.PREPARING and status.prepared and row["nodes"] > 1:
-            self._gang_prepared(row, status.master_port)
+        if status.prepared and row["nodes"] > 1:  # also RUNNING: a restarted scheduler learns node 0's port
+            self._gang_prepared(row, status.master_port, waiting=reported is AttemptState.PREPARING)
         if reported is AttemptState.RUNNING and row["node_state"] != AttemptState.RUNNING.value:
             self._node_running(row, session.name)
         if hello:
@@ -462,22 +487,22 @@ class Engine:
         """One node's ranks have ended. A one-node attempt ends with it; a gang ends at its first bad end
         (the others are stopped) or when every node has succeeded."""
         reason = status.message[:4096]
+        self._set_node_state(conn, row["id"], row["agent_name"], state)
         if row["nodes"] > 1:
-            conn.execute(
-                "UPDATE attempt_nodes SET state = ? WHERE attempt_id = ? AND node_rank = ?",
-                (state.value, row["id"], row["node_rank"]),
-            )
             states = {
                 r["node_rank"]: AttemptState(r["state"])
                 for r in conn.execute("SELECT node_rank, state FROM attempt_nodes WHERE attempt_id = ?", (row["id"],))
             }
             outcome = gang_end(states, row["node_rank"])
-            if outcome is None:
+            if outcome is None:  # its peers still run: no progress is due from this node any more
+                self.watchdog.ranks_exited(row["id"], row["agent_name"], row["nodes"], self.clock.monotonic())
                 return
             if outcome is not AttemptState.SUCCEEDED:
                 reason = f"node {row['node_rank']} ({row['agent_name']}): {reason or outcome.value.lower()}"
             state = outcome
-        self._end_attempt(conn, row, state, status.exit_code, reason, permanent=status.permanent)
+        self._end_attempt(
+            conn, row, state, status.exit_code, reason, permanent=status.permanent, infrastructure=status.infrastructure
+        )
 
     def _node_running(self, row: sqlite3.Row, agent_name: str) -> None:
         """A node's ranks are all started; the attempt (and its run) is RUNNING once every node's are."""
@@ -486,8 +511,9 @@ class Engine:
                 "UPDATE attempt_nodes SET state = 'RUNNING' WHERE attempt_id = ? AND node_rank = ?",
                 (row["id"], row["node_rank"]),
             )
-            waiting = conn.execute(
-                "SELECT COUNT(*) FROM attempt_nodes WHERE attempt_id = ? AND state != 'RUNNING'", (row["id"],)
+            waiting = conn.execute(  # nodes still starting (one that already finished has started, too)
+                f"SELECT COUNT(*) FROM attempt_nodes n WHERE attempt_id = ? AND {_HELD_SQL} AND state != 'RUNNING'",
+                (row["id"],),
             ).fetchone()[0]
             if waiting or row["state"] == AttemptState.RUNNING.value:
                 return
@@ -505,7 +531,7 @@ class Engine:
                 self._event(conn, row["run_id"], row["id"], "running", RunState.RUNNING, f"running on {where}")
         self.events_changed.notify()
 
-    def _gang_prepared(self, row: sqlite3.Row, port: int) -> None:
+    def _gang_prepared(self, row: sqlite3.Row, port: int, *, waiting: bool) -> None:
         """A gang's node is ready to start; once all are, every node gets the order to start (again, to a
         node that reports ready after it was sent: orders are idempotent on the agent)."""
         attempt_id = row["id"]
@@ -526,7 +552,9 @@ class Engine:
         order = agent_pb2.SchedulerMessage(
             start=agent_pb2.StartAttempt(attempt_id=attempt_id, master_addr=gang.master_addr, master_port=gang.ports[0])
         )
-        if gang.started:  # this node missed the order (it reconnected): it alone gets it again
+        if gang.started:  # a node still waiting missed the order (it reconnected): it alone gets it again
+            if not waiting:
+                return
             names = [row["agent_name"]]
         else:
             gang.started = True
@@ -656,12 +684,9 @@ class Engine:
             )
         )
         reported = {s.attempt_id for s in hello.attempts}
-        missing = [a for a in self._attempt_rows(name) if a["id"] not in reported]
-        if missing:
-            with self.store.transaction() as conn:
-                for attempt in missing:
-                    self._end_attempt(conn, attempt, AttemptState.LOST, -1, f"agent {name} reconnected without it")
-            self.events_changed.notify()
+        with self.store.transaction() as conn:
+            self._lose_nodes(conn, name, reported, f"agent {name} reconnected without it")
+        self.events_changed.notify()
         for status in hello.attempts:
             self._apply_status(session, status, hello=True)
         log.info("agent_connected", agent=name, gpus=len(hello.inventory.gpus), attempts=len(reported))
@@ -739,14 +764,7 @@ class Engine:
                     "UPDATE agents SET state = 'LOST', last_seen = ? WHERE name = ?",
                     (self.clock.time(), name),
                 )
-                for attempt in self._attempt_rows(name):
-                    self._end_attempt(
-                        conn,
-                        attempt,
-                        AttemptState.LOST,
-                        -1,
-                        f"agent {name} sent no heartbeat for {silent:g}s",
-                    )
+                self._lose_nodes(conn, name, set(), f"agent {name} sent no heartbeat for {silent:g}s")
             session = self.sessions.pop(name, None)
             if session is not None:
                 session.close()

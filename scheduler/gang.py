@@ -52,8 +52,8 @@ class GangTracker:
     def prepared(self, attempt_id: str, node_rank: int, port: int) -> Gang | None:
         """Record that a node is ready; returns the gang once every node is (repeat reports are harmless)."""
         gang = self._gangs.get(attempt_id)
-        if gang is None or not 0 <= node_rank < gang.nodes:
-            return None
+        if gang is None or not 0 <= node_rank < gang.nodes or (node_rank == 0 and port <= 0):
+            return None  # node 0 without a port cannot host the rendezvous: it is not ready
         gang.ports.setdefault(node_rank, port)
         return gang if gang.ready else None
 

@@ -119,13 +119,21 @@ class Outcome:
 
 
 def attempt_ended(
-    run: RunView, attempt: AttemptState, exit_code: int, reason: str, *, permanent: bool = False
+    run: RunView,
+    attempt: AttemptState,
+    exit_code: int,
+    reason: str,
+    *,
+    permanent: bool = False,
+    infrastructure: bool = False,
 ) -> Outcome:
     """Decide a run's next state from the end of its live attempt.
 
     User failures (a non-zero exit) spend `max_retries`, unless `permanent` (the same attempt
     would fail the same way, e.g. its requirements cannot be installed); infrastructure failures (lost
-    agent, preemption, an agent that stopped the attempt on its own) requeue for free.
+    agent, preemption, an agent that stopped the attempt on its own, or one that failed it for a reason
+    outside the run: `infrastructure`, e.g. the scheduler was unreachable while it fetched the code)
+    requeue for free.
     A run whose cancel was requested ends CANCELLED whatever its attempt did, except
     that a run that finished successfully before the cancel landed stays SUCCEEDED.
     """
@@ -135,7 +143,7 @@ def attempt_ended(
         return Outcome(RunState.SUCCEEDED, "succeeded", reason or "exited 0")
     if run.cancel_requested:
         return Outcome(RunState.CANCELLED, "cancelled", reason or "cancelled on request")
-    if attempt is AttemptState.FAILED:
+    if attempt is AttemptState.FAILED and not infrastructure:
         if run.retries_used < run.max_retries and not permanent:
             left = run.max_retries - run.retries_used - 1
             return Outcome(

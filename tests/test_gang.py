@@ -154,3 +154,88 @@ def test_a_restarted_scheduler_learns_a_preparing_gang_again(engine: Engine, tmp
     assert start.start.master_port == 777
     assert start.start.master_addr == "10.0.0.1"
     assert [m.WhichOneof("msg") for m in drain(s0)] == ["welcome", "start"]
+
+
+def test_gpus_of_a_stopped_node_are_held_until_its_ranks_are_gone(engine: Engine) -> None:
+    """A peer failed: the other node is told to stop, and its GPUs stay taken while its ranks wind down."""
+    for name in ("n0", "n1"):
+        inv = types_pb2.Inventory(hostname=name, address=name, cpus=8, memory_bytes=1 << 34)
+        inv.gpus.add(uuid=f"{name}-GPU-0", model="A100", memory_total_bytes=80 << 30)
+        engine.agent_hello(agent_pb2.Hello(name=name, inventory=inv))
+    s0, s1 = engine.sessions["n0"], engine.sessions["n1"]
+    run = spec("python", "t.py", gpus=1)
+    run.resources.nodes = 2
+    engine.submit(ALICE, run, "")
+    engine.place_once()
+    attempt = [m for m in drain(s0) if m.WhichOneof("msg") == "assign"][0].assign.attempt_id
+    drain(s1)
+    for s in (s0, s1):
+        engine.agent_update(s, status(attempt, "RUNNING"))
+    engine.agent_update(s1, status(attempt, "FAILED", exit_code=1))
+    one_gpu = spec("python", "other.py", gpus=1)
+    other, _ = engine.submit(ALICE, one_gpu, "")
+    assert engine.place_once() == 1  # n1's GPU is free: its node reported its end
+    assert [m.WhichOneof("msg") for m in drain(s1)][-1] == "assign"
+    second, _ = engine.submit(ALICE, one_gpu, "")
+    assert engine.place_once() == 0  # n0's ranks are still stopping
+    engine.agent_update(s0, status(attempt, "CANCELLED"))  # now they are gone
+    assert [m.WhichOneof("msg") for m in drain(s0)][-1] == "release"
+    assert engine.place_once() == 1
+    assert run_state(engine, second) == "STARTING"
+    assert run_state(engine, other) == "STARTING"
+
+
+def test_a_node_that_finished_is_not_flagged_hung_while_its_peer_finishes(engine: Engine) -> None:
+    run_id, (s0, s1), (a0, _) = placed_gang(engine)
+    attempt = a0.attempt_id
+    engine.watchdog.track(attempt, 5.0, engine.clock.monotonic())
+    for s in (s0, s1):
+        engine.agent_update(s, status(attempt, "RUNNING"))
+    engine.agent_update(s0, status(attempt, "SUCCEEDED"))  # node 0 is done; node 1 uploads its last files
+    exited = status(attempt, "RUNNING")
+    exited.ranks_exited = True
+    engine.agent_heartbeat(s1, agent_pb2.Heartbeat(attempts=[exited]))
+    engine.clock.advance(10)  # type: ignore[attr-defined]
+    assert engine.check_hangs() == []
+    engine.agent_update(s1, status(attempt, "SUCCEEDED"))
+    assert run_state(engine, run_id) == "SUCCEEDED"
+
+
+def test_a_restarted_scheduler_restarts_a_gang_whose_node_missed_the_start(engine: Engine, tmp_path: Path) -> None:
+    _, (s0, s1), (a0, _) = placed_gang(engine)
+    attempt = a0.attempt_id
+    engine.agent_update(s0, prepared(attempt, port=4242))
+    engine.agent_update(s1, prepared(attempt))
+    running = status(attempt, "RUNNING")
+    running.prepared, running.master_port = True, 4242  # node 0 started; node 1 never got the order
+    fresh = Engine(Store(tmp_path / "s.db"), engine.config, clock=FakeClock())
+    n0 = node_hello(fresh, "n0", [running])
+    n1 = node_hello(fresh, "n1", [prepared(attempt)])
+    starts = [m.start for m in drain(n1) if m.WhichOneof("msg") == "start"]
+    assert [s.master_port for s in starts] == [4242]
+    drain(n0)
+    fresh.agent_heartbeat(n0, agent_pb2.Heartbeat(attempts=[running]))
+    assert drain(n0) == []  # a running node is not sent the order again and again
+
+
+def test_a_run_is_running_even_when_one_node_finished_before_the_others_start_was_seen(engine: Engine) -> None:
+    run_id, (s0, s1), (a0, _) = placed_gang(engine)
+    attempt = a0.attempt_id
+    engine.agent_update(s0, status(attempt, "RUNNING"))
+    engine.agent_update(s0, status(attempt, "SUCCEEDED"))
+    engine.agent_update(s1, status(attempt, "RUNNING"))
+    assert run_state(engine, run_id) == "RUNNING"
+
+
+def test_an_infrastructure_failure_requeues_without_spending_a_retry(engine: Engine) -> None:
+    session = node_hello(engine, "solo")
+    drain(session)
+    run_id, _ = engine.submit(ALICE, spec("python", "t.py"), "")
+    engine.place_once()
+    (assign,) = drain(session)
+    failed = status(assign.assign.attempt_id, "FAILED", exit_code=1)
+    failed.infrastructure = True
+    failed.message = "could not download code bundle: UNAVAILABLE"
+    engine.agent_update(session, failed)
+    row = engine.store.one("SELECT state, retries_used FROM runs WHERE id = ?", (run_id,))
+    assert (row["state"], row["retries_used"]) == ("QUEUED", 0)

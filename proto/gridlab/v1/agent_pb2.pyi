@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AttemptStatus(_message.Message):
-    __slots__ = ("attempt_id", "run_id", "state", "exit_code", "message", "time", "last_step", "last_step_time", "ranks_exited", "permanent", "prepared", "master_port")
+    __slots__ = ("attempt_id", "run_id", "state", "exit_code", "message", "time", "last_step", "last_step_time", "ranks_exited", "permanent", "prepared", "master_port", "infrastructure")
     ATTEMPT_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class AttemptStatus(_message.Message):
     PERMANENT_FIELD_NUMBER: _ClassVar[int]
     PREPARED_FIELD_NUMBER: _ClassVar[int]
     MASTER_PORT_FIELD_NUMBER: _ClassVar[int]
+    INFRASTRUCTURE_FIELD_NUMBER: _ClassVar[int]
     attempt_id: str
     run_id: str
     state: _types_pb2.AttemptState
@@ -37,7 +38,8 @@ class AttemptStatus(_message.Message):
     permanent: bool
     prepared: bool
     master_port: int
-    def __init__(self, attempt_id: _Optional[str] = ..., run_id: _Optional[str] = ..., state: _Optional[_Union[_types_pb2.AttemptState, str]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_step: _Optional[int] = ..., last_step_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ranks_exited: _Optional[bool] = ..., permanent: _Optional[bool] = ..., prepared: _Optional[bool] = ..., master_port: _Optional[int] = ...) -> None: ...
+    infrastructure: bool
+    def __init__(self, attempt_id: _Optional[str] = ..., run_id: _Optional[str] = ..., state: _Optional[_Union[_types_pb2.AttemptState, str]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_step: _Optional[int] = ..., last_step_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ranks_exited: _Optional[bool] = ..., permanent: _Optional[bool] = ..., prepared: _Optional[bool] = ..., master_port: _Optional[int] = ..., infrastructure: _Optional[bool] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("name", "pool", "labels", "inventory", "attempts", "version", "draining")
