@@ -26,10 +26,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import psutil
 import structlog
@@ -43,6 +43,8 @@ from gridlab.agent.reaper import asyncio_children, kill_attempt_processes
 from gridlab.common.timeutil import ts
 from gridlab.common.transfer import Metadata
 from gridlab.v1 import agent_pb2, artifacts_pb2_grpc, types_pb2
+
+T = TypeVar("T")
 
 log = structlog.get_logger("gridlab.agent.launcher")
 
@@ -165,11 +167,16 @@ def newest_checkpoint(state_dir: Path, run_id: str) -> Path | None:
     return max(found)[1] if found else None
 
 
-def free_port() -> int:
-    """A TCP port free right now, for MASTER_PORT when the scheduler leaves it to us."""
+@contextlib.contextmanager
+def reserved_port(fixed: int = 0) -> Iterator[int]:
+    """MASTER_PORT: `fixed`, or a free port held (bound, not listening) until the block ends, so nothing
+    else on the machine takes it while a gang waits for its other nodes; rank 0 binds it right after."""
+    if fixed:
+        yield fixed
+        return
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("", 0))
-        return int(sock.getsockname()[1])
+        yield int(sock.getsockname()[1])
 
 
 def rank_env(
@@ -369,6 +376,7 @@ class Attempt:
         self._metrics_warned = False
         self._shipper: CheckpointShipper | None = None
         self._go = asyncio.Event()  # a gang's start order came (or the attempt was stopped while it waited)
+        self._stopped = asyncio.Event()  # cancel() or kill(): preparation steps in progress give up
         self._start_order: agent_pb2.StartAttempt | None = None
         self._status = agent_pb2.AttemptStatus(
             attempt_id=self.attempt_id,
@@ -448,6 +456,7 @@ class Attempt:
         grace = self.settings.grace_period if grace is None else grace
         self._build_stop.set()  # a run's environment being built: give up on it
         self._go.set()  # a gang node waiting for its start: it will not come
+        self._stopped.set()
         if self._outcome is None:
             name = types_pb2.AttemptState.Name(final_state).removeprefix("ATTEMPT_STATE_")
             message = f"{name.lower()}: {reason}" if reason else name.lower()
@@ -465,6 +474,7 @@ class Attempt:
         """SIGKILL every process of the attempt now."""
         self._build_stop.set()
         self._go.set()
+        self._stopped.set()
         if self._outcome is None:
             self._outcome = (S.ATTEMPT_STATE_CANCELLED, 0, "killed")
         self._stop(0)
@@ -492,7 +502,10 @@ class Attempt:
                 if self._kill_timer is not None:
                     self._kill_timer.cancel()
             await self._finish_pipes()
-            self._status.ranks_exited = True  # heartbeats during the uploads and the drain: no progress expected
+            if self._outcome is None:  # every rank exited 0: a cancel arriving during the uploads cannot undo it
+                self._outcome = (S.ATTEMPT_STATE_SUCCEEDED, 0, "")
+            self._status.ranks_exited = True  # during the uploads and the drain: no progress is due
+            self._events.on_update(self.status())
             await self._ship_last()
             state, code, message = self._outcome or (S.ATTEMPT_STATE_SUCCEEDED, 0, "")
             self._final_metrics()  # so its last records go out with the last logs
@@ -516,12 +529,16 @@ class Attempt:
         dirs = AttemptDirs.of(self.settings.state_dir, self.attempt_id)
         await asyncio.to_thread(dirs.prepare, self.run_id)
         try:
-            cwd, requirements = await self._fetch_code(dirs)
-            resume_from = await self._resume_from(dirs)
+            code = await self._unless_stopped(self._fetch_code(dirs))
+            resume_from = await self._unless_stopped(self._resume_from(dirs))
         except PrepareError as exc:
             self._fail(SYSTEM_RANK, 1, str(exc))
             self._status.permanent = exc.permanent  # a hostile bundle fails the same way every time
+            self._status.infrastructure = not exc.permanent  # e.g. the scheduler was unreachable: not the run's
             return
+        if code is None or resume_from is None:  # stopped while preparing
+            return
+        cwd, requirements = code
         self._metrics = MetricsTail(dirs.metrics, self._clock)
         command = list(a.spec.command)
         procs = max(1, a.procs_per_node)
@@ -535,12 +552,12 @@ class Attempt:
                 return
             venv = python.parent.parent
         master_addr = a.master_addr or ("127.0.0.1" if a.nodes <= 1 else self.settings.address)
-        master_port = a.master_port or free_port()
-        if a.wait_for_start:
-            master = await self._wait_for_gang(master_port if a.node_rank == 0 else 0)
-            if master is None:
-                return
-            master_addr, master_port = master
+        with reserved_port(a.master_port) as master_port:
+            if a.wait_for_start:
+                master = await self._wait_for_gang(master_port if a.node_rank == 0 else 0)
+                if master is None:
+                    return
+                master_addr, master_port = master
         base_env = os.environ if self.settings.base_env is None else self.settings.base_env
         for local_rank in range(procs):
             if self._outcome is not None:  # cancelled while starting
@@ -577,6 +594,20 @@ class Attempt:
             if shipping is not None:
                 shipping.cancel()
                 await asyncio.gather(shipping, return_exceptions=True)
+
+    async def _unless_stopped(self, step: Awaitable[T]) -> T | None:
+        """`step`'s result, or None when the attempt is stopped first (the step is cancelled: a long download
+        must not hold the machine, or the agent's shutdown, until it completes)."""
+        task = asyncio.ensure_future(step)
+        stopped = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        return None if task.cancelled() else task.result()
 
     async def _fetch_code(self, dirs: AttemptDirs) -> tuple[Path, list[str]]:
         """The folder the ranks start in (the run's code bundle, extracted, or an empty folder) and the

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import psutil
 import pytest
 
+from gridlab.agent.bundles import PrepareError
 from gridlab.agent.launcher import Attempt, AttemptDirs, LaunchSettings, exit_description
 from gridlab.agent.logship import expand
 from gridlab.agent.metrics import MetricsTail
@@ -90,7 +91,10 @@ def make(
 
 
 def states(rec: Recorder) -> list[str]:
-    return [types_pb2.AttemptState.Name(u.state).removeprefix("ATTEMPT_STATE_") for u in rec.updates]
+    """The states reported, leaving out the RUNNING update that says the ranks have exited (uploads and the
+    log drain follow it)."""
+    names = [types_pb2.AttemptState.Name(u.state).removeprefix("ATTEMPT_STATE_") for u in rec.updates]
+    return [n for n, u in zip(names, rec.updates, strict=True) if not (n == "RUNNING" and u.ranks_exited)]
 
 
 ENV_KEYS = [
@@ -191,7 +195,8 @@ def test_success_reports_after_all_output_is_in(tmp_path: Path) -> None:
     assert states(rec) == ["PREPARING", "RUNNING", "SUCCEEDED"]
     # the terminal update came after the drain, which saw every line
     assert rec.lines_at_drain == len(rec.lines)
-    assert rec.updates_at_drain == 2
+    assert rec.updates_at_drain == 3
+    assert rec.updates[2].ranks_exited  # told before the drain: no progress is due from it any more
     for rank in (0, 1):
         mine = [x for x in rec.lines if x.rank == rank]
         assert [x.seq for x in mine] == [1, 2, 3, 4]
@@ -558,3 +563,57 @@ def test_newest_checkpoint_ignores_links_and_times_from_the_future(tmp_path: Pat
     future.write_bytes(b"y")
     os.utime(future, (4_000_000_000, 4_000_000_000))  # year 2096: it would win forever
     assert newest_checkpoint(tmp_path, "run-1") == mine.checkpoints / "epoch=0.ckpt"
+
+
+def test_a_cancel_during_the_final_uploads_does_not_undo_a_success(tmp_path: Path) -> None:
+    attempt, _ = make(tmp_path, [PY, "-c", "pass"])
+    uploading = asyncio.Event()
+
+    async def slow_ship_last() -> None:  # the last checkpoint upload, taking a while
+        uploading.set()
+        await asyncio.sleep(0.3)
+
+    attempt._ship_last = slow_ship_last  # type: ignore[method-assign]
+
+    async def main() -> agent_pb2.AttemptStatus:
+        task = asyncio.create_task(attempt.run())
+        await uploading.wait()  # every rank exited 0
+        attempt.cancel(S.ATTEMPT_STATE_PREEMPTED, reason="agent shutting down")
+        return await task
+
+    assert arun(main()).state == S.ATTEMPT_STATE_SUCCEEDED
+
+
+def test_a_cancel_stops_a_long_preparation_at_once(tmp_path: Path) -> None:
+    attempt, rec = make(tmp_path, [PY, "-c", "pass"])
+    started = asyncio.Event()
+
+    async def slow_fetch(dirs: Any) -> Any:  # a bundle download of many GB
+        started.set()
+        await asyncio.sleep(60)
+
+    attempt._fetch_code = slow_fetch  # type: ignore[method-assign]
+
+    async def main() -> agent_pb2.AttemptStatus:
+        task = asyncio.create_task(attempt.run())
+        await started.wait()
+        attempt.cancel(S.ATTEMPT_STATE_CANCELLED, reason="user")
+        return await task
+
+    status = arun(main(), timeout=10)
+    assert status.state == S.ATTEMPT_STATE_CANCELLED
+    assert not attempt.pids()
+
+
+@pytest.mark.parametrize("permanent", [True, False])
+def test_a_preparation_failure_says_whether_a_retry_could_help(tmp_path: Path, permanent: bool) -> None:
+    attempt, rec = make(tmp_path, [PY, "-c", "pass"])
+
+    async def failing_fetch(dirs: Any) -> Any:
+        raise PrepareError("could not fetch the code bundle", permanent=permanent)
+
+    attempt._fetch_code = failing_fetch  # type: ignore[method-assign]
+    status = arun(attempt.run())
+    assert status.state == S.ATTEMPT_STATE_FAILED
+    assert (status.permanent, status.infrastructure) == (permanent, not permanent)
+    assert "could not fetch the code bundle" in rec.texts()
