@@ -144,6 +144,18 @@ def has_blob(store: Store, digest: str) -> bool:
     return store.one("SELECT 1 FROM blobs WHERE digest = ?", (digest,)) is not None
 
 
+def is_bundle(store: Store, digest: str) -> bool:
+    """Whether the store holds `digest` as a code bundle. A run may name only such a blob as its code: naming a
+    checkpoint's digest would let its submitter read another user's checkpoint through their own run."""
+    return (
+        store.one(
+            "SELECT 1 FROM blobs WHERE digest = ? AND purpose = ?",
+            (digest, _PURPOSE_WORDS[artifacts_pb2.BLOB_PURPOSE_BUNDLE]),
+        )
+        is not None
+    )
+
+
 def blob_size(store: Store, digest: str) -> int | None:
     row = store.one("SELECT size FROM blobs WHERE digest = ?", (digest,))
     return None if row is None else int(row["size"])

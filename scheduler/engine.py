@@ -117,7 +117,8 @@ class Engine:
         self.logs_changed = Notifier()
         self._kick = asyncio.Event()
         self._token_cache: dict[str, Principal] = {}
-        self._attempt_owner: dict[str, tuple[str, int, frozenset[str]]] = {}  # id -> run, number, its agents
+        # attempt id -> run, number, its agents, the global ranks each agent's node runs (_ranks_of)
+        self._attempt_owner: dict[str, tuple[str, int, frozenset[str], dict[str, range]]] = {}
         self.watchdog = Watchdog()
         self.gangs = GangTracker()
         # After a restart every agent the store thinks is ready gets a full timeout to
@@ -209,8 +210,10 @@ class Engine:
             normalize(spec)
         except SpecError as exc:
             raise invalid(str(exc)) from None
-        if spec.code_digest and not artifacts.has_blob(self.store, spec.code_digest):
-            raise precondition(f"code bundle {spec.code_digest} is not in the scheduler's store: upload it first")
+        if spec.code_digest and not artifacts.is_bundle(self.store, spec.code_digest):
+            raise precondition(
+                f"code bundle {spec.code_digest} is not in the scheduler's store: upload it first (Client.upload_code)"
+            )
         if len(idempotency_key) > 200:
             raise invalid("idempotency_key is longer than 200 characters")
         if idempotency_key:
@@ -789,31 +792,42 @@ class Engine:
 
     def push_logs(self, agent_name: str, lines: Iterable[types_pb2.LogLine]) -> tuple[int, int]:
         """Store log lines (each LogLine one line or a batch of a rank's consecutive lines, LogLine.count),
-        ignoring lines already stored; (lines stored, lines ignored). ABORTED for another agent's attempt.
-        The lines go to the log files (logstore.py), one index row per batch."""
-        from .logstore import Batch  # (imported here: this method is the engine's only use of it)
+        ignoring lines already stored; (lines stored, lines ignored). ABORTED for another agent's attempt;
+        INVALID_ARGUMENT for a line the agent must not resend as it is: a rank its node does not run (or
+        -1, -2: the agent's notes, metrics), seqs out of 1 .. 2**62, a batch whose count is wrong. The
+        lines go to the log files (logstore.py), one index row per batch; lines over 64 KiB are cut."""
+        from .logstore import MAX_SEQ, SPECIAL_RANKS, Batch  # (imported here: the engine's only use of it)
 
         batches = []
         for line in lines:
             owner = self._attempt_owner.get(line.attempt_id)
             if owner is None:
                 found = self.store.all(
-                    "SELECT a.run_id, a.number, a.state, n.agent_name FROM attempts a "
-                    "JOIN attempt_nodes n ON n.attempt_id = a.id WHERE a.id = ?",
+                    "SELECT a.run_id, a.number, a.state, n.agent_name, r.spec FROM attempts a "
+                    "JOIN attempt_nodes n ON n.attempt_id = a.id JOIN runs r ON r.id = a.run_id "
+                    "WHERE a.id = ? ORDER BY n.node_rank",
                     (line.attempt_id,),
                 )
                 if not found:
                     raise ApiError(grpc.StatusCode.ABORTED, f"attempt {line.attempt_id!r} is unknown")
-                owner = (found[0]["run_id"], found[0]["number"], frozenset(r["agent_name"] for r in found))
+                agents = [r["agent_name"] for r in found]
+                spec = types_pb2.RunSpec.FromString(found[0]["spec"])
+                owner = (found[0]["run_id"], found[0]["number"], frozenset(agents), self._ranks_of(spec, agents))
                 if AttemptState(found[0]["state"]).live:  # ended attempts are not cached: no unbounded growth
                     self._attempt_owner[line.attempt_id] = owner
             if agent_name not in owner[2]:
                 raise ApiError(grpc.StatusCode.ABORTED, f"attempt {line.attempt_id!r} is not {agent_name}'s")
-            if line.seq < 1:
-                raise invalid(f"log line seq is {line.seq}: sequence numbers start at 1")
+            ranks = owner[3][agent_name]
+            if line.rank not in ranks and line.rank not in SPECIAL_RANKS:
+                raise invalid(
+                    f"log line rank {line.rank}: {agent_name}'s node of attempt {line.attempt_id} runs ranks "
+                    f"{ranks.start} to {ranks.stop - 1} (and -1, -2 for the agent's notes and metrics)"
+                )
+            count = max(1, line.count)
+            if not 1 <= line.seq <= MAX_SEQ - count + 1:
+                raise invalid(f"log line seq is {line.seq} (count {count}): seqs go from 1 to 2**62")
             if line.stream not in types_pb2.LogStream.values():
                 raise invalid(f"log line stream {line.stream} is not a known stream")
-            count = max(1, line.count)
             if line.count > 1 and (held := line.text.count("\n") + 1) != count:
                 raise invalid(f"log batch of {count} lines holds {held}: its lines must be joined by newlines")
             batches.append(
@@ -835,6 +849,13 @@ class Engine:
         accepted, duplicates = self.store.logs.append(batches)
         self.logs_changed.notify()
         return accepted, duplicates
+
+    @staticmethod
+    def _ranks_of(spec: types_pb2.RunSpec, agents: list[str]) -> dict[str, range]:
+        """The global ranks each agent's node runs, the agents given in node rank order: node r runs
+        r * procs_per_node to (r + 1) * procs_per_node - 1 (as the agent numbers them)."""
+        procs = spec.resources.procs_per_node or max(1, spec.resources.gpus)
+        return {agent: range(node * procs, (node + 1) * procs) for node, agent in enumerate(agents)}
 
     # ---------------------------------------------------------------- placement
 
@@ -938,7 +959,12 @@ class Engine:
             where = ", ".join(n.agent_name for n in p.nodes)
             self._event(conn, p.run_id, attempt_id, "placed", RunState.STARTING, f"attempt {number} on {where}")
         names = frozenset(n.agent_name for n in p.nodes)
-        self._attempt_owner[attempt_id] = (p.run_id, number, names)
+        self._attempt_owner[attempt_id] = (
+            p.run_id,
+            number,
+            names,
+            self._ranks_of(spec, [n.agent_name for n in p.nodes]),
+        )
         gang = len(p.nodes) > 1
         master_addr = sessions[0].inventory.address if sessions[0] is not None else ""
         if gang:

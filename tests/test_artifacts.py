@@ -31,8 +31,9 @@ from gridlab.common.timeutil import FakeClock
 from gridlab.scheduler import artifacts
 from gridlab.scheduler.artifacts import BlobStore, newest_checkpoint, run_checkpoints
 from gridlab.scheduler.artifacts_api import ArtifactsService
-from gridlab.scheduler.auth import AuthInterceptor
+from gridlab.scheduler.auth import AuthInterceptor, Principal
 from gridlab.scheduler.engine import Engine
+from gridlab.scheduler.errors import ApiError
 from gridlab.scheduler.store import Store
 from gridlab.v1 import artifacts_pb2, artifacts_pb2_grpc, types_pb2
 
@@ -697,3 +698,17 @@ def test_interrupted_uploads_nobody_resumed_are_swept_at_start(tmp_path: Path) -
     BlobStore(store, config)  # a restarted scheduler
     assert not old.exists()
     assert fresh.exists()
+
+
+def test_a_run_may_name_only_a_code_bundle_as_its_code(server: Server, tmp_path: Path) -> None:
+    """Else Bob could read Alice's checkpoint through his own run, by naming its digest as his code."""
+    run_id = server.add_run("alice")
+    ckpt = server.put(tmp_path / "ck", b"alice's weights", CHECKPOINT, server.add_attempt(run_id))
+    spec = types_pb2.RunSpec(command=["true"], code_digest=ckpt.digest)
+    bob = Principal("bob", "user")
+    with pytest.raises(ApiError, match="upload it first") as refused:
+        server.on_loop(lambda: server.engine.submit(bob, spec, ""))
+    assert refused.value.code == Code.FAILED_PRECONDITION
+    code = server.put(tmp_path / "code", b"bob's code", BUNDLE)
+    spec.code_digest = code.digest
+    assert server.on_loop(lambda: server.engine.submit(bob, spec, ""))[0].startswith("run-")
