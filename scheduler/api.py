@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -14,7 +15,7 @@ from . import auth
 from .convert import event_pb, single_lines
 from .engine import Engine
 from .errors import ApiError, invalid
-from .state import RunState
+from .state import LIVE_ATTEMPT_STATES, RunState
 
 T = TypeVar("T")
 _POLL = 1.0  # seconds between checks when nothing woke a waiting stream
@@ -22,6 +23,7 @@ _LOG_BATCH = 500  # single lines per StreamLogs message, at most
 _LOG_BYTES = 1024 * 1024  # and about this much text
 MAX_WATCHED = 1000  # run ids per WatchRuns stream
 MAX_GRACE = 86_400  # seconds between SIGTERM and SIGKILL, at most
+_LIVE_NODE_STATES = ",".join(f"'{s.value}'" for s in sorted(LIVE_ATTEMPT_STATES))
 
 
 async def call(context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any) -> T:
@@ -35,18 +37,31 @@ async def call(context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: A
 
 def _single_line_responses(batches: list[types_pb2.LogLine]) -> Iterator[scheduler_pb2.StreamLogsResponse]:
     """Batches as messages of single lines (for a client that does not take batches): at most _LOG_BATCH
-    lines or about _LOG_BYTES of text each."""
+    lines or about _LOG_BYTES of UTF-8 text each, each message made only when the one before is taken."""
     lines: list[types_pb2.LogLine] = []
     nbytes = 0
     for batch in batches:
         for line in single_lines(batch):
-            if lines and (len(lines) >= _LOG_BATCH or nbytes + len(line.text) > _LOG_BYTES):
+            text = line.text
+            size = len(text) if text.isascii() else len(text.encode())
+            if lines and (len(lines) >= _LOG_BATCH or nbytes + size > _LOG_BYTES):
                 yield scheduler_pb2.StreamLogsResponse(lines=lines)
                 lines, nbytes = [], 0
             lines.append(line)
-            nbytes += len(line.text)
+            nbytes += size
     if lines:
         yield scheduler_pb2.StreamLogsResponse(lines=lines)
+
+
+def _logs_done(engine: Engine, run_id: str) -> bool:
+    """Whether a run will get no more log lines: it has ended, and no node of its attempts still runs
+    (a gang's other nodes may still be stopping after the run ended, and ship their last lines)."""
+    row = engine.store.one(
+        f"SELECT r.state, EXISTS (SELECT 1 FROM attempts a JOIN attempt_nodes n ON n.attempt_id = a.id "
+        f"WHERE a.run_id = r.id AND n.state IN ({_LIVE_NODE_STATES})) AS live FROM runs r WHERE r.id = ?",
+        (run_id,),
+    )
+    return row is not None and RunState(row["state"]).terminal and not row["live"]
 
 
 def _state_word(value: int) -> str:
@@ -143,7 +158,9 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
 
     async def StreamLogs(self, request: Any, context: Any) -> AsyncIterator[scheduler_pb2.StreamLogsResponse]:
         """A run's lines after `after_cursor`, read from the log files a message's worth at a time: as
-        batches (LogLine.count) to a client that asks for them, else one LogLine per line."""
+        batches (LogLine.count) to a client that asks for them, else one LogLine per line. Following, it
+        ends once the run has ended and no node of it still runs, and the lines stored by then are sent.
+        It yields to the event loop between messages and reads, so a long or damaged log stalls no one."""
         who = auth.current()
         engine = self.engine
         await call(context, lambda: engine.visible_run(who, request.run_id))
@@ -152,10 +169,9 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         after = request.after_cursor
         while True:
             waiter = engine.logs_changed
-            # Read the run's state before the lines: a run that has ended has every line
-            # stored already (agents flush logs before reporting the end).
-            run = engine.store.one("SELECT state FROM runs WHERE id = ?", (request.run_id,))
-            ended = run is not None and RunState(run["state"]).terminal
+            # Read the run's state before the lines: once no node runs, every line is stored
+            # already (agents flush a node's logs before reporting its end).
+            ended = _logs_done(engine, request.run_id)
             batches, upto = logs.read(request.run_id, after, attempt_number=request.attempt_number, rank=rank)
             if batches:
                 if request.batched:
@@ -163,8 +179,10 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                 else:
                     for response in _single_line_responses(batches):
                         yield response
+                        await asyncio.sleep(0)
             if upto > after:  # (also past rows that could not be read back)
                 after = upto
+                await asyncio.sleep(0)
                 continue
             if not request.follow or ended:
                 return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 
 from gridlab.common.timeutil import ts
 from gridlab.v1 import types_pb2
@@ -82,10 +83,12 @@ def event_pb(row: sqlite3.Row) -> types_pb2.RunEvent:
     return out
 
 
-def log_pb(row: sqlite3.Row, text: str | None = None, skip: int = 0) -> types_pb2.LogLine:
+def log_pb(row: sqlite3.Row, text: str | None = None, skip: int = 0, count: int | None = None) -> types_pb2.LogLine:
     """A log_batches row as one LogLine (a batch when it holds more than one line): its lines in
-    `text` (default: the row's inline text), less the first `skip` of them."""
-    count = row["count"] - skip
+    `text` (default: the row's inline text), less the first `skip` of them; `count` of them (default:
+    all the rest)."""
+    if count is None:
+        count = row["count"] - skip
     out = types_pb2.LogLine(
         attempt_id=row["attempt_id"],
         attempt_number=row["attempt_number"],
@@ -100,20 +103,26 @@ def log_pb(row: sqlite3.Row, text: str | None = None, skip: int = 0) -> types_pb
     return out
 
 
-def single_lines(batch: types_pb2.LogLine) -> list[types_pb2.LogLine]:
-    """A batch as one LogLine per line, for clients that do not take batches."""
+def single_lines(batch: types_pb2.LogLine) -> Iterator[types_pb2.LogLine]:
+    """A batch as one LogLine per line, for clients that do not take batches: made one at a time, as
+    they are used (a batch may hold some 100,000 lines)."""
     if batch.count <= 1:
-        return [batch]
+        yield batch
+        return
     template = types_pb2.LogLine()
     template.CopyFrom(batch)
     template.count = 0
     template.text = ""
-    out = []
-    for i, text in enumerate(batch.text.split("\n")):
+    text = batch.text
+    start = i = 0
+    while True:
+        end = text.find("\n", start)
         line = types_pb2.LogLine()
         line.CopyFrom(template)
         line.seq = batch.seq + i
         line.cursor = batch.cursor + i
-        line.text = text
-        out.append(line)
-    return out
+        line.text = text[start:] if end < 0 else text[start:end]
+        yield line
+        if end < 0:
+            return
+        start, i = end + 1, i + 1

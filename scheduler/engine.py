@@ -795,7 +795,7 @@ class Engine:
         ignoring lines already stored; (lines stored, lines ignored). ABORTED for another agent's attempt;
         INVALID_ARGUMENT for a line the agent must not resend as it is: a rank its node does not run (or
         -1, -2: the agent's notes, metrics), seqs out of 1 .. 2**62, a batch whose count is wrong. The
-        lines go to the log files (logstore.py), one index row per batch; lines over 64 KiB are cut."""
+        lines go to the log files (logstore.py), one index row per batch; lines over 64 Ki characters are cut."""
         from .logstore import MAX_SEQ, SPECIAL_RANKS, Batch  # (imported here: the engine's only use of it)
 
         batches = []

@@ -15,12 +15,20 @@ numbered by each node's agent separately, so they are kept per (attempt, rank, a
 Durability: a batch's bytes are written before the row that points at them is committed, and neither
 is fsynced (a kill -9 of the scheduler loses nothing acknowledged; a power loss may lose the last
 lines). Bytes past a file's committed size (written, then a crash before the commit) are cut off
-before the file is next appended to. A row whose bytes cannot be read back is skipped, with a warning.
+before the file is next appended to. Cursors are handed out from blocks reserved durably (the
+`meta` row log_cursor_reserved, fsynced about once per CURSOR_BLOCK lines), so a power loss that
+undoes index rows never makes the scheduler number new lines with cursors a client already holds.
+
+Damage: rows whose bytes are gone (a deleted or truncated file) are skipped, one warning per file: the
+missing byte range of each such file is remembered (a bounded number of them), so their rows cost
+neither a system call nor a warning each. A line longer than MAX_LINE_CHARS is cut when stored, and
+read() cuts what it returns to about `max_bytes`, so every StreamLogs message stays far below 4 MiB.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -34,7 +42,7 @@ import structlog
 from gridlab.v1 import types_pb2
 
 from .convert import log_pb
-from .errors import ApiError
+from .errors import ApiError, invalid
 from .store import Store
 
 log = structlog.get_logger("gridlab.scheduler.logstore")
@@ -44,6 +52,11 @@ MAX_READ_BYTES = 1024 * 1024  # what read() returns at most (and at least one ro
 MAX_READ_ROWS = 512
 MAX_OPEN_FILES = 64
 MAX_CACHED_FILES = 4096
+MAX_UNREADABLE_FILES = 1024  # damaged files remembered (least recently seen forgotten first)
+MAX_LINE_CHARS = 64 * 1024  # the agent's line limit (agent/logship.py MAX_LINE_BYTES): longer lines are cut
+MAX_SEQ = 2**62  # highest seq a line may have: far beyond any run, far below SQLite's 2**63 - 1
+CURSOR_BLOCK = 1 << 20  # cursors reserved durably at a time
+CURSOR_KEY = "log_cursor_reserved"  # meta row: every cursor handed out is below its value
 SPECIAL_RANKS = {-1: "agent", -2: "metrics"}
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -80,6 +93,37 @@ def _safe(name: str) -> str:
     return "h-" + hashlib.sha256(name.encode()).hexdigest()[:24]
 
 
+def _cut_long_lines(text: str) -> str:
+    """`text` (lines joined by "\\n") with each line longer than MAX_LINE_CHARS cut to that, and marked.
+    One find per MAX_LINE_CHARS characters when no line is too long (the agent's lines never are)."""
+    pos, end, long = 0, len(text), False
+    while end - pos > MAX_LINE_CHARS:
+        nl = text.find("\n", pos, pos + MAX_LINE_CHARS + 1)
+        if nl < 0:
+            long = True
+            break
+        pos = nl + 1
+    if not long:
+        return text
+    return "\n".join(
+        line if len(line) <= MAX_LINE_CHARS else f"{line[:MAX_LINE_CHARS]} [... {len(line) - MAX_LINE_CHARS} more cut]"
+        for line in text.split("\n")
+    )
+
+
+def _fit(text: str, count: int, budget: int) -> tuple[str, int]:
+    """The first of `count` lines (joined by "\\n") that fit in `budget` bytes of UTF-8, and how many:
+    at least one line, itself cut to the budget when longer (a line stored before lines were cut)."""
+    data = text.encode()
+    if len(data) <= budget:
+        return text, count
+    cut = data.rfind(b"\n", 0, budget + 1)
+    if cut >= 0:
+        return data[:cut].decode(), data.count(b"\n", 0, cut) + 1
+    first = data[: max(0, budget - 64)].decode(errors="ignore")
+    return f"{first} [... cut: the line is longer than one message]", 1
+
+
 def _pieces(text: str, count: int) -> list[tuple[str, int]]:
     """`count` lines joined by "\\n" in pieces of about MAX_ROW_CHARS at most, cut between lines."""
     if len(text) <= MAX_ROW_CHARS or count <= 1:
@@ -107,16 +151,25 @@ class LogStore:
         self.folder = folder
         self._files: collections.OrderedDict[tuple[str, int, str], _File] = collections.OrderedDict()
         self._fds: collections.OrderedDict[int, int] = collections.OrderedDict()  # file id -> fd, LRU
-        self._unreadable: set[int] = set()  # batches already warned about (first cursors)
-        row = store.one("SELECT MAX(last_cursor) AS last FROM log_batches")
-        self._next_cursor = (row["last"] or 0) + 1 if row is not None else 1
+        # Damaged files, warned about once each: file id -> the byte range [lo, hi) known gone (empty when
+        # only some rows did not match what the index says). LRU, at most MAX_UNREADABLE_FILES.
+        self._unreadable: collections.OrderedDict[int, tuple[int, int]] = collections.OrderedDict()
+        row = store.one("SELECT COALESCE(MAX(last_cursor), 0) AS last FROM log_batches")
+        reserved = store.one("SELECT value FROM meta WHERE key = ?", (CURSOR_KEY,))
+        # Every cursor handed out (even in index rows a power loss undid) is below _reserved.
+        self._reserved: int = reserved["value"] if reserved is not None else 0
+        self._next_cursor: int = max(self._reserved, (row["last"] if row is not None else 0) + 1)
 
     # -- writing ---------------------------------------------------------------------
 
     def append(self, batches: list[Batch]) -> tuple[int, int]:
         """Store batches (each rank's lines once, in seq order) in one transaction. Returns (lines
-        stored, lines that were stored already). UNAVAILABLE when the files cannot be written: the
-        agent keeps the lines and retries."""
+        stored, lines that were stored already). INVALID_ARGUMENT for seqs out of range; UNAVAILABLE
+        when the files cannot be written: the agent keeps the lines and retries. Lines longer than
+        MAX_LINE_CHARS are cut."""
+        for b in batches:
+            if not (b.first_seq >= 1 and b.count >= 1 and b.first_seq + b.count - 1 <= MAX_SEQ):
+                raise invalid(f"log lines seq {b.first_seq} .. {b.first_seq + b.count - 1}: seqs go from 1 to 2**62")
         accepted = duplicates = 0
         cursor = self._next_cursor
         touched: dict[tuple[str, int, str], _File] = {}
@@ -136,6 +189,7 @@ class LogStore:
                 if skip > 0:  # resent after a lost acknowledgement, with newer lines behind: the new tail
                     text = text.split("\n", skip)[skip]
                     seq, count, duplicates = seq + skip, count - skip, duplicates + skip
+                text = _cut_long_lines(text)
                 fd = self._writable(f, b)
                 for piece, n in _pieces(text, count):
                     data = piece.encode() + b"\n"
@@ -153,6 +207,8 @@ class LogStore:
             raise ApiError(grpc.StatusCode.UNAVAILABLE, f"the scheduler cannot write logs now: {exc}") from exc
         if not rows:
             return 0, duplicates
+        if cursor > self._reserved:  # before any of these cursors can be seen
+            self._reserve(cursor + CURSOR_BLOCK)
         with self.store.transaction(durable=False) as conn:
             conn.executemany(
                 "INSERT INTO log_batches (first_cursor, last_cursor, run_id, attempt_id, attempt_number, rank, "
@@ -169,6 +225,16 @@ class LogStore:
             self._remember(key, touched[key])
         return accepted, duplicates
 
+    def _reserve(self, upto: int) -> None:
+        """Make cursors below `upto` ours, durably (an fsync, once per CURSOR_BLOCK lines): after a power
+        loss the next cursor starts there, past any a client may hold, even if index rows were lost."""
+        with self.store.transaction() as conn:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (CURSOR_KEY, upto),
+            )
+        self._reserved = upto
+
     def _file(self, key: tuple[str, int, str], run_id: str) -> _File:
         """The state of (attempt, rank, source)'s file; its row is made on first use."""
         f = self._files.get(key)
@@ -183,12 +249,16 @@ class LogStore:
         else:
             attempt_id, rank, source = key
             next_seq = 1
-            if source:  # lines stored before sources were kept (a migrated database) count too
+            if source:  # lines stored before sources were kept (a migrated database): the one agent's
                 old = self.store.one(
-                    "SELECT next_seq FROM log_files WHERE attempt_id = ? AND rank = ? AND source = ''",
+                    "SELECT f.next_seq, (SELECT COUNT(*) FROM attempt_nodes n WHERE n.attempt_id = f.attempt_id) "
+                    "AS nodes FROM log_files f WHERE f.attempt_id = ? AND f.rank = ? AND f.source = ''",
                     (attempt_id, rank),
                 )
-                next_seq = old["next_seq"] if old is not None else 1
+                # A gang's nodes each numbered their own from 1, and the old table kept one line per seq:
+                # another node's highest seq says nothing of this one's, which start from 1 again.
+                if old is not None and old["nodes"] <= 1:
+                    next_seq = old["next_seq"]
             new = self.store.conn.execute(
                 "INSERT INTO log_files (run_id, attempt_id, rank, source, next_seq) VALUES (?, ?, ?, ?, ?)",
                 (run_id, attempt_id, rank, source, next_seq),
@@ -245,9 +315,10 @@ class LogStore:
         rank: int | None = None,
         max_bytes: int = MAX_READ_BYTES,
     ) -> tuple[list[types_pb2.LogLine], int]:
-        """A run's lines after cursor `after`, oldest first, as batches (LogLine.count), about
-        `max_bytes` of them; and the cursor they reach (past rows that could not be read too), to
-        read on from. Filters: an attempt number (0: all) and a rank."""
+        """A run's lines after cursor `after`, oldest first, as batches (LogLine.count), at most about
+        `max_bytes` of them (a row bigger than that is cut between its lines); and the cursor they reach
+        (past rows that could not be read too), to read on from. Filters: an attempt number (0: all)
+        and a rank."""
         where = ["b.run_id = ?", "b.last_cursor > ?"]
         params: list[object] = [run_id, after]
         if attempt_number:
@@ -265,36 +336,78 @@ class LogStore:
         nbytes = 0
         upto = after
         for row in rows:
-            size = row["file_length"] if row["file_id"] is not None else len(row["text"] or "")
+            if row["file_id"] is not None and self._gone(row):  # a damaged file's, already warned about
+                upto = row["last_cursor"]
+                continue
+            size = row["file_length"] if row["file_id"] is not None else len((row["text"] or "").encode())
             if out and nbytes + size > max_bytes:
                 break
-            upto = row["last_cursor"]
-            text = row["text"] if row["file_id"] is None else self._read_text(row)
+            text = (row["text"] or "") if row["file_id"] is None else self._read_text(row)
             if text is None:
+                upto = row["last_cursor"]
                 continue
             skip = max(0, after - row["first_cursor"] + 1)  # resuming inside this batch
             if skip:
                 text = text.split("\n", skip)[skip]
-            out.append(log_pb(row, text, skip))
+            text, count = _fit(text, row["count"] - skip, max_bytes - nbytes)
+            out.append(log_pb(row, text, skip, count))
+            upto = row["first_cursor"] + skip + count - 1
             nbytes += size
+            if upto < row["last_cursor"]:  # cut: the rest of the row comes next time
+                break
         return out, upto
 
+    def _gone(self, row: sqlite3.Row) -> bool:
+        """Whether the row's bytes lie in its file's range known gone."""
+        gone = self._unreadable.get(row["file_id"])
+        return gone is not None and row["file_offset"] < gone[1] and row["file_offset"] + row["file_length"] > gone[0]
+
     def _read_text(self, row: sqlite3.Row) -> str | None:
+        """The row's lines from its file, or None (with a warning, the first time for this file)."""
         try:
             fd = self._fd(row["file_id"], row["path"], create=False)
+        except FileNotFoundError as exc:  # deleted: all of it is gone
+            self._damaged(row, 0, str(exc))
+            return None
+        except OSError as exc:
+            self._damaged(row, None, str(exc))
+            return None
+        try:
             data = os.pread(fd, row["file_length"], row["file_offset"])
         except OSError as exc:
-            data, why = b"", str(exc)
-        else:
-            why = "the file does not hold what its index says"
-        if len(data) == row["file_length"] and data.count(b"\n") == row["count"]:
-            return data[:-1].decode("utf-8", errors="replace")
-        if row["first_cursor"] not in self._unreadable:
-            self._unreadable.add(row["first_cursor"])
-            log.warning("log_lines_unreadable", path=row["path"], lines=row["count"], why=why)
-        return None
+            self._damaged(row, None, str(exc))
+            return None
+        if len(data) < row["file_length"]:  # truncated: what was past its end is gone
+            self._damaged(row, row["file_offset"] + len(data), "the file is shorter than its index says")
+            return None
+        if data.count(b"\n") != row["count"]:
+            self._damaged(row, None, "the file does not hold what its index says")
+            return None
+        return data[:-1].decode("utf-8", errors="replace")
+
+    def _damaged(self, row: sqlite3.Row, gone_from: int | None, why: str) -> None:
+        """Remember a damaged file: from `gone_from` (when known) to its committed size, its bytes are
+        gone, and those rows are skipped from now on. One warning per file."""
+        file_id = row["file_id"]
+        known = self._unreadable.get(file_id)
+        if gone_from is not None:
+            size = self.store.one("SELECT size FROM log_files WHERE id = ?", (file_id,))
+            end = size["size"] if size is not None else row["file_offset"] + row["file_length"]
+            self._unreadable[file_id] = (gone_from, max(end, row["file_offset"] + row["file_length"]))
+        elif known is None:
+            self._unreadable[file_id] = (0, 0)
+        self._unreadable.move_to_end(file_id)
+        while len(self._unreadable) > MAX_UNREADABLE_FILES:
+            self._unreadable.popitem(last=False)
+        if known is None:
+            log.warning("log_file_unreadable", path=row["path"], run_id=row["run_id"], why=why)
 
     def close(self) -> None:
+        """Close the files, and give back the cursors reserved but not used (so a clean restart goes on
+        from the next cursor, not from the end of the block). The store may be used again after it."""
+        if self._reserved > self._next_cursor:
+            with contextlib.suppress(sqlite3.Error):  # (not giving them back only leaves a gap)
+                self._reserve(self._next_cursor)
         while self._fds:
             _, fd = self._fds.popitem()
             os.close(fd)

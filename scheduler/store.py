@@ -4,7 +4,8 @@ One connection, used only from the event loop's thread, is the single writer. WA
 readers (an admin's `sqlite3` shell, backups) work beside it; `synchronous=FULL` makes an
 acknowledged submit survive power loss, not just a `kill -9`. Every state change is one
 `BEGIN IMMEDIATE` transaction that also appends to `events`. Run logs are the exception: their
-bytes live in files (`logstore.py`), indexed here by transactions that are not fsynced.
+bytes live in files (`logstore.py`), indexed here by transactions that are not fsynced (the cursors
+they hand out come from blocks reserved durably in `meta`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import sqlite_utils
 if TYPE_CHECKING:
     from .logstore import LogStore
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _migrate_1(db: sqlite_utils.Database) -> None:
@@ -241,11 +242,21 @@ def _migrate_4(db: sqlite_utils.Database) -> None:
         db.conn.execute(sql)
 
 
+def _migrate_5(db: sqlite_utils.Database) -> None:
+    # Small values that must survive a power loss, written durably. log_cursor_reserved: every log cursor
+    # handed out is below it (logstore.py reserves cursors in blocks, as log index rows are not fsynced).
+    db.conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+    db.conn.execute(
+        "INSERT INTO meta (key, value) SELECT 'log_cursor_reserved', COALESCE(MAX(last_cursor), 0) + 1 FROM log_batches"
+    )
+
+
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     1: _migrate_1,
     2: _migrate_2,
     3: _migrate_3,
     4: _migrate_4,
+    5: _migrate_5,
 }
 
 

@@ -1,6 +1,7 @@
 """Logs end to end in the batched format: real scheduler and agent processes, a real printing rank, a
 following client. Every line arrives once and in order, across a kill -9 of the scheduler (the agent
-reconnects and resends what was not acknowledged; the client resumes from its cursor)."""
+reconnects and resends what was not acknowledged; the client resumes from its cursor), and from a gang's
+node that is still stopping after the run has ended."""
 
 from __future__ import annotations
 
@@ -17,6 +18,22 @@ from gridlab.common import auth
 from gridlab.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2
 
 PY = sys.executable
+LOCAL = {"GRIDLAB_AGENT_ADDRESS": "127.0.0.1"}  # both "machines" of a gang are this one
+# Rank 1 fails; rank 0, stopped by the scheduler, takes a moment and prints a last line on SIGTERM.
+LAST_WORDS = (
+    "import os, signal, sys, time\n"
+    "rank = int(os.environ['RANK'])\n"
+    "def bye(*_):\n"
+    "    time.sleep(1.0)\n"
+    "    print('rank 0 got SIGTERM', flush=True)\n"
+    "    sys.exit(143)\n"
+    "signal.signal(signal.SIGTERM, bye)\n"
+    "print(f'rank {rank} up', flush=True)\n"
+    "time.sleep(1.0)\n"
+    "if rank == 1:\n"
+    "    sys.exit(3)\n"
+    "time.sleep(60)\n"
+)
 # Prints `line 1` ... `line N` to stdout, in bursts of 2000 lines every 40 ms (about 50,000 lines/s), and a
 # last line to stderr.
 PACED_PRINTER = (
@@ -112,3 +129,17 @@ def test_a_following_client_gets_every_line_once_in_order_across_a_scheduler_kil
     assert len({x.attempt_id for x in received}) == 1
     assert client.run(run.id).wait(timeout=60).state == "SUCCEEDED"
     assert list(client.logs(run.id)) == [f"line {i}" for i in range(1, n + 1)] + ["done"]  # read afresh
+
+
+@pytest.mark.slow
+def test_following_a_gang_gets_the_last_lines_of_a_node_stopping_after_the_run_ended(make_cluster) -> None:
+    cluster: LocalCluster = make_cluster()
+    cluster.start_scheduler()
+    for name in ("node-a", "node-b"):
+        cluster.start_agent(name, env=LOCAL)
+    client = cluster.client()
+    run = client.submit([PY, "-c", LAST_WORDS], nodes=2, name="last-words")
+    lines = [line.text for line in client.log_lines(run.id, follow=True, timeout=60)]
+    assert client.run(run.id).status().state == "FAILED"
+    assert "rank 0 got SIGTERM" in lines, lines
+    assert {"rank 0 up", "rank 1 up"} <= set(lines)

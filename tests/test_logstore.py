@@ -1,18 +1,25 @@
 """The scheduler's log files and their index: batches in, lines out once each and in order, across
-resends, restarts, a crash between a file write and its commit, damaged files, and the upgrade from the
-one-row-per-line table."""
+resends, restarts, a crash between a file write and its commit, a power loss that undoes index rows,
+damaged and deleted files, lines too long, and the upgrade from the one-row-per-line table; push_logs'
+checks of what an agent sends."""
 
 from __future__ import annotations
 
+import collections
+import os
+import random
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from structlog.testing import capture_logs
 
 from gridlab.common.config import SchedulerConfig
 from gridlab.common.timeutil import FakeClock
+from gridlab.scheduler import logstore as logstore_module
 from gridlab.scheduler import store as store_module
 from gridlab.scheduler.auth import Principal
 from gridlab.scheduler.convert import single_lines
@@ -20,9 +27,11 @@ from gridlab.scheduler.engine import AgentSession, Engine
 from gridlab.scheduler.errors import ApiError
 from gridlab.scheduler.logstore import Batch, LogStore
 from gridlab.scheduler.store import Store
-from gridlab.v1 import agent_pb2, types_pb2
+from gridlab.v1 import agent_pb2, scheduler_pb2, types_pb2
 
 OUT = types_pb2.LOG_STREAM_STDOUT
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+MAX_LINE_CHARS = 64 * 1024
 
 
 def batch(first: int, count: int, *, rank: int = 0, attempt: str = "att-1", source: str = "", number: int = 1) -> Batch:
@@ -269,3 +278,241 @@ def test_push_logs_takes_batches_checks_them_and_survives_a_restart(tmp_path: Pa
     assert [x.text for x in got if x.rank == -1] == ["x y"]
     assert [x.cursor for x in got] == list(range(1, 10))
     again.store.close()
+
+
+def test_cursors_handed_out_before_a_power_loss_are_not_handed_out_again(tmp_path: Path) -> None:
+    """Index rows are committed without an fsync, so a power loss may undo the last of them. New lines
+    still get cursors past every one a client may hold: cursors come from blocks reserved durably."""
+    path = tmp_path / "s.db"
+    first = Store(path)
+    first.logs.append([batch(1, 5)])
+    durable = sqlite3.connect(tmp_path / "durable.db")  # what the disk holds after the power loss
+    first.conn.backup(durable)
+    durable.close()
+    first.logs.append([batch(6, 5)])  # its index row never reached the disk
+    seen = [x.cursor for x in lines(first.logs)]
+    assert seen == list(range(1, 11))  # a following client holds cursor 10
+    first.close()
+    for old in tmp_path.glob("s.db*"):
+        old.unlink()
+    shutil.copy(tmp_path / "durable.db", path)
+
+    second = Store(path)
+    logs = second.logs
+    assert texts(logs) == [f"r0 l{i}" for i in range(1, 6)]
+    assert logs.append([batch(6, 5)]) == (5, 0)  # the agent resends what was not stored
+    assert [x.text for x in lines(logs, after=max(seen))] == [f"r0 l{i}" for i in range(6, 11)]  # none missed
+    second.close()
+
+
+def test_a_clean_restart_goes_on_from_the_next_cursor_a_crash_from_the_reserved_mark(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    first = Store(path)
+    first.logs.append([batch(1, 3)])
+    first.close()  # gives back the cursors it reserved
+    second = Store(path)
+    second.logs.append([batch(4, 2)])
+    assert [x.cursor for x in lines(second.logs)] == [1, 2, 3, 4, 5]
+    second.conn.close()  # a crash: nothing given back
+    for fd in second.logs._fds.values():
+        os.close(fd)
+    third = Store(path)
+    third.logs.append([batch(6, 1)])
+    (line,) = lines(third.logs, after=5)
+    assert line.cursor > 5 + 1000  # from the reserved mark: the crash may have lost index rows
+    third.close()
+
+
+def test_a_line_too_long_is_cut_when_stored(store: Store) -> None:
+    logs = store.logs
+    text = "\n".join(["before", "x" * (3 << 20), "after"])  # a hostile agent's 3 MiB line
+    assert logs.append([Batch("run-1", "att-1", 1, 0, "", OUT, 1, 3, text, 1000.0)]) == (3, 0)
+    before, long, after = texts(logs)
+    assert (before, after) == ("before", "after")
+    assert long.startswith("x" * MAX_LINE_CHARS)
+    assert MAX_LINE_CHARS < len(long) < MAX_LINE_CHARS + 100  # marked as cut
+    assert logs.append([Batch("run-1", "att-1", 1, 0, "", OUT, 2, 3, text, 1000.0)]) == (1, 2)  # seqs as sent
+
+
+def test_a_row_bigger_than_a_message_is_read_in_parts_between_its_lines(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logs = store.logs
+    logs.append([batch(1, 1000)])
+    got: list[types_pb2.LogLine] = []
+    after = 0
+    while True:
+        batches, upto = logs.read("run-1", after, max_bytes=1000)
+        if upto == after:
+            break
+        assert sum(len(b.text.encode()) for b in batches) <= 1000
+        got.extend(line for b in batches for line in single_lines(b))
+        after = upto
+    check_in_order(got)
+    assert len(got) == 1000
+    # A line stored before lines were cut, bigger than a message: it comes cut, and the lines after it.
+    monkeypatch.setattr(logstore_module, "_cut_long_lines", lambda text: text)
+    huge = "y" * (5 << 20)
+    logs.append([Batch("run-1", "att-1", 1, 1, "", OUT, 1, 2, f"{huge}\nr1 l2", 1000.0)])
+    batches, upto = logs.read("run-1", 1000)
+    assert scheduler_pb2.StreamLogsResponse(lines=batches).ByteSize() < 1100 * 1024
+    assert [(b.rank, b.seq, b.count) for b in batches] == [(1, 1, 0)]
+    assert batches[0].text.startswith("y" * 1000)
+    assert [x.text for x in lines(logs, after=upto)] == ["r1 l2"]
+
+
+def test_a_deleted_log_folder_costs_one_warning_per_file_and_no_call_per_row(tmp_path: Path) -> None:
+    first = Store(tmp_path / "s.db")
+    for rank in range(4):
+        first.logs.append([batch(seq, 1, rank=rank) for seq in range(1, 301)])
+    first.close()
+    shutil.rmtree(tmp_path / "logs")
+    opened: list[object] = []
+    real_open = os.open
+
+    def counting_open(path: object, *args: object, **kw: object) -> int:
+        opened.append(path)
+        return real_open(path, *args, **kw)  # type: ignore[arg-type]
+
+    second = Store(tmp_path / "s.db")
+    with capture_logs() as captured, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(logstore_module.os, "open", counting_open)
+        assert texts(second.logs) == []
+        assert texts(second.logs) == []  # read again: the files are known gone
+    warnings = [e for e in captured if e["log_level"] == "warning"]
+    assert len(warnings) == 4  # one per file
+    assert len(opened) == 4
+    assert second.logs.append([batch(301, 2)]) == (2, 0)  # the rank goes on, in a new file
+    assert texts(second.logs) == ["r0 l301", "r0 l302"]
+    second.close()
+
+
+def test_a_truncated_file_loses_the_rows_past_its_end_only(store: Store, tmp_path: Path) -> None:
+    logs = store.logs
+    for seq in range(1, 101):
+        logs.append([batch(seq, 1)])
+    logs.append([batch(1, 1, rank=1)])
+    path = tmp_path / "logs" / "run-1" / "att-1" / "rank-0.log"
+    keep = len("".join(f"r0 l{i}\n" for i in range(1, 41)))
+    with path.open("r+b") as f:
+        f.truncate(keep + 3)
+    logs.close()
+    with capture_logs() as captured:
+        assert texts(logs) == [f"r0 l{i}" for i in range(1, 41)] + ["r1 l1"]
+    assert len([e for e in captured if e["log_level"] == "warning"]) == 1
+    assert logs.append([batch(101, 1)]) == (1, 0)  # appended after the committed size: readable
+    assert texts(logs, rank=0)[-1] == "r0 l101"
+
+
+def test_after_the_upgrade_each_node_of_a_gang_numbers_its_agent_lines_from_1(tmp_path: Path) -> None:
+    """Schema 3 kept one line per (attempt, rank, seq): a gang's two agents' notes shared one numbering. After
+    the upgrade each node's notes are kept apart, and another node's highest seq says nothing of this one's."""
+    path = tmp_path / "s.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    db = store_module.sqlite_utils.Database(conn)
+    for version in (1, 2, 3):
+        store_module.MIGRATIONS[version](db)
+    conn.execute("PRAGMA user_version=3")
+    conn.executemany(
+        "INSERT INTO attempt_nodes (attempt_id, node_rank, agent_name, gpu_uuids, cpus, state) "
+        "VALUES (?, ?, ?, '[]', 1, 'RUNNING')",
+        [("att-1", 0, "node-a"), ("att-1", 1, "node-b"), ("att-2", 0, "solo")],
+    )
+    conn.executemany(
+        "INSERT INTO logs (run_id, attempt_id, attempt_number, rank, seq, stream, text, time) "
+        "VALUES (?, ?, 1, -1, ?, ?, ?, 1000.0)",
+        [
+            ("run-1", a, seq, types_pb2.LOG_STREAM_SYSTEM, f"r-1 l{seq}")
+            for a in ("att-1", "att-2")
+            for seq in (1, 2, 3)
+        ],
+    )
+    conn.close()
+    store = Store(path)
+    logs = store.logs
+    assert logs.append([batch(1, 2, rank=-1, source="node-b")]) == (2, 0)
+    assert logs.append([batch(1, 4, rank=-1, source="solo", attempt="att-2")]) == (1, 3)  # its own, stored
+    store.close()
+
+
+def placed_gang(tmp_path: Path, procs: int) -> tuple[Engine, str, str]:
+    config = SchedulerConfig(state_dir=str(tmp_path), heartbeat_interval=1, heartbeat_timeout=10)
+    engine = Engine(Store(tmp_path / "s.db"), config, clock=FakeClock())
+    sessions = []
+    for name in ("n0", "n1"):
+        inventory = types_pb2.Inventory(hostname=name, address=name, cpus=8, memory_bytes=64 << 30)
+        sessions.append(engine.agent_hello(agent_pb2.Hello(name=name, inventory=inventory)))
+    spec = types_pb2.RunSpec(command=["true"], resources=types_pb2.Resources(nodes=2, procs_per_node=procs))
+    run_id, _ = engine.submit(Principal("alice", "user"), spec, "")
+    engine.place_once()
+    attempt = drain_assign(sessions[0])
+    return engine, run_id, attempt
+
+
+def refused(engine: Engine, agent: str, line: types_pb2.LogLine) -> grpc.StatusCode:
+    with pytest.raises(ApiError) as info:
+        engine.push_logs(agent, [line])
+    return info.value.code
+
+
+def test_push_logs_takes_only_the_ranks_the_pushing_agents_node_runs(tmp_path: Path) -> None:
+    engine, run_id, attempt = placed_gang(tmp_path, procs=2)  # n0 runs ranks 0 and 1, n1 ranks 2 and 3
+    for rank in (0, 1, -1, -2):
+        assert engine.push_logs("n0", [pushed(attempt, 1, 1, rank=rank)]) == (1, 0)
+    for rank in (2, 3, -1):
+        assert engine.push_logs("n1", [pushed(attempt, 1, 1, rank=rank)]) == (1, 0)
+    for rank in (2, 4, -3, 2**31 - 1, -(2**31)):
+        assert refused(engine, "n0", pushed(attempt, 1, 1, rank=rank)) == INVALID
+    for rank in (0, 1, 4):
+        assert refused(engine, "n1", pushed(attempt, 1, 1, rank=rank)) == INVALID
+    # A push is refused whole: its good lines are not stored either.
+    with pytest.raises(ApiError):
+        engine.push_logs("n0", [pushed(attempt, 2, 1, rank=0), pushed(attempt, 2, 1, rank=2)])
+    assert engine.push_logs("n0", [pushed(attempt, 2, 1, rank=0)]) == (1, 0)
+    engine.store.close()
+
+    config = SchedulerConfig(state_dir=str(tmp_path), heartbeat_interval=1, heartbeat_timeout=10)
+    again = Engine(Store(tmp_path / "s.db"), config, clock=FakeClock())  # ranks learnt from the store
+    assert again.push_logs("n1", [pushed(attempt, 2, 1, rank=3)]) == (1, 0)
+    assert refused(again, "n1", pushed(attempt, 1, 1, rank=1)) == INVALID
+    names = sorted(p.name for p in (tmp_path / "logs" / run_id / attempt).iterdir())
+    assert [n for n in names if n.startswith("rank-")] == ["rank-0.log", "rank-1.log", "rank-2.log", "rank-3.log"]
+    again.store.close()
+
+
+def test_push_logs_refuses_seqs_past_2_62_and_answers_bad_input_with_an_api_error_only(tmp_path: Path) -> None:
+    engine, _, attempt = placed(tmp_path)
+    assert refused(engine, "a1", pushed(attempt, 2**63 - 1, 2)) == INVALID  # was an OverflowError: UNKNOWN
+    assert refused(engine, "a1", pushed(attempt, 2**62, 2)) == INVALID
+    assert engine.push_logs("a1", [pushed(attempt, 2**62 - 1, 2)]) == (2, 0)
+    with pytest.raises(ApiError) as info:
+        engine.store.logs.append([batch(2**63 - 1, 2)])
+    assert info.value.code == INVALID
+    rng = random.Random(5)
+    edges = [0, 1, 2, -1, -2, -3, 2**31 - 1, -(2**31), 2**62, 2**63 - 1, -(2**63)]
+
+    def pick(bits: int) -> int:
+        value = rng.choice(edges) if rng.random() < 0.7 else rng.getrandbits(bits) - (1 << (bits - 1))
+        return max(-(1 << (bits - 1)), min((1 << (bits - 1)) - 1, value))
+
+    codes: collections.Counter[str] = collections.Counter()
+    for _ in range(2000):
+        count = pick(32) if rng.random() < 0.5 else rng.randint(0, 4)
+        line = types_pb2.LogLine(
+            attempt_id=attempt,
+            rank=pick(32),
+            seq=pick(64),
+            count=count,
+            stream=pick(32) if rng.random() < 0.3 else OUT,
+            text="\n".join(["z" * rng.randint(0, 3)] * rng.randint(1, 4)),
+        )
+        if rng.random() < 0.3:
+            line.time.seconds, line.time.nanos = pick(64), pick(32)
+        try:
+            engine.push_logs("a1", [line])
+        except ApiError as exc:  # anything else reaches the agent as UNKNOWN, which it retries forever
+            codes[exc.code.name] += 1
+        else:
+            codes["stored"] += 1
+    assert set(codes) == {"stored", "INVALID_ARGUMENT"}, codes
+    engine.store.close()
