@@ -529,16 +529,16 @@ class Attempt:
         dirs = AttemptDirs.of(self.settings.state_dir, self.attempt_id)
         await asyncio.to_thread(dirs.prepare, self.run_id)
         try:
-            code = await self._unless_stopped(self._fetch_code(dirs))
+            fetched = await self._unless_stopped(self._fetch_code(dirs))
             resume_from = await self._unless_stopped(self._resume_from(dirs))
         except PrepareError as exc:
             self._fail(SYSTEM_RANK, 1, str(exc))
             self._status.permanent = exc.permanent  # a hostile bundle fails the same way every time
             self._status.infrastructure = not exc.permanent  # e.g. the scheduler was unreachable: not the run's
             return
-        if code is None or resume_from is None:  # stopped while preparing
+        if fetched is None or resume_from is None:  # stopped while preparing
             return
-        cwd, requirements = code
+        cwd, requirements = fetched
         self._metrics = MetricsTail(dirs.metrics, self._clock)
         command = list(a.spec.command)
         procs = max(1, a.procs_per_node)

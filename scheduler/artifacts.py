@@ -29,7 +29,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -175,25 +175,32 @@ def run_refers_to(store: Store, run: sqlite3.Row, digest: str) -> bool:
 
 
 def merge_checkpoints(
-    rows: Iterable[sqlite3.Row], files: dict[int, list[types_pb2.FileRef]]
+    rows: Iterable[sqlite3.Row], files: dict[int, list[types_pb2.FileRef]], nodes: Mapping[str, int]
 ) -> list[types_pb2.Checkpoint]:
     """The complete checkpoints among node records (`checkpoints` rows in id order), oldest first.
 
-    Records of one attempt with the same name and step are one checkpoint; for each node its
-    latest record counts, and the files are their union (a path two nodes both recorded comes
-    from the lower node rank). It is complete once every node that recorded any checkpoint in
-    the attempt has recorded it: a checkpoint only rank 0 writes is complete at once, a sharded
-    one when the last node's shards are in.
+    Records of one attempt under one name are one checkpoint: each node's latest record of it counts (a
+    rewritten `last.ckpt` keeps its newest), and the files are their union (a path two nodes both recorded
+    comes from the lower node rank). Its step is node 0's (rank 0 writes the metrics file; other nodes
+    report -1), else the highest reported. A single file is complete with one record. A folder (a sharded
+    checkpoint: each node holds its ranks' shards) is complete once every one of the attempt's `nodes` has
+    recorded it, each after every other node's previous record of that name (so all are of one save).
     """
-    writers: dict[str, set[int]] = {}
-    groups: dict[tuple[str, str, int], dict[int, sqlite3.Row]] = {}
+    groups: dict[tuple[str, str], dict[int, list[sqlite3.Row]]] = {}
     for row in rows:
-        writers.setdefault(row["attempt_id"], set()).add(row["node_rank"])
-        groups.setdefault((row["attempt_id"], row["name"], row["step"]), {})[row["node_rank"]] = row
+        groups.setdefault((row["attempt_id"], row["name"]), {}).setdefault(row["node_rank"], []).append(row)
     out = []
-    for (attempt_id, name, step), by_node in groups.items():
-        if set(by_node) != writers[attempt_id]:
-            continue
+    for (attempt_id, name), per_node in groups.items():
+        by_node = {node: records[-1] for node, records in per_node.items()}
+        folder = any("/" in ref.path for r in by_node.values() for ref in files.get(r["id"], []))
+        if folder:
+            if len(by_node) < nodes.get(attempt_id, 1):
+                continue
+            previous = [records[-2]["id"] for records in per_node.values() if len(records) > 1]
+            if previous and min(r["id"] for r in by_node.values()) < max(previous):
+                continue  # one node's latest shards are of an older save than another's: not one checkpoint yet
+        steps = [r["step"] for r in by_node.values()]
+        step = by_node[0]["step"] if 0 in by_node and by_node[0]["step"] >= 0 else max(steps)
         merged: dict[str, types_pb2.FileRef] = {}
         for node in sorted(by_node):
             for ref in files.get(by_node[node]["id"], []):
@@ -219,6 +226,14 @@ def merge_checkpoints(
 def run_checkpoints(store: Store, run_id: str) -> list[types_pb2.Checkpoint]:
     """The run's complete checkpoints, oldest first (see `merge_checkpoints`)."""
     rows = store.all("SELECT * FROM checkpoints WHERE run_id = ? ORDER BY id", (run_id,))
+    nodes = {
+        r["attempt_id"]: r["n"]
+        for r in store.all(
+            "SELECT attempt_id, COUNT(*) AS n FROM attempt_nodes WHERE attempt_id IN "
+            "(SELECT DISTINCT attempt_id FROM checkpoints WHERE run_id = ?) GROUP BY attempt_id",
+            (run_id,),
+        )
+    }
     files: dict[int, list[types_pb2.FileRef]] = {}
     for f in store.all(
         "SELECT f.* FROM checkpoint_files f JOIN checkpoints c ON c.id = f.checkpoint_id "
@@ -228,7 +243,7 @@ def run_checkpoints(store: Store, run_id: str) -> list[types_pb2.Checkpoint]:
         files.setdefault(f["checkpoint_id"], []).append(
             types_pb2.FileRef(path=f["path"], digest=f["digest"], size=f["size"])
         )
-    return merge_checkpoints(rows, files)
+    return merge_checkpoints(rows, files, nodes)
 
 
 def checkpoint_order(checkpoint: types_pb2.Checkpoint) -> tuple[int, int, int]:

@@ -450,6 +450,7 @@ class Engine:
                 if row is not None and AttemptState(row["node_state"]).live:  # its GPUs are free now
                     with self.store.transaction() as conn:
                         self._set_node_state(conn, row["id"], session.name, reported)
+                    self.logs_changed.notify()  # a follower waits for the last node of an ended run
                     self.kick()
                 session.send(release)
             else:

@@ -712,3 +712,35 @@ def test_a_run_may_name_only_a_code_bundle_as_its_code(server: Server, tmp_path:
     code = server.put(tmp_path / "code", b"bob's code", BUNDLE)
     spec.code_digest = code.digest
     assert server.on_loop(lambda: server.engine.submit(bob, spec, ""))[0].startswith("run-")
+
+
+def test_a_sharded_checkpoint_needs_every_node_of_its_attempt_and_one_save(server: Server, tmp_path: Path) -> None:
+    """Node 1 reports no step (only rank 0 writes metrics) and may record before node 0 has recorded anything;
+    a folder is whole only with every node's shards of the same save."""
+    run_id = server.add_run()
+    attempt = server.add_attempt(run_id, agents=("a1", "a2"))
+    blob = {
+        n: server.put(tmp_path / n, n.encode(), CHECKPOINT, attempt) for n in ("m1", "s01", "s11", "m2", "s02", "s12")
+    }
+
+    def record(agent: str, node: int, step: int, *names: str) -> None:
+        refs = [blob[n].ref(f"last/{n[:2]}") for n in names]
+        request = artifacts_pb2.RecordCheckpointRequest(
+            agent_name=agent, attempt_id=attempt, node_rank=node, name="last", step=step, files=refs
+        )
+        server.stub.RecordCheckpoint(request, metadata=server.md["agent"])
+        server.clock.advance(1)
+
+    newest = lambda: server.on_loop(lambda: newest_checkpoint(server.engine.store, run_id))  # noqa: E731
+    record("a1", 0, 10, "m1", "s01")
+    assert newest() is None  # node 1's shards are not in yet
+    record("a2", 1, -1, "s11")
+    ck = newest()
+    assert ck.step == 10  # node 0's step
+    assert sorted(f.digest for f in ck.files) == sorted(blob[n].digest for n in ("m1", "s01", "s11"))
+    record("a2", 1, -1, "s12")  # node 1 saved again first: its shards and node 0's are of different saves
+    assert newest() is None
+    record("a1", 0, 20, "m2", "s02")
+    ck = newest()
+    assert ck.step == 20
+    assert sorted(f.digest for f in ck.files) == sorted(blob[n].digest for n in ("m2", "s02", "s12"))

@@ -84,10 +84,20 @@ def remove(path: str | os.PathLike) -> None:
 
 
 def save_sharded(
-    checkpoint: dict[str, Any], path: str | os.PathLike, *, is_global_zero: bool, barrier: Callable[[], None]
+    checkpoint: dict[str, Any],
+    path: str | os.PathLike,
+    *,
+    is_global_zero: bool,
+    barrier: Callable[[], None],
+    is_local_zero: bool | None = None,
 ) -> None:
     """Every rank calls this with its shard. The folder appears whole or not at all: DCP writes into
-    `<path>.partial`, rank 0 adds meta.pt and swaps it into place."""
+    `<path>.partial`, rank 0 adds meta.pt and swaps it into place.
+
+    On nodes that do not share the folder with rank 0 (each machine's own GRIDLAB_CHECKPOINT_DIR), the
+    node's local rank 0 then finishes its own `.partial` the same way, so that node's shards form a
+    complete folder there too (the agent uploads it; the union of the nodes' folders is the checkpoint).
+    On shared storage rank 0 has already moved the folder, and there is nothing left to finish."""
     import torch.distributed.checkpoint as dcp
 
     path = os.path.abspath(os.fspath(path))
@@ -100,9 +110,13 @@ def save_sharded(
     if "optimizer_states" in tensors:
         tensors["optimizer_states"] = {str(i): s for i, s in enumerate(tensors["optimizer_states"])}
     dcp.save(tensors, checkpoint_id=partial)
+    meta = {k: v for k, v in checkpoint.items() if k not in _TENSOR_KEYS}
+    meta["sharded"] = {"optimizers": len(checkpoint.get("optimizer_states", []))}
     if is_global_zero:
-        meta = {k: v for k, v in checkpoint.items() if k not in _TENSOR_KEYS}
-        meta["sharded"] = {"optimizers": len(checkpoint.get("optimizer_states", []))}
+        write_file(meta, os.path.join(partial, META_FILE))
+        _swap_in(partial, path)
+    barrier()
+    if is_local_zero and not is_global_zero and os.path.isdir(partial):
         write_file(meta, os.path.join(partial, META_FILE))
         _swap_in(partial, path)
     barrier()

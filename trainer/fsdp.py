@@ -174,7 +174,13 @@ class FSDPStrategy(DistributedStrategy):
         if self.state_dict_type == "full":
             super().save_checkpoint(checkpoint, path)
             return
-        ckpt_io.save_sharded(checkpoint, path, is_global_zero=self.is_global_zero, barrier=self.barrier)
+        ckpt_io.save_sharded(
+            checkpoint,
+            path,
+            is_global_zero=self.is_global_zero,
+            barrier=self.barrier,
+            is_local_zero=self.local_rank == 0,
+        )
 
 
 @contextlib.contextmanager

@@ -560,9 +560,12 @@ class Trainer:
     def save_checkpoint(self, filepath: str | os.PathLike, weights_only: bool = False) -> None:
         if self.module is None:
             raise RuntimeError("save_checkpoint needs a module: call fit/validate/test first.")
-        filepath = self.strategy.broadcast(os.fspath(filepath))  # every rank writes (FSDP) or agrees on one path
+        # Every rank writes (FSDP) or agrees on one path: rank 0's, moved into this node's own checkpoint folder
+        # when it lies in rank 0's (nodes of a run need not share storage; each agent uploads its own folder).
+        path = self._on_this_node(os.fspath(filepath), self.checkpoint_dir)
+        assert path is not None  # noqa: S101 - rank 0 passed a path
         ckpt = self._dump_checkpoint(weights_only)
-        self.strategy.save_checkpoint(ckpt, filepath)
+        self.strategy.save_checkpoint(ckpt, path)
         for lg in self._rank_zero_loggers():
             lg.save()
         self.strategy.barrier("save_checkpoint")
@@ -1283,6 +1286,17 @@ class Trainer:
         module.on_save_checkpoint(ckpt)
         return ckpt
 
+    def _on_this_node(self, path: str | None, local_root: str) -> str | None:
+        """Rank 0's `path`, with its part under rank 0's `local_root` put under this rank's `local_root` (a
+        folder each node has at a path of its own: its checkpoint folder, or the checkpoint it resumes from)."""
+        root0, path = self.strategy.broadcast((local_root, path))
+        if path is None or not root0 or not local_root or root0 == local_root:
+            return path
+        rel = os.path.relpath(path, root0)
+        if rel == os.curdir:
+            return local_root
+        return path if rel.startswith(os.pardir) else os.path.join(local_root, rel)
+
     def _resolve_ckpt_path(self, ckpt_path: Any) -> str | None:
         if ckpt_path == "last":
             # Lightning looks where the checkpoint callbacks write, not only the default folder.
@@ -1314,7 +1328,9 @@ class Trainer:
         return os.fspath(ckpt_path)
 
     def _restore(self, module: Module, ckpt_path: Any, weights_only: bool = False) -> None:
-        path = self.strategy.broadcast(self._resolve_ckpt_path(ckpt_path))  # "last"/"best": rank 0's choice
+        # "last"/"best": rank 0's choice. GRIDLAB_RESUME_FROM: each node's agent put the checkpoint on its own
+        # machine, at a path of its own.
+        path = self._on_this_node(self._resolve_ckpt_path(ckpt_path), os.environ.get("GRIDLAB_RESUME_FROM", ""))
         if path is None:
             return
         self.ckpt_path = path
