@@ -217,14 +217,18 @@ class SimAgent:
     async def stop(self) -> None:
         """Close the stream and stop, keeping what it holds (a later `start` reports it in its Hello)."""
         self._stopped = True
-        if self._call is not None:
-            self._call.cancel()
+        call = self._call
+        if call is not None:
+            call.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
         self._cancel_beat()
+        if call is not None:  # its status in, gRPC's own task for the call can end too
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(call.code(), 5)
 
     @property
     def connected(self) -> bool:
@@ -574,11 +578,13 @@ class SimAgents:
         self._channels: list[grpc.aio.Channel] = []
         self._count_waiters: list[tuple[str, int, asyncio.Future[None]]] = []
         self._welcomed = 0
+        self._tasks_before: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self, timeout: float = 120.0) -> None:
         """Connect every agent and wait until each has its Welcome."""
+        self._tasks_before = set(asyncio.all_tasks())
         options = [*AGENT_CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
         groups = [
             self.agents[i : i + self.streams_per_channel] for i in range(0, len(self.agents), self.streams_per_channel)
@@ -588,22 +594,28 @@ class SimAgents:
         async def connect(agent: SimAgent, stub: agent_pb2_grpc.AgentGatewayStub) -> None:
             async with gate:
                 agent.start(stub)
+                assert agent._task is not None
                 waiter = asyncio.ensure_future(agent.welcomed.wait())
-                done, _ = await asyncio.wait({waiter, agent._task}, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[arg-type]
-                if waiter not in done:
+                try:
+                    await asyncio.wait({waiter, agent._task}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
                     waiter.cancel()
+                if not agent.welcomed.is_set():
                     raise ConnectionError(f"agent {agent.name} ended before its Welcome: {agent.failures}")
 
-        jobs = []
+        jobs: list[asyncio.Task[None]] = []
         for group in groups:
             # A distinct channel (its own subchannel pool): its own TCP connection.
             channel = grpc.aio.insecure_channel(self.address, options=options)
             self._channels.append(channel)
             stub = agent_pb2_grpc.AgentGatewayStub(channel)
-            jobs.extend(connect(agent, stub) for agent in group)
+            jobs.extend(asyncio.ensure_future(connect(agent, stub)) for agent in group)
         try:
             await asyncio.wait_for(asyncio.gather(*jobs), timeout)
         except BaseException:
+            for job in jobs:
+                job.cancel()
+            await asyncio.gather(*jobs, return_exceptions=True)
             await self.stop()
             raise
 
@@ -618,10 +630,48 @@ class SimAgents:
         for channel in self._channels:
             await channel.close(grace=None)
         self._channels.clear()
+        await self._grpc_settled()
+        self._tasks_before = set()
         for _, _, future in self._count_waiters:
             if not future.done():
                 future.cancel()
         self._count_waiters.clear()
+
+    async def _grpc_settled(self, timeout: float = 2.0) -> None:
+        """gRPC ends its own task per call only once the core has delivered the cancelled call's status, a
+        few milliseconds after the cancel: wait for those, so a caller that checks for leaked tasks sees none."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+
+        def pending() -> bool:
+            return any(
+                "_handle_status_once_received" in getattr(t.get_coro(), "__qualname__", "")
+                for t in asyncio.all_tasks()
+                if t not in self._tasks_before
+            )
+
+        while pending() and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+
+    async def stop_agent(self, name: str) -> None:
+        """One agent goes away as if its machine died: the stream closes, nothing more is sent (the
+        scheduler declares it lost after its heartbeat timeout). What it held is kept for `start_agent`."""
+        await self.by_name[name].stop()
+
+    async def start_agent(self, name: str, *, forget: bool = False, timeout: float = 30.0) -> None:
+        """Bring a stopped agent back and wait for its Welcome. `forget`: as after a reboot, it holds
+        nothing any more (its Hello lists no attempt)."""
+        agent = self.by_name[name]
+        if agent._stub is None:
+            raise RuntimeError(f"agent {name} was never started")
+        await agent.stop()
+        if forget:
+            for held in agent.held.values():
+                if held.timer is not None:
+                    held.timer.cancel()
+            agent.held.clear()
+        agent.start(agent._stub)
+        await asyncio.wait_for(agent.welcomed.wait(), timeout)
 
     async def __aenter__(self) -> SimAgents:
         await self.start()

@@ -5,6 +5,7 @@ agents saw shows that no GPU ever held two live attempts."""
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 import zlib
@@ -123,3 +124,30 @@ def test_the_overlap_check_finds_a_gpu_held_twice() -> None:
     sim._on_assign(record("c", 3.0, 4.0))  # arrives while b still holds the GPU
     assert sim.gpu_overlaps() == [f"{sim.agents[0].name} {gpu}: c arrived while b held it"]
     assert sim.unknown_gpus() == []
+
+
+def test_a_stopped_agent_is_declared_lost_its_run_moves_and_it_comes_back_after_a_reboot(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    cluster: LocalCluster = make_cluster(heartbeat_interval=0.2, heartbeat_timeout=1.5)
+    cluster.start_scheduler()
+    token = auth.read_secret(cluster.agent_token_file)
+    client = cluster.client()
+
+    async def scenario() -> str:
+        sim = SimAgents(cluster.address, token, 2, machines=[RTX3090_X4] * 2, run_time=math.inf)
+        async with sim:
+            run_id = (await asyncio.to_thread(client.submit, ["true"], gpus=1)).id
+            await sim.wait_assigned(1, timeout=10)
+            first = sim.runs[run_id][0]
+            await sim.stop_agent(first.agent)
+            await sim.wait_assigned(2, timeout=15)  # requeued once the agent is lost, placed on the other
+            second = sim.runs[run_id][1]
+            assert second.agent != first.agent
+            sim.by_name[second.agent].finish(second.attempt_id)
+            await asyncio.wait_for(second.released.wait(), 10)
+            await sim.start_agent(first.agent, forget=True)
+            states = {a.name: a.state for a in await asyncio.to_thread(cluster.list_agents)}
+            assert states == dict.fromkeys(sim.by_name, types_pb2.AGENT_STATE_READY)
+        return run_id
+
+    run_id = asyncio.run(scenario())
+    assert client.status(run_id).state == "SUCCEEDED"
