@@ -1,14 +1,39 @@
 """Placement as pure functions over a snapshot: feasibility, then ranking, then a plan.
 
-Nothing here touches the database or the network. The caller builds a `Snapshot` of
-ready agents with what is free on each, and the queue in order; `plan` returns where each
-run goes and why the others wait. The store then re-checks and commits each placement in
-one transaction (a plan is a proposal, not a fact).
+Nothing here touches the database or the network. The caller builds a snapshot of
+schedulable agents with what is free on each, the runs that hold resources now, and the
+queue in order (`queue.order`); `plan` returns where runs go, which runs to preempt for
+whom, the one reservation the head of the queue holds, and why the others wait. The
+engine then re-checks and commits each placement (a plan is a proposal, not a fact).
+
+Feasibility is per device, not per node: a workstation with an A6000 and two 3090s can
+serve a run that wants the A6000 and another that wants 3090s. Ranking prefers, in order:
+on-prem pools over burst pools (cloud, spot); a run's GPUs on one NVLink or PCIe island;
+the best fit (the agent left with the fewest free suitable GPUs, then the least memory
+beyond what was asked), so big holes stay whole for big runs.
+
+A gang of N nodes gets N distinct agents or nothing: no partial holds, so two big gangs
+can never each sit on half of the cluster waiting for the other.
+
+Reservation and backfill (Slurm's EASY backfill, with one reservation): the highest-ranked
+run that cannot start reserves the GPUs that free first (from the running attempts'
+time limits). Later runs may use those GPUs only if their own time limit ends before the
+reservation starts; a run without a time limit never backfills into a reserved hole.
+
+Preemption: a run that cannot be placed may stop lower-priority preemptible runs. Victims
+are chosen per agent so that what they free, together with what is free already, forms a
+placement for the run (not just enough GPUs somewhere), fewest and lowest priority first.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+
+from .queue import Held, Quotas, over_quota
+
+INF = math.inf
 
 
 @dataclass(frozen=True)
@@ -16,6 +41,7 @@ class GpuView:
     uuid: str
     model: str
     memory_bytes: int
+    island: str = ""  # GPUs sharing an NVLink or PCIe-switch island share this; "" alone
 
 
 @dataclass(frozen=True)
@@ -29,11 +55,12 @@ class AgentView:
     cpus_free: float
     memory_total: int
     memory_free: int
+    tier: int = 0  # 0: on-prem; 1: a burst pool (cloud or spot), used when on-prem cannot take the run
 
 
 @dataclass(frozen=True)
 class RunRequest:
-    """A queued run's needs, per node."""
+    """A queued run's needs, per node, and what ordering, quotas, backfill and preemption need."""
 
     run_id: str
     gpus: int
@@ -44,6 +71,10 @@ class RunRequest:
     labels: tuple[tuple[str, str], ...] = ()
     gpu_types: tuple[str, ...] = ()
     min_gpu_memory_bytes: int = 0
+    user: str = ""
+    team: str = ""
+    priority: int = 0
+    time_limit: float = 0.0  # seconds; 0: none
 
 
 @dataclass(frozen=True)
@@ -64,10 +95,40 @@ class Placement:
     nodes: tuple[NodePlacement, ...]
 
 
+@dataclass(frozen=True)
+class Running:
+    """A live attempt: what it holds, and what preemption and reservations need to know."""
+
+    attempt_id: str
+    run_id: str
+    nodes: tuple[NodePlacement, ...]
+    priority: int = 0
+    preemptible: bool = False
+    ends_at: float = INF  # started + time limit; INF without a limit
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """The head blocked run's claim: `holds[agent]` GPUs (all the agent's CPUs for a CPU-only run)."""
+
+    run_id: str
+    start: float  # when they are expected free; INF when a holder has no time limit
+    holds: Mapping[str, frozenset[str]]
+
+    def admits(self, req: RunRequest, now: float) -> bool:
+        """Whether `req` may backfill into the reserved hole: it surely ends before the reservation starts."""
+        return req.time_limit > 0 and self.start < INF and now + req.time_limit <= self.start
+
+
 @dataclass
 class Plan:
     placements: list[Placement] = field(default_factory=list)
     pending: dict[str, str] = field(default_factory=dict)  # run id -> reason in words
+    preempt: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)  # run id -> victim attempt ids
+    reservation: Reservation | None = None
+
+
+# --- feasibility ------------------------------------------------------------------------------
 
 
 def _gpu_fits(gpu: GpuView, req: RunRequest) -> bool:
@@ -77,7 +138,7 @@ def _gpu_fits(gpu: GpuView, req: RunRequest) -> bool:
 
 
 def static_reason(agent: AgentView, req: RunRequest) -> str | None:
-    """Why `agent` could never hold `req`, even idle; None if it could."""
+    """Why `agent` could never hold one node of `req`, even idle; None if it could."""
     if req.pool and agent.pool != req.pool:
         return f"pool is {agent.pool}, not {req.pool}"
     have = dict(agent.labels)
@@ -95,21 +156,43 @@ def static_reason(agent: AgentView, req: RunRequest) -> str | None:
 
 
 def pick_gpus(agent: AgentView, req: RunRequest) -> tuple[str, ...] | None:
-    """The free GPUs `req` would take on `agent`, or None if it does not fit now."""
+    """The free GPUs one node of `req` would take on `agent`, or None if it does not fit now.
+
+    From one island when one has enough (the smallest such island: best fit), else across islands;
+    within that, the smallest suitable GPUs first, so big-memory GPUs stay free for runs that need them.
+    """
     if agent.cpus_free < req.cpus or (req.memory_bytes and agent.memory_free < req.memory_bytes):
         return None
-    free = [g for g in agent.gpus if g.uuid in agent.free_gpus and _gpu_fits(g, req)]
+    free = sorted(
+        (g for g in agent.gpus if g.uuid in agent.free_gpus and _gpu_fits(g, req)),
+        key=lambda g: (g.memory_bytes, g.uuid),
+    )
     if len(free) < req.gpus:
         return None
-    # Smallest suitable GPUs first, so big-memory GPUs stay free for runs that need them.
-    free.sort(key=lambda g: (g.memory_bytes, g.uuid))
+    if req.gpus > 1:
+        islands: dict[str, list[GpuView]] = {}
+        for g in free:
+            if g.island:
+                islands.setdefault(g.island, []).append(g)
+        whole = [members for members in islands.values() if len(members) >= req.gpus]
+        if whole:
+            best = min(whole, key=lambda members: (len(members), members[0].uuid))
+            return tuple(g.uuid for g in best[: req.gpus])
     return tuple(g.uuid for g in free[: req.gpus])
 
 
-def rank_key(agent: AgentView, req: RunRequest) -> tuple[float, float, str]:
-    """Best fit: prefer the agent left with the fewest free GPUs, then CPUs, so that
-    big holes stay whole for big runs; the name breaks ties, so plans are repeatable."""
-    return (len(agent.free_gpus) - req.gpus, agent.cpus_free - req.cpus, agent.name)
+def _one_island(agent: AgentView, uuids: tuple[str, ...]) -> bool:
+    islands = {g.island for g in agent.gpus if g.uuid in uuids}
+    return len(uuids) <= 1 or (len(islands) == 1 and "" not in islands)
+
+
+def rank_key(agent: AgentView, req: RunRequest, gpus: tuple[str, ...]) -> tuple[float, ...]:
+    """Lower is better: on-prem first, one island, then best fit (fewest suitable GPUs left free, least
+    memory beyond what was asked, fewest CPUs left); the name breaks ties, so plans are repeatable."""
+    chosen = [g for g in agent.gpus if g.uuid in gpus]
+    left = sum(1 for g in agent.gpus if g.uuid in agent.free_gpus and _gpu_fits(g, req)) - len(gpus)
+    waste = sum(g.memory_bytes - req.min_gpu_memory_bytes for g in chosen)
+    return (agent.tier, 0 if _one_island(agent, gpus) else 1, left, waste, agent.cpus_free - req.cpus)
 
 
 def _take(agent: AgentView, node: NodePlacement) -> AgentView:
@@ -121,7 +204,60 @@ def _take(agent: AgentView, node: NodePlacement) -> AgentView:
     )
 
 
-def _pending_reason(agents: list[AgentView], req: RunRequest) -> str:
+def _give(agent: AgentView, node: NodePlacement) -> AgentView:
+    return replace(
+        agent,
+        free_gpus=agent.free_gpus | frozenset(node.gpu_uuids),
+        cpus_free=agent.cpus_free + node.cpus,
+        memory_free=agent.memory_free + node.memory_bytes,
+    )
+
+
+def place_gang(agents: Mapping[str, AgentView], req: RunRequest) -> Placement | None:
+    """The `req.nodes` best-ranked distinct agents that can hold one node each now, or None: a gang gets
+    every node or nothing. Node rank 0 goes to the best of them."""
+    candidates: list[tuple[tuple[float, ...], str, tuple[str, ...]]] = []
+    for agent in agents.values():
+        if static_reason(agent, req) is not None:
+            continue
+        gpus = pick_gpus(agent, req)
+        if gpus is not None:
+            candidates.append((rank_key(agent, req, gpus), agent.name, gpus))
+    if len(candidates) < req.nodes:
+        return None
+    candidates.sort()
+    nodes = tuple(NodePlacement(name, gpus, req.cpus, req.memory_bytes) for _, name, gpus in candidates[: req.nodes])
+    return Placement(req.run_id, nodes)
+
+
+def _without(agents: Mapping[str, AgentView], holds: Mapping[str, frozenset[str]]) -> dict[str, AgentView]:
+    """The agents minus a reservation's holds: its GPUs, or (a CPU-only reservation) the whole agent."""
+    out = dict(agents)
+    for name, gpus in holds.items():
+        if name not in out:
+            continue
+        if gpus:
+            out[name] = replace(out[name], free_gpus=out[name].free_gpus - gpus)
+        else:
+            del out[name]
+    return out
+
+
+# --- why a run waits ----------------------------------------------------------------------------
+
+
+def describe(req: RunRequest) -> str:
+    """What a run asks for, in words: "2 nodes x 4 GPUs of A100 >= 40 GB"."""
+    gib = 1024**3
+    parts = f"{req.gpus} GPU{'s' if req.gpus != 1 else ''}" if req.gpus else f"{req.cpus:g} CPUs"
+    if req.gpu_types:
+        parts += " of " + "/".join(req.gpu_types)
+    if req.min_gpu_memory_bytes:
+        parts += f" >= {req.min_gpu_memory_bytes / gib:g} GB"
+    return f"{req.nodes} nodes x {parts}" if req.nodes > 1 else parts
+
+
+def _pending_reason(agents: list[AgentView], current: Mapping[str, AgentView], req: RunRequest) -> str:
     if not agents:
         return "no agent is connected"
     reasons = [static_reason(a, req) for a in agents]
@@ -133,44 +269,142 @@ def _pending_reason(agents: list[AgentView], req: RunRequest) -> str:
         return "Unsatisfiable: " + "; ".join(f"{a.name}: {r}" for a, r in zip(agents, reasons, strict=True))
     if fitting < req.nodes:
         return f"Unsatisfiable: a gang of {req.nodes} nodes needs {req.nodes} agents that fit; {fitting} connected do"
+    now = sum(1 for a in current.values() if static_reason(a, req) is None and pick_gpus(a, req) is not None)
     if req.nodes > 1:
-        return f"Resources: waiting for {req.nodes} agents with room at once (a gang starts whole or not at all)"
-    return "Resources: waiting for GPUs or CPUs to free up"
+        return (
+            f"Resources: needs {describe(req)}; largest feasible set now: {now} node{'s' if now != 1 else ''} "
+            "(a gang starts whole or not at all)"
+        )
+    return f"Resources: needs {describe(req)}; waiting for GPUs or CPUs to free up"
 
 
-def place_gang(agents: dict[str, AgentView], req: RunRequest) -> Placement | None:
-    """The `req.nodes` best-fitting distinct agents that can hold one node each now, or None: a gang
-    gets every node or nothing. Node rank 0 goes to the best fit of them."""
-    candidates: list[tuple[tuple[float, float, str], AgentView, tuple[str, ...]]] = []
+# --- reservation ---------------------------------------------------------------------------------
+
+
+def reserve(
+    agents: Mapping[str, AgentView], running: Iterable[Running], req: RunRequest, now: float
+) -> Reservation | None:
+    """When and where `req` could start if nothing new started: replay the running attempts' ends in order
+    (INF for those without a time limit) until it fits. None when it never would on these agents."""
+    views = dict(agents)
+    ends = sorted((r for r in running), key=lambda r: (r.ends_at, r.attempt_id))
+    start = max(now, 0.0)
+    for r in [None, *ends]:
+        if r is not None:
+            for node in r.nodes:
+                if node.agent_name in views:
+                    views[node.agent_name] = _give(views[node.agent_name], node)
+            start = max(start, r.ends_at)
+        placement = place_gang(views, req)
+        if placement is not None:
+            holds = {n.agent_name: frozenset(n.gpu_uuids) for n in placement.nodes}
+            return Reservation(req.run_id, start, holds)
+    return None
+
+
+# --- preemption ----------------------------------------------------------------------------------
+
+
+def choose_victims(
+    agents: Mapping[str, AgentView], running: Iterable[Running], req: RunRequest
+) -> tuple[str, ...] | None:
+    """The attempts to stop so that `req` fits: on each agent, the fewest lowest-priority preemptible
+    attempts of lower priority whose stop lets one node fit there; the `req.nodes` cheapest agents; checked
+    as a whole (a victim that is a gang frees GPUs on all its agents). None when no choice makes it fit."""
+    candidates = [r for r in running if r.preemptible and r.priority < req.priority]
+    options: list[tuple[tuple[int, int, int, str], frozenset[str]]] = []
     for agent in agents.values():
         if static_reason(agent, req) is not None:
             continue
-        gpus = pick_gpus(agent, req)
-        if gpus is not None:
-            candidates.append((rank_key(agent, req), agent, gpus))
-    if len(candidates) < req.nodes:
+        here = sorted(
+            (r for r in candidates if any(n.agent_name == agent.name for n in r.nodes)),
+            key=lambda r: (r.priority, -sum(len(n.gpu_uuids) for n in r.nodes if n.agent_name == agent.name)),
+        )
+        view, chosen = agent, []
+        for r in here:
+            if pick_gpus(view, req) is not None:
+                break
+            for node in r.nodes:
+                if node.agent_name == agent.name:
+                    view = _give(view, node)
+            chosen.append(r)
+        if pick_gpus(view, req) is None:
+            continue
+        cost = (len(chosen), sum(r.priority for r in chosen), agent.tier, agent.name)
+        options.append((cost, frozenset(r.attempt_id for r in chosen)))
+    if len(options) < req.nodes:
         return None
-    candidates.sort(key=lambda c: c[0])
-    nodes = tuple(
-        NodePlacement(agent.name, gpus, req.cpus, req.memory_bytes) for _, agent, gpus in candidates[: req.nodes]
-    )
-    return Placement(req.run_id, nodes)
+    options.sort(key=lambda o: o[0])
+    victims = frozenset().union(*(ids for _, ids in options[: req.nodes]))
+    if not victims:
+        return None  # it fits without stopping anything: not a preemption (placement will take it)
+    freed = dict(agents)
+    for r in candidates:
+        if r.attempt_id in victims:
+            for node in r.nodes:
+                if node.agent_name in freed:
+                    freed[node.agent_name] = _give(freed[node.agent_name], node)
+    return tuple(sorted(victims)) if place_gang(freed, req) is not None else None
 
 
-def plan(agents: list[AgentView], queue: list[RunRequest]) -> Plan:
-    """Place `queue` (already in priority order) onto `agents`.
+# --- the plan ----------------------------------------------------------------------------------
 
-    Each run takes the best-fitting agents that can hold it now, one per node; a run that
-    cannot be placed does not block those behind it.
+
+def plan(
+    agents: list[AgentView],
+    queue: list[RunRequest],
+    *,
+    running: Iterable[Running] = (),
+    now: float = 0.0,
+    quotas: Quotas | None = None,
+    held: Held | None = None,
+    stopping: frozenset[str] = frozenset(),
+) -> Plan:
+    """Place `queue` (already in order: `queue.order`) onto `agents`.
+
+    `running`: live attempts (for reservations and preemption); `stopping`: attempts already being
+    preempted (not chosen again; their runs' beneficiaries wait for them); `held`: GPUs held now per user
+    and team (for quotas; updated with what this plan places).
     """
     out = Plan()
+    quotas = quotas or Quotas()
+    held = held or Held()
     current = {a.name: a for a in agents}
+    running = [r for r in running]
+    live = [r for r in running if r.attempt_id not in stopping]
     for req in queue:
-        placement = place_gang(current, req)
-        if placement is None:
-            out.pending[req.run_id] = _pending_reason(agents, req)
+        if why := over_quota(quotas, held, req.user, req.team, req.gpus * req.nodes):
+            out.pending[req.run_id] = why
             continue
-        out.placements.append(placement)
-        for node in placement.nodes:
-            current[node.agent_name] = _take(current[node.agent_name], node)
+        res = out.reservation
+        placement = place_gang(_without(current, res.holds) if res else current, req)
+        if placement is None and res is not None and res.admits(req, now):
+            placement = place_gang(current, req)  # backfill: it ends before the reservation starts
+        if placement is not None:
+            out.placements.append(placement)
+            for node in placement.nodes:
+                current[node.agent_name] = _take(current[node.agent_name], node)
+            held.add(req.user, req.team, req.gpus * req.nodes)
+            continue
+        reason = _pending_reason(agents, current, req)
+        if reason.startswith("Unsatisfiable") or reason == "no agent is connected":
+            out.pending[req.run_id] = reason
+            continue
+        victims = choose_victims(current, live, req)
+        if victims:
+            out.preempt.append((req.run_id, victims))
+            live = [r for r in live if r.attempt_id not in victims]
+            out.pending[req.run_id] = f"Preempting: {len(victims)} lower-priority run(s) are stopping to make room"
+            continue
+        if res is None:
+            out.reservation = reserve(current, running, req, now)
+            if out.reservation is not None:
+                when = "when runs without a time limit end" if out.reservation.start == INF else "soonest"
+                out.pending[req.run_id] = (
+                    f"{reason}; holds a reservation on {', '.join(sorted(out.reservation.holds))} ({when})"
+                )
+                continue
+        elif reason.startswith("Resources"):
+            reason += f"; behind {res.run_id}, which holds a reservation"
+        out.pending[req.run_id] = reason
     return out

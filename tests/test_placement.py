@@ -84,7 +84,7 @@ def test_a_gang_is_all_or_nothing_and_says_why() -> None:
     free = agent("free", [("A100", 80)] * 2)
     out = plan([busy, free], [RunRequest("g", gpus=1, cpus=1, nodes=2), RunRequest("one", gpus=1, cpus=1)])
     assert [p.run_id for p in out.placements] == ["one"]  # the gang took nothing, so "one" fits
-    assert "2 agents with room at once" in out.pending["g"]
+    assert out.pending["g"].startswith("Resources: needs 2 nodes x 1 GPU; largest feasible set now: 1 node")
     out = plan([free], [RunRequest("g", gpus=1, cpus=1, nodes=3)])
     assert "gang of 3 nodes needs 3 agents that fit; 1 connected do" in out.pending["g"]
 
