@@ -46,6 +46,11 @@ class SchedulerConfig:
     artifact_dir: str = ""  # the content-addressed blob store; default <state_dir>/artifacts
     bundle_max_bytes: int = 1024 * 1024 * 1024  # largest code bundle a user may upload (compressed)
     blob_max_bytes: int = 256 * 1024**3  # largest checkpoint or artifact file an agent may upload
+    fair_share_half_life: float = 7 * 86400.0  # seconds for a user's past GPU-seconds to count half
+    quota_user_gpus: int = 0  # GPUs one user may hold at once (0: no cap)
+    quota_users: dict[str, int] = dataclasses.field(default_factory=dict)  # per-user caps that override it
+    quota_teams: dict[str, int] = dataclasses.field(default_factory=dict)  # GPUs one team may hold at once
+    burst_pools: list[str] = dataclasses.field(default_factory=list)  # pools used after on-prem ones (cloud, spot)
     log_format: str = "auto"  # auto (pretty on a terminal, else JSON), json, console
     log_level: str = "info"
 
@@ -89,14 +94,17 @@ def _coerce(value: str, typ: Any, key: str) -> Any:
         if typ is float:
             return float(value)
         if origin is dict:
+            item = typing.get_args(typ)[1] if typing.get_args(typ) else str
             pairs = [p for p in value.split(",") if p.strip()]
-            out: dict[str, str] = {}
+            out: dict[str, Any] = {}
             for pair in pairs:
                 k, sep, v = pair.partition("=")
                 if not sep or not k.strip():
                     raise ValueError(pair)
-                out[k.strip()] = v.strip()
+                out[k.strip()] = item(v.strip())
             return out
+        if origin is list:
+            return [v.strip() for v in value.split(",") if v.strip()]
     except ValueError as exc:
         raise ConfigError(f"{key}={value!r} is not a valid {typ}: {exc}") from None
     return value

@@ -26,11 +26,12 @@ from gridlab.common.ids import new_id
 from gridlab.common.timeutil import Clock, duration, ts
 from gridlab.v1 import agent_pb2, types_pb2
 
-from . import artifacts, placement
+from . import artifacts, placement, queue, snapshot
 from .auth import ADMIN, AGENT, ROLES, Principal
 from .convert import run_pb
 from .errors import ApiError, denied, invalid, not_found, precondition
 from .gang import GangTracker, gang_end
+from .queue import Quotas, Usage
 from .state import (
     LIVE_ATTEMPT_STATES,
     AttemptState,
@@ -121,11 +122,32 @@ class Engine:
         self._attempt_owner: dict[str, tuple[str, int, frozenset[str], dict[str, range]]] = {}
         self.watchdog = Watchdog()
         self.gangs = GangTracker()
+        self.unschedulable: set[str] = set()  # cordoned or draining agents (agentadmin): nothing new goes there
+        self._specs: dict[str, types_pb2.RunSpec] = {}  # run id -> spec, while queued or live
+        self._stopping: dict[str, str] = {}  # attempt being preempted -> the run it makes room for
+        self._timed_out: set[str] = set()  # attempts stopped at their run's time limit: they end for good
+        self.usage: dict[str, Usage] = self._load_usage()
         # After a restart every agent the store thinks is ready gets a full timeout to
         # reconnect before it is declared lost.
         now = self.clock.monotonic()
         for row in store.all("SELECT name FROM agents WHERE state = 'READY'"):
             self.last_seen[row["name"]] = now
+
+    def _load_usage(self) -> dict[str, Usage]:
+        """Each user's decayed GPU-seconds, from the attempts that ended within ten half-lives (older ones
+        count less than a thousandth)."""
+        half_life = self.config.fair_share_half_life
+        since = self.clock.time() - 10 * half_life
+        usage: dict[str, Usage] = {}
+        for row in self.store.all(
+            "SELECT a.started_at, a.finished_at, r.user, r.spec FROM attempts a JOIN runs r ON r.id = a.run_id "
+            "WHERE a.started_at IS NOT NULL AND a.finished_at > ? ORDER BY a.finished_at",
+            (since,),
+        ):
+            res = types_pb2.RunSpec.FromString(row["spec"]).resources
+            used = res.gpus * max(1, res.nodes) * max(0.0, row["finished_at"] - row["started_at"])
+            usage[row["user"]] = usage.get(row["user"], Usage()).add(used, row["finished_at"], half_life)
+        return usage
 
     # ---------------------------------------------------------------- tokens
 
@@ -344,6 +366,10 @@ class Engine:
         self._attempt_owner.pop(attempt["id"], None)
         self.watchdog.forget(attempt["id"])
         self.gangs.forget(attempt["id"])
+        self._stopping.pop(attempt["id"], None)
+        if attempt["id"] in self._timed_out:  # past its time limit: another attempt would be too (Slurm's TIMEOUT)
+            self._timed_out.discard(attempt["id"])
+            permanent = True
         now = self.clock.time()
         conn.execute(
             "UPDATE attempts SET state = ?, exit_code = ?, reason = ?, finished_at = ? WHERE id = ?",
@@ -375,6 +401,9 @@ class Engine:
             ),
         )
         self._event(conn, run["id"], attempt["id"], outcome.kind, outcome.state, outcome.message)
+        self._account(run, attempt, now)
+        if outcome.state.terminal:
+            self._specs.pop(run["id"], None)
         log.info(
             "attempt_ended",
             run_id=run["id"],
@@ -418,6 +447,43 @@ class Engine:
             self._set_node_state(conn, row["id"], agent_name, AttemptState.LOST)
             if AttemptState(row["state"]).live:
                 self._end_attempt(conn, row, AttemptState.LOST, -1, reason)
+
+    def _account(self, run: sqlite3.Row, attempt: sqlite3.Row, now: float) -> None:
+        """Add the attempt's GPU-seconds to its user's fair-share usage."""
+        started = attempt["started_at"]
+        if not started:
+            return
+        res = self._spec(run["id"], run["spec"]).resources
+        used = res.gpus * max(1, res.nodes) * max(0.0, now - started)
+        if used:
+            self.usage[run["user"]] = self.usage.get(run["user"], Usage()).add(
+                used, now, self.config.fair_share_half_life
+            )
+
+    def check_time_limits(self) -> list[str]:
+        """Stop running attempts past their run's time limit. They end FAILED without a retry (the next attempt
+        would run out of time as well)."""
+        now = self.clock.time()
+        over = []
+        for row in self.store.all(
+            "SELECT a.id, a.run_id, a.started_at FROM attempts a WHERE a.state = 'RUNNING' AND a.started_at IS NOT NULL"
+        ):
+            limit = self._spec(row["run_id"]).time_limit.ToNanoseconds() / 1e9
+            if limit <= 0 or now - row["started_at"] <= limit or row["id"] in self._timed_out:
+                continue
+            self._timed_out.add(row["id"])
+            over.append(row["id"])
+            reason = f"time limit of {limit:g}s reached"
+            with self.store.transaction() as conn:
+                run = conn.execute("SELECT state FROM runs WHERE id = ?", (row["run_id"],)).fetchone()
+                self._event(conn, row["run_id"], row["id"], "time_limit", RunState(run["state"]), reason)
+                for node in conn.execute(
+                    f"SELECT agent_name FROM attempt_nodes n WHERE attempt_id = ? AND {_HELD_SQL}", (row["id"],)
+                ):
+                    self._send_cancel(node["agent_name"], row["id"], reason, AttemptState.FAILED)
+        if over:
+            self.events_changed.notify()
+        return over
 
     def _attempt_rows(self, agent_name: str) -> list[sqlite3.Row]:
         """Attempts with a live node on this agent (a node that already ended does not count: its gang may
@@ -860,68 +926,96 @@ class Engine:
 
     # ---------------------------------------------------------------- placement
 
+    def _spec(self, run_id: str, blob: bytes | None = None) -> types_pb2.RunSpec:
+        """A run's spec, parsed once while it is queued or live (specs never change after submit)."""
+        spec = self._specs.get(run_id)
+        if spec is None:
+            if blob is None:
+                row = self.store.one("SELECT spec FROM runs WHERE id = ?", (run_id,))
+                blob = row["spec"] if row is not None else b""
+            spec = self._specs[run_id] = types_pb2.RunSpec.FromString(blob or b"")
+        return spec
+
     def _snapshot(self) -> list[placement.AgentView]:
-        used_gpus: dict[str, set[str]] = {}
-        used_cpus: dict[str, float] = {}
-        used_mem: dict[str, int] = {}
+        """The schedulable agents (connected, not draining or cordoned) with what their live nodes leave free."""
+        used: dict[str, list[sqlite3.Row]] = {}
         for row in self.store.all(
             f"SELECT n.agent_name, n.gpu_uuids, n.cpus, n.memory_bytes FROM attempt_nodes n WHERE {_HELD_SQL}"
         ):
-            name = row["agent_name"]
-            used_gpus.setdefault(name, set()).update(json.loads(row["gpu_uuids"]))
-            used_cpus[name] = used_cpus.get(name, 0.0) + row["cpus"]
-            used_mem[name] = used_mem.get(name, 0) + (row["memory_bytes"] or 0)
-        views = []
-        for s in self.sessions.values():
-            if s.draining:
-                continue
-            inv = s.inventory
-            gpus = tuple(placement.GpuView(g.uuid, g.model, g.memory_total_bytes) for g in inv.gpus)
-            views.append(
-                placement.AgentView(
-                    name=s.name,
-                    pool=s.pool,
-                    labels=tuple(sorted(s.labels.items())),
-                    gpus=gpus,
-                    free_gpus=frozenset(g.uuid for g in gpus) - used_gpus.get(s.name, set()),
-                    cpus_total=inv.cpus,
-                    cpus_free=inv.cpus - used_cpus.get(s.name, 0.0),
-                    memory_total=inv.memory_bytes,
-                    memory_free=inv.memory_bytes - used_mem.get(s.name, 0),
-                )
-            )
-        return views
+            used.setdefault(row["agent_name"], []).append(row)
+        return [
+            snapshot.agent_view(s.name, s.pool, s.labels, s.inventory, used.get(s.name, []), self.config.burst_pools)
+            for s in self.sessions.values()
+            if not s.draining and s.name not in self.unschedulable
+        ]
+
+    def _live(self) -> snapshot.Live:
+        rows = self.store.all(
+            f"SELECT n.attempt_id, a.run_id, a.started_at, a.created_at, n.agent_name, n.gpu_uuids, n.cpus, "
+            f"n.memory_bytes, r.user, r.team, r.priority FROM attempt_nodes n JOIN attempts a ON a.id = n.attempt_id "
+            f"JOIN runs r ON r.id = a.run_id WHERE {_HELD_SQL} ORDER BY n.attempt_id, n.node_rank"
+        )
+        specs = {r["run_id"]: self._spec(r["run_id"]) for r in rows}
+        return snapshot.live_attempts(rows, specs, self.clock.time())
+
+    def _quotas(self) -> Quotas:
+        c = self.config
+        return Quotas(user_gpus=c.quota_user_gpus, users=c.quota_users, teams=c.quota_teams)
+
+    def _shares(self, now: float) -> dict[str, float]:
+        half_life = self.config.fair_share_half_life
+        return {user: u.now(now, half_life) for user, u in self.usage.items()}
 
     def place_once(self) -> int:
-        """One pass over the queue: plan, then commit each placement. Returns how many started."""
+        """One pass over the queue: order it, plan, commit the placements, start the preemptions, and record
+        why the rest wait. Returns how many runs were placed."""
         rows = self.store.all(
-            "SELECT id, spec, pending_reason FROM runs WHERE state = 'QUEUED' ORDER BY priority DESC, created_at, id"
+            "SELECT id, user, team, priority, created_at, spec, pending_reason FROM runs WHERE state = 'QUEUED'"
         )
         if not rows:
             return 0
-        specs = {r["id"]: types_pb2.RunSpec.FromString(r["spec"]) for r in rows}
-        queue = [
-            placement.RunRequest(
-                run_id=run_id,
-                gpus=spec.resources.gpus,
-                cpus=spec.resources.cpus,
-                memory_bytes=spec.resources.memory_bytes,
-                nodes=spec.resources.nodes,
-                pool=spec.pool,
-                labels=tuple(sorted(spec.labels.items())),
-                gpu_types=tuple(spec.resources.gpu_types),
-                min_gpu_memory_bytes=spec.resources.min_gpu_memory_bytes,
-            )
-            for run_id, spec in specs.items()
-        ]
-        plan = placement.plan(self._snapshot(), queue)
+        now = self.clock.time()
+        by_id = {r["id"]: r for r in rows}
+        entries = [queue.Entry(r["id"], r["user"], r["priority"] or 0, r["created_at"]) for r in rows]
+        ordered = queue.order(entries, self._shares(now))
+        specs = {e.run_id: self._spec(e.run_id, by_id[e.run_id]["spec"]) for e in ordered}
+        requests = [snapshot.request(e.run_id, specs[e.run_id], e.user, by_id[e.run_id]["team"] or "") for e in ordered]
+        live = self._live()
+        plan = placement.plan(
+            self._snapshot(),
+            requests,
+            running=live.running,
+            now=now,
+            quotas=self._quotas(),
+            held=live.held,
+            stopping=frozenset(self._stopping),
+        )
         started = sum(1 for p in plan.placements if self._commit(p, specs[p.run_id]))
-        old_reasons = {r["id"]: r["pending_reason"] for r in rows}
-        changed = [(why, rid) for rid, why in plan.pending.items() if old_reasons.get(rid) != why]
+        for run_id, victims in plan.preempt:
+            self._preempt(run_id, victims)
+        changed = [(why, rid) for rid, why in plan.pending.items() if by_id[rid]["pending_reason"] != why]
         if changed:
             with self.store.transaction() as conn:
                 conn.executemany("UPDATE runs SET pending_reason = ? WHERE id = ? AND state = 'QUEUED'", changed)
         return started
+
+    def _preempt(self, for_run: str, victims: Iterable[str]) -> None:
+        """Stop `victims` (checkpoint, then requeue without spending a retry) to make room for `for_run`."""
+        reason = f"preempted for higher-priority run {for_run}"
+        with self.store.transaction() as conn:
+            for attempt_id in victims:
+                attempt = conn.execute("SELECT run_id, state FROM attempts WHERE id = ?", (attempt_id,)).fetchone()
+                if attempt is None or not AttemptState(attempt["state"]).live:
+                    continue
+                self._stopping[attempt_id] = for_run
+                run = conn.execute("SELECT state FROM runs WHERE id = ?", (attempt["run_id"],)).fetchone()
+                self._event(conn, attempt["run_id"], attempt_id, "preempting", RunState(run["state"]), reason)
+                for node in conn.execute(
+                    f"SELECT agent_name FROM attempt_nodes n WHERE attempt_id = ? AND {_HELD_SQL}", (attempt_id,)
+                ):
+                    self._send_cancel(node["agent_name"], attempt_id, reason, AttemptState.PREEMPTED)
+        log.info("preempting", for_run=for_run, victims=sorted(victims))
+        self.events_changed.notify()
 
     def _commit(self, p: placement.Placement, spec: types_pb2.RunSpec) -> bool:
         """Record a placement (every node of it) in one transaction, re-checking it against fresh state."""
@@ -1021,5 +1115,6 @@ class Engine:
                 self.check_liveness()
                 self.check_hangs()
                 self.check_gangs()
+                self.check_time_limits()
             except Exception:
                 log.exception("liveness_check_failed")

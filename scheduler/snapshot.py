@@ -1,0 +1,142 @@
+"""What placement sees, built from the store's rows and the connected agents' inventories.
+
+Kept apart from the engine so that the translation (inventory topology into islands, spec
+fields into requests, live attempts into what they hold and when they end) is plain code
+over plain values, testable without a database.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from gridlab.v1 import types_pb2
+
+from .placement import AgentView, GpuView, NodePlacement, Running, RunRequest
+from .queue import Held
+
+
+def islands(gpus: Iterable[types_pb2.Gpu]) -> dict[str, str]:
+    """Each GPU's island: the GPUs it reaches over NVLink; for GPUs without NVLink, those behind the same
+    PCIe switch (connected components, named by their smallest uuid). "" for a GPU on its own."""
+    gpus = list(gpus)
+    known = {g.uuid for g in gpus}
+    parent = {u: u for u in known}
+
+    def find(u: str) -> str:
+        while parent[u] != u:
+            parent[u] = parent[parent[u]]
+            u = parent[u]
+        return u
+
+    def union(a: str, b: str) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    nvlinked = {g.uuid for g in gpus if any(p in known for p in g.nvlink_peers)}
+    for g in gpus:
+        for peer in g.nvlink_peers:
+            if peer in known:
+                union(g.uuid, peer)
+    for g in gpus:
+        if g.uuid not in nvlinked:
+            for peer in g.pcie_switch_peers:
+                if peer in known and peer not in nvlinked:
+                    union(g.uuid, peer)
+    groups: dict[str, list[str]] = {}
+    for u in known:
+        groups.setdefault(find(u), []).append(u)
+    return {u: (min(members) if len(members) > 1 else "") for members in groups.values() for u in members}
+
+
+def agent_view(
+    name: str,
+    pool: str,
+    labels: Mapping[str, str],
+    inventory: types_pb2.Inventory,
+    used: Iterable[sqlite3.Row],
+    burst_pools: Iterable[str],
+) -> AgentView:
+    """One schedulable agent with what its live nodes (`used`: attempt_nodes rows) leave free."""
+    taken: set[str] = set()
+    cpus = 0.0
+    memory = 0
+    for row in used:
+        taken.update(json.loads(row["gpu_uuids"]))
+        cpus += row["cpus"]
+        memory += row["memory_bytes"] or 0
+    island = islands(inventory.gpus)
+    gpus = tuple(GpuView(g.uuid, g.model, g.memory_total_bytes, island.get(g.uuid, "")) for g in inventory.gpus)
+    return AgentView(
+        name=name,
+        pool=pool,
+        labels=tuple(sorted(labels.items())),
+        gpus=gpus,
+        free_gpus=frozenset(g.uuid for g in gpus) - taken,
+        cpus_total=inventory.cpus,
+        cpus_free=inventory.cpus - cpus,
+        memory_total=inventory.memory_bytes,
+        memory_free=inventory.memory_bytes - memory,
+        tier=1 if pool in set(burst_pools) else 0,
+    )
+
+
+def request(run_id: str, spec: types_pb2.RunSpec, user: str, team: str) -> RunRequest:
+    res = spec.resources
+    return RunRequest(
+        run_id=run_id,
+        gpus=res.gpus,
+        cpus=res.cpus,
+        memory_bytes=res.memory_bytes,
+        nodes=res.nodes,
+        pool=spec.pool,
+        labels=tuple(sorted(spec.labels.items())),
+        gpu_types=tuple(res.gpu_types),
+        min_gpu_memory_bytes=res.min_gpu_memory_bytes,
+        user=user,
+        team=team,
+        priority=spec.priority,
+        time_limit=spec.time_limit.ToNanoseconds() / 1e9,
+    )
+
+
+@dataclass
+class Live:
+    """The live attempts, as placement needs them, and the GPUs each user and team holds."""
+
+    running: list[Running]
+    held: Held
+
+
+def live_attempts(rows: Iterable[sqlite3.Row], specs: Mapping[str, types_pb2.RunSpec], now: float) -> Live:
+    """From rows of live nodes joined with their attempt and run (attempt_id, run_id, started_at, created_at,
+    agent_name, gpu_uuids, cpus, memory_bytes, user, team, priority)."""
+    nodes: dict[str, list[sqlite3.Row]] = {}
+    for row in rows:
+        nodes.setdefault(row["attempt_id"], []).append(row)
+    running, held = [], Held()
+    for attempt_id, rs in nodes.items():
+        first = rs[0]
+        spec = specs.get(first["run_id"], types_pb2.RunSpec())
+        limit = spec.time_limit.ToNanoseconds() / 1e9
+        began = first["started_at"] or first["created_at"] or now
+        placed = tuple(
+            NodePlacement(r["agent_name"], tuple(json.loads(r["gpu_uuids"])), r["cpus"], r["memory_bytes"] or 0)
+            for r in rs
+        )
+        running.append(
+            Running(
+                attempt_id,
+                first["run_id"],
+                placed,
+                priority=first["priority"] or 0,
+                preemptible=spec.preemptible,
+                ends_at=began + limit if limit > 0 else math.inf,
+            )
+        )
+        held.add(first["user"], first["team"] or "", sum(len(n.gpu_uuids) for n in placed))
+    return Live(running, held)
