@@ -2,11 +2,14 @@
 
     schedctl [--address HOST:PORT] [--token T] [-o table|wide|json] COMMAND ...
 
-    submit [--gpus N] [--cpus N] [--name N] [-e K=V ...] [--wait|--follow] -- CMD ...
+    submit [--gpus N] [--gpu-type MODEL ...] [--min-gpu-memory SIZE] [--cpus N] [--memory SIZE]
+           [--pool P] [--label K=V ...] [--priority N] [--preemptible] [--time-limit DURATION]
+           [--name N] [-e K=V ...] [--wait|--follow] -- CMD ...
     runs [--state S ...] [--user U] [--limit N]
     status RUN            logs [-f] RUN            cancel RUN ...
     artifacts RUN         download RUN [--checkpoint NAME|latest] [--artifact PATH ...] [-o DIR]
-    agents [--pool P]     token create --user U [--role user|admin|agent]
+    agents [--pool P]     agents cordon|uncordon NAME    agents drain NAME [--deadline DURATION]
+    token create --user U [--role user|admin|agent]
 
 Tables by default (columns as wide as their content, times as "12s ago"), JSON with
 `-o json` for scripts. Failures print `error: <message>` and exit 1; usage errors exit 2;
@@ -31,7 +34,16 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from gridlab.client import artifacts
 from gridlab.client.errors import GridlabError
-from gridlab.client.sdk import ADDRESS_ENV, STATES, TOKEN_ENV, Client, RunStatus, state_word
+from gridlab.client.sdk import (
+    ADDRESS_ENV,
+    STATES,
+    TOKEN_ENV,
+    Client,
+    RunStatus,
+    parse_duration,
+    parse_size,
+    state_word,
+)
 from gridlab.common import timeutil
 from gridlab.v1 import types_pb2
 
@@ -152,11 +164,32 @@ def _resources(spec: types_pb2.RunSpec) -> str:
     nodes = res.nodes or 1
     cpus = res.cpus or 1
     parts = [f"{nodes} node{'s' if nodes != 1 else ''}"]
-    parts.append(f"{res.gpus} GPU{'s' if res.gpus != 1 else ''}" + (" each" if nodes > 1 else ""))
+    gpus = f"{res.gpus} GPU{'s' if res.gpus != 1 else ''}"
+    if res.gpu_types:
+        gpus += " of " + "/".join(res.gpu_types)
+    if res.min_gpu_memory_bytes:
+        gpus += f" with >= {human_bytes(res.min_gpu_memory_bytes)}"
+    parts.append(gpus + (" each" if nodes > 1 else ""))
     parts.append(f"{cpus:g} CPU{'s' if cpus != 1 else ''}")
     if res.memory_bytes:
         parts.append(human_bytes(res.memory_bytes))
     return ", ".join(parts)
+
+
+def _placement(spec: types_pb2.RunSpec) -> str:
+    """Pool, labels, priority, preemptible and time limit, in words ("-" when all are defaults)."""
+    parts = []
+    if spec.pool:
+        parts.append(f"pool {spec.pool}")
+    if spec.labels:
+        parts.append("labels " + ",".join(f"{k}={v}" for k, v in sorted(spec.labels.items())))
+    if spec.priority:
+        parts.append(f"priority {spec.priority}")
+    if spec.preemptible:
+        parts.append("preemptible")
+    if spec.HasField("time_limit"):
+        parts.append(f"time limit {human_duration(timeutil.from_duration(spec.time_limit))}")
+    return ", ".join(parts) or "-"
 
 
 def _gpu_count(spec: types_pb2.RunSpec) -> str:
@@ -220,6 +253,14 @@ def cmd_submit(args: argparse.Namespace, client: Client) -> int:
         requirements=args.pip or (),
         code=args.code,
         workdir=args.workdir,
+        gpu_type=args.gpu_type,
+        min_gpu_memory=args.min_gpu_memory,
+        memory=args.memory,
+        pool=args.pool,
+        labels=dict(args.label) if args.label else None,
+        priority=args.priority,
+        preemptible=args.preemptible,
+        time_limit=args.time_limit,
     )
     as_json = _output(args) == "json"
     if not as_json:
@@ -309,6 +350,7 @@ def _status_text(run: types_pb2.Run, now: float) -> str:
         ("Attempts:", f"{status.attempts} (retries used: {run.retries_used})"),
         ("Command:", shlex.join(run.spec.command) or "-"),
         ("Resources:", _resources(run.spec)),
+        ("Placement:", _placement(run.spec)),
         ("Created:", _when(run.created_at, now)),
         ("Started:", _when(run.started_at, now)),
         ("Finished:", _when(run.finished_at, now)),
@@ -468,6 +510,39 @@ def cmd_agents(args: argparse.Namespace, client: Client) -> int:
     return EXIT_OK
 
 
+def _agent_done(agent: types_pb2.Agent, what: str, args: argparse.Namespace) -> int:
+    if _output(args) == "json":
+        _print_json(agent, sys.stdout)
+        return EXIT_OK
+    line = f"{agent.name}: {what}"
+    if agent.attempt_ids:
+        n = len(agent.attempt_ids)
+        line += f" ({n} attempt{'s' if n != 1 else ''} still on it)"
+    print(line)
+    return EXIT_OK
+
+
+def cmd_agents_cordon(args: argparse.Namespace, client: Client) -> int:
+    agent = client.cordon(args.name, reason=args.reason or "")
+    return _agent_done(agent, "cordoned: no new runs are placed on it", args)
+
+
+def cmd_agents_drain(args: argparse.Namespace, client: Client) -> int:
+    agent = client.drain(args.name, deadline=args.deadline, reason=args.reason or "")
+    if args.deadline is None:
+        what = "draining: no new runs; running attempts finish"
+    elif args.deadline == 0:
+        what = "draining: running attempts are being preempted and requeued"
+    else:
+        what = f"draining: attempts still running in {human_duration(args.deadline)} are preempted and requeued"
+    return _agent_done(agent, what, args)
+
+
+def cmd_agents_uncordon(args: argparse.Namespace, client: Client) -> int:
+    agent = client.uncordon(args.name)
+    return _agent_done(agent, "uncordoned: takes new runs again", args)
+
+
 def cmd_token_create(args: argparse.Namespace, client: Client) -> int:
     token = client.create_token(args.user, args.role, team=args.team)
     if _output(args) == "json":
@@ -486,6 +561,40 @@ def env_pair(text: str) -> tuple[str, str]:
     if not sep or not key or key != key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key, value
+
+
+def label_pair(text: str) -> tuple[str, str]:
+    """`KEY=VALUE` for `--label`: the key without spaces around it, the value as given."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or key != key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. zone=b), got {text!r}")
+    return key, value
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text, "size")
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a size like 40GB, 40GiB or 512M (bytes without a unit), got {text!r}"
+        ) from None
+
+
+def _duration_arg(text: str) -> float:
+    try:
+        return parse_duration(text, "duration")
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds (3600), a duration with units (90m, 2h, 1d) or HH:MM:SS / D-HH:MM:SS, got {text!r}"
+        ) from None
+
+
+def _gpu_types_arg(text: str) -> list[str]:
+    """One --gpu-type value: a model, or several separated by commas ("A100,H100")."""
+    models = [m.strip() for m in text.split(",")]
+    if not all(models):
+        raise argparse.ArgumentTypeError(f"expected a GPU model like A100 (or A100,H100), got {text!r}")
+    return models
 
 
 def _state(text: str) -> str:
@@ -561,8 +670,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("submit", cmd_submit, "queue a command; prints the run id")
     p.add_argument("--gpus", type=int, default=0, help="GPUs per node (default 0)")
+    p.add_argument(
+        "--gpu-type",
+        type=_gpu_types_arg,
+        action="extend",
+        metavar="MODEL",
+        help="acceptable GPU model, e.g. A100 (repeatable, or comma-separated: A100,H100; default: any)",
+    )
+    p.add_argument("--min-gpu-memory", type=_size_arg, metavar="SIZE", help="memory per GPU at least, e.g. 40GB, 40GiB")
     p.add_argument("--cpus", type=float, default=1, help="CPU cores per node (default 1)")
+    p.add_argument("--memory", type=_size_arg, metavar="SIZE", help="RAM per node, e.g. 64GiB (default: unreserved)")
     p.add_argument("--nodes", type=_positive_int, default=1, help="machines, started together as one group (default 1)")
+    p.add_argument("--pool", help="only agents of this pool (default: any)")
+    p.add_argument(
+        "--label",
+        type=label_pair,
+        action="append",
+        metavar="KEY=VALUE",
+        help="only agents with this label (repeatable: every one must match)",
+    )
+    p.add_argument("--priority", type=int, default=0, help="higher is placed first (default 0)")
+    p.add_argument(
+        "--preemptible",
+        action="store_true",
+        help="may be stopped for a higher-priority run (requeued, no retry spent, resumed from its checkpoint)",
+    )
+    p.add_argument(
+        "--time-limit",
+        type=_duration_arg,
+        metavar="DURATION",
+        help="the longest it may run: seconds, 90m, 2h, HH:MM:SS or D-HH:MM:SS (lets it backfill; default: none)",
+    )
     p.add_argument("--procs-per-node", type=int, default=0, help="ranks per node (default: one per GPU, or 1)")
     p.add_argument(
         "--code",
@@ -640,8 +778,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--dest", default=".", metavar="DIR", help="the folder to write into (default: .)")
     p.add_argument("run", metavar="RUN", help="run id")
 
-    p = add("agents", cmd_agents, "list machines: GPUs free/total, CPUs, memory, live attempts")
+    p = add("agents", cmd_agents, "list machines: GPUs free/total, CPUs, memory, live attempts; cordon, drain")
     p.add_argument("--pool", help="only this pool")
+    agents_sub = p.add_subparsers(dest="agents_cmd", metavar="ACTION")
+
+    def add_agent_action(name: str, func: Callable[[argparse.Namespace, Client], int], help_: str) -> Any:
+        a = agents_sub.add_parser(name, parents=[common], help=help_, description=help_)
+        a.set_defaults(func=func, parser=a)
+        a.add_argument("name", metavar="NAME", help="the agent's name, as `schedctl agents` lists it")
+        return a
+
+    a = add_agent_action("cordon", cmd_agents_cordon, "place no new runs on an agent (admins); running ones stay")
+    a.add_argument("--reason", help="why, recorded with the agent")
+    a = add_agent_action(
+        "drain", cmd_agents_drain, "place no new runs on an agent and let running ones finish (admins)"
+    )
+    a.add_argument(
+        "--deadline",
+        type=_duration_arg,
+        metavar="DURATION",
+        help="then preempt and requeue what is left (seconds, 30m, 2h, HH:MM:SS; 0: at once); default: wait",
+    )
+    a.add_argument("--reason", help="why, recorded and given to preempted attempts")
+    add_agent_action("uncordon", cmd_agents_uncordon, "let an agent take new runs again, ending a cordon or drain")
 
     p = sub.add_parser("token", parents=[common], help="manage tokens (admins)", description="manage tokens")
     p.set_defaults(parser=p)

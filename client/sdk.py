@@ -17,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import random
+import re
 import shlex
 import sys
 import threading
@@ -241,6 +243,124 @@ def _seconds(name: str, value: float | timedelta) -> float:
     return float(value)
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1 << 10, "kib": 1 << 10, "kb": 10**3,
+    "m": 1 << 20, "mib": 1 << 20, "mb": 10**6,
+    "g": 1 << 30, "gib": 1 << 30, "gb": 10**9,
+    "t": 1 << 40, "tib": 1 << 40, "tb": 10**12,
+}  # fmt: skip
+
+
+def parse_size(value: float | str, name: str = "size") -> int:
+    """A number of bytes from an int, or from a string with a unit: "40GB" (powers of 1000), "40GiB"
+    (powers of 1024), or "40G" (as in Slurm's `--mem`: powers of 1024); units in any case.
+
+    Example:
+        >>> parse_size("40GiB"), parse_size("1.5GB"), parse_size("512M"), parse_size(1024)
+        (42949672960, 1500000000, 536870912, 1024)
+
+    Args:
+        value: Bytes (a number), or a size string.
+        name: The argument's name, for messages.
+
+    Returns:
+        The size in bytes.
+
+    Raises:
+        TypeError: Neither a number nor a string.
+        ValueError: A negative number, or a string that is not a size; the message names `name`.
+    """
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        unit = match.group(2).lower() if match else ""
+        if match is None or unit not in _SIZE_UNITS:
+            raise ValueError(
+                f"{name} must be a size like '40GB', '40GiB' or '512M' (bytes without a unit), got {value!r}"
+            )
+        number = match.group(1)
+        size = int(number) * _SIZE_UNITS[unit] if number.isdigit() else float(number) * _SIZE_UNITS[unit]
+    else:
+        _check(name, value, (int, float), "bytes (a number) or a size string like '40GB'")
+        size = value
+    if not math.isfinite(size) or size < 0:
+        raise ValueError(f"{name} must be 0 or more bytes, got {value!r}")
+    if size >= 2**63:
+        raise ValueError(f"{name} is too large: {value!r}")
+    return int(size)
+
+
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_NUMBER = re.compile(r"^(?:\d+(?:\.\d*)?|\.\d+)$")
+_DURATION_UNITS = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhd])", re.IGNORECASE)
+_CLOCK = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+def parse_duration(value: float | timedelta | str, name: str = "duration") -> float:
+    """Seconds from a number, a timedelta, or a string: seconds ("90", "2.5"), units ("90m", "2h",
+    "1d", "1h30m", "45s"), or Slurm's forms ("MM:SS", "HH:MM:SS", "D-HH", "D-HH:MM", "D-HH:MM:SS").
+
+    Example:
+        >>> parse_duration("1-12:00:00"), parse_duration("90m"), parse_duration("1:30:00"), parse_duration(5)
+        (129600.0, 5400.0, 5400.0, 5.0)
+
+    Args:
+        value: Seconds, a timedelta, or a duration string.
+        name: The argument's name, for messages.
+
+    Returns:
+        The duration in seconds.
+
+    Raises:
+        TypeError: Not a number, a timedelta or a string.
+        ValueError: A negative or non-finite duration, or a string that is not one; the message names
+            `name` and the accepted forms.
+    """
+    if isinstance(value, str):
+        text = "".join(value.split())
+        seconds = _duration_text(text.removeprefix("-"))
+        if seconds is None:
+            raise ValueError(
+                f"{name} must be seconds ('3600'), a duration with units ('90m', '2h', '1d', '1h30m') "
+                f"or Slurm's 'HH:MM:SS' / 'D-HH:MM:SS', got {value!r}"
+            )
+        if text.startswith("-"):
+            seconds = -seconds
+    else:
+        seconds = _seconds(name, value)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{name} must be a duration of 0 seconds or more, got {value!r}")
+    return seconds
+
+
+def _duration_text(text: str) -> float | None:
+    """A duration string without spaces or sign as seconds, or None when it is not one."""
+    if _NUMBER.match(text):
+        return float(text)
+    clock = _CLOCK.match(text)
+    if clock is not None and (":" in text or "-" in text):
+        days, first, second, third = clock.groups()
+        if days is not None:  # D-HH[:MM[:SS]]
+            hours, minutes, secs = int(first), int(second or 0), int(third or 0)
+            if hours >= 24:
+                return None
+        elif third is not None:  # HH:MM:SS
+            hours, minutes, secs = int(first), int(second), int(third)
+        else:  # MM:SS (minutes may run past 60, as in Slurm)
+            hours, minutes, secs = 0, int(first), int(second)
+            if secs >= 60:
+                return None
+            return float(minutes * 60 + secs)
+        if minutes >= 60 or secs >= 60:
+            return None
+        return float(int(days or 0) * 86400 + hours * 3600 + minutes * 60 + secs)
+    parts = _DURATION_UNITS.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        return None
+    return float(sum(float(number) * _UNIT_SECONDS[unit.lower()] for number, unit in parts))
+
+
 def build_spec(
     command: str | Iterable[str],
     *,
@@ -253,12 +373,23 @@ def build_spec(
     max_retries: int = 0,
     hang_timeout: float | timedelta | None = None,
     requirements: Sequence[str] = (),
+    gpu_type: str | Sequence[str] | None = None,
+    min_gpu_memory: float | str | None = None,
+    memory: float | str | None = None,
+    pool: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    priority: int = 0,
+    preemptible: bool = False,
+    time_limit: float | timedelta | str | None = None,
 ) -> types_pb2.RunSpec:
     """The `RunSpec` that `Client.submit` sends, without sending it (a dry run).
 
     Example:
         >>> build_spec("python train.py --lr 3e-4", gpus=2).command
         ['python', 'train.py', '--lr', '3e-4']
+        >>> spec = build_spec("python train.py", gpus=4, gpu_type=["A100", "H100"], min_gpu_memory="40GB")
+        >>> list(spec.resources.gpu_types), spec.resources.min_gpu_memory_bytes
+        (['A100', 'H100'], 40000000000)
 
     Args:
         command: An argv list, or a string split the way a shell would (`shlex`); it is
@@ -276,12 +407,27 @@ def build_spec(
         requirements: pip requirement lines ("numpy==2.1"); the agent builds (and caches)
             a virtualenv that also sees the machine's packages, and `python` in the
             command is that environment's.
+        gpu_type: The GPU model the run needs ("A100"), or a list of acceptable models;
+            None for any. Compared with the model each agent reports (`schedctl agents`).
+        min_gpu_memory: Memory each GPU must have at least: bytes, or a size string
+            ("40GB", "40GiB"; see `parse_size`). None for any.
+        memory: RAM per node: bytes, or a size string ("64GiB"). None leaves it unreserved.
+        pool: Only agents of this pool ("onprem", "cloud-spot", ...); None for any pool.
+        labels: Only agents whose labels hold every one of these pairs ({"zone": "b"}).
+        priority: Higher runs are placed first and may preempt lower preemptible ones.
+        preemptible: The scheduler may stop this run for a higher-priority one; it is
+            requeued (no retry spent) and resumes from its last checkpoint.
+        time_limit: The longest the run may run: seconds, a timedelta, or a string ("2h",
+            "90m", "1-12:00:00"; see `parse_duration`). Runs with a limit can backfill
+            into holes the scheduler keeps for bigger runs. None for no limit.
 
     Returns:
         The `RunSpec`.
 
     Raises:
-        TypeError: An argument has the wrong type. Values are checked by the scheduler.
+        TypeError: An argument has the wrong type; the message names it.
+        ValueError: A size or duration string that cannot be read, a negative size or
+            duration, or a blank GPU model. Other values are checked by the scheduler.
     """
     argv = _argv(command)
     _check("gpus", gpus, int, "an int")
@@ -314,7 +460,48 @@ def build_spec(
     spec.requirements.extend(requirements)
     if hang_timeout is not None:
         spec.hang_timeout.CopyFrom(timeutil.duration(_seconds("hang_timeout", hang_timeout)))
+    spec.resources.gpu_types.extend(_gpu_types(gpu_type))
+    if min_gpu_memory is not None:
+        spec.resources.min_gpu_memory_bytes = parse_size(min_gpu_memory, "min_gpu_memory")
+    if memory is not None:
+        spec.resources.memory_bytes = parse_size(memory, "memory")
+    if pool is not None:
+        _check("pool", pool, str, "a pool name (a string) or None")
+        spec.pool = pool
+    if labels is not None:
+        if not isinstance(labels, Mapping):
+            raise TypeError(f"labels must be a mapping of str to str, like {{'zone': 'b'}}, got {labels!r}")
+        for key, value in labels.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise TypeError(f"labels must map str to str, got {key!r}: {value!r}")
+            spec.labels[key] = value
+    _check("priority", priority, int, "an int")
+    if not -(2**31) <= priority < 2**31:
+        raise ValueError(f"priority must fit in 32 bits (the scheduler allows about ±1,000,000), got {priority}")
+    spec.priority = priority
+    if not isinstance(preemptible, bool):
+        raise TypeError(f"preemptible must be True or False, got {type(preemptible).__name__} {preemptible!r}")
+    spec.preemptible = preemptible
+    if time_limit is not None:
+        spec.time_limit.CopyFrom(timeutil.duration(parse_duration(time_limit, "time_limit")))
     return spec
+
+
+def _gpu_types(gpu_type: str | Sequence[str] | None) -> list[str]:
+    """`gpu_type` as a list of models: one string, or a sequence of them, stripped."""
+    if gpu_type is None:
+        return []
+    models = [gpu_type] if isinstance(gpu_type, str) else gpu_type
+    if isinstance(models, bytes | Mapping) or not isinstance(models, Iterable):
+        raise TypeError(f"gpu_type must be a GPU model like 'A100' or a list of them, got {gpu_type!r}")
+    out = []
+    for model in list(models):
+        if not isinstance(model, str):
+            raise TypeError(f"gpu_type must be a GPU model like 'A100' or a list of them, got {model!r} in it")
+        if not model.strip():
+            raise ValueError(f"gpu_type must name GPU models like 'A100', got a blank one in {gpu_type!r}")
+        out.append(model.strip())
+    return out
 
 
 _NOT_PRINTED = (types_pb2.LOG_STREAM_SYSTEM, types_pb2.LOG_STREAM_METRICS)  # the agent's notes; metrics
@@ -581,6 +768,14 @@ class Client:
         requirements: Sequence[str] = (),
         code: str | os.PathLike[str] | None = None,
         workdir: str = "",
+        gpu_type: str | Sequence[str] | None = None,
+        min_gpu_memory: float | str | None = None,
+        memory: float | str | None = None,
+        pool: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        priority: int = 0,
+        preemptible: bool = False,
+        time_limit: float | timedelta | str | None = None,
     ) -> Run:
         """Queue a command to run on the cluster.
 
@@ -588,6 +783,8 @@ class Client:
             >>> run = client.submit("python train.py --epochs 3", gpus=1, name="mnist")
             >>> run.id
             'run-01jd8x3k2m9q4f7a2b6c'
+            >>> client.submit("python train.py", nodes=2, gpus=4, gpu_type=["A100", "H100"],
+            ...               min_gpu_memory="40GB", time_limit="12h", preemptible=True)
 
         Args:
             command: An argv list, or a string split the way a shell would; it is run
@@ -611,12 +808,23 @@ class Client:
                 `requirements.txt` is installed when `requirements` is empty. None: the command runs in
                 an empty folder and must name files the machines already have.
             workdir: Where in `code` the ranks start ("" for its top).
+            gpu_type: A GPU model ("A100") or a list of acceptable ones; None for any.
+            min_gpu_memory: Memory per GPU at least: bytes or a size string ("40GB", "40GiB").
+            memory: RAM per node: bytes or a size string ("64GiB").
+            pool: Only agents of this pool; None for any.
+            labels: Only agents whose labels hold all these pairs.
+            priority: Higher is placed first (and may preempt lower preemptible runs).
+            preemptible: The run may be stopped for a higher-priority one (requeued, no retry
+                spent, resumed from its checkpoint).
+            time_limit: The longest the run may run: seconds, a timedelta or a string ("2h",
+                "1-12:00:00"); None for no limit. See `build_spec` for all of these.
 
         Returns:
             A `Run` handle.
 
         Raises:
             TypeError: An argument has the wrong type.
+            ValueError: A size or duration string that cannot be read, or a negative one.
             InvalidArgument: The scheduler rejected the spec; the message says why.
             ResourceExhausted: A quota forbids the run.
             Unavailable: The scheduler could not be reached.
@@ -632,6 +840,14 @@ class Client:
             max_retries=max_retries,
             hang_timeout=hang_timeout,
             requirements=requirements,
+            gpu_type=gpu_type,
+            min_gpu_memory=min_gpu_memory,
+            memory=memory,
+            pool=pool,
+            labels=labels,
+            priority=priority,
+            preemptible=preemptible,
+            time_limit=time_limit,
         )
         if idempotency_key is not None:
             _check("idempotency_key", idempotency_key, str, "a string")
@@ -1050,6 +1266,90 @@ class Client:
             _check("pool", pool, str, "a string")
         request = scheduler_pb2.ListAgentsRequest(pool=pool or "")
         return list(self._unary(self._stub.ListAgents, request).agents)
+
+    def _set_agent_state(
+        self,
+        name: str,
+        action: scheduler_pb2.AgentAction,
+        *,
+        deadline: float | timedelta | str | None = None,
+        reason: str = "",
+    ) -> types_pb2.Agent:
+        _check("name", name, str, "an agent's name (a string)")
+        _check("reason", reason, str, "a string")
+        request = scheduler_pb2.SetAgentStateRequest(name=name, action=action, reason=reason)
+        if deadline is not None:
+            request.deadline.CopyFrom(timeutil.duration(parse_duration(deadline, "deadline")))
+        return self._unary(self._stub.SetAgentState, request).agent
+
+    def cordon(self, name: str, reason: str = "") -> types_pb2.Agent:
+        """Place nothing new on an agent (admins only); what runs there keeps running.
+
+        The choice survives scheduler restarts and the agent's reconnects, until `uncordon`.
+
+        Example:
+            >>> client.cordon("ws-03", reason="fan replacement").state == types_pb2.AGENT_STATE_CORDONED
+            True
+
+        Args:
+            name: The agent's name, as `agents()` lists it.
+            reason: Why, in words; recorded with the agent.
+
+        Returns:
+            The `gridlab.v1.Agent` message after the change.
+
+        Raises:
+            PermissionDenied: The caller is not an admin.
+            NotFound: The scheduler has never seen an agent of that name.
+        """
+        return self._set_agent_state(name, scheduler_pb2.AGENT_ACTION_CORDON, reason=reason)
+
+    def drain(self, name: str, deadline: float | timedelta | str | None = None, reason: str = "") -> types_pb2.Agent:
+        """Empty an agent (admins only): place nothing new on it, and let what runs there finish.
+
+        With a `deadline`, attempts still running when it passes are stopped (SIGTERM, so a
+        trainer checkpoints) and their runs requeued elsewhere without spending a retry. Draining
+        again replaces the deadline. `uncordon` ends the drain.
+
+        Example:
+            >>> client.drain("ws-03", deadline="1h", reason="kernel upgrade").state == types_pb2.AGENT_STATE_DRAINING
+            True
+
+        Args:
+            name: The agent's name, as `agents()` lists it.
+            deadline: How long running attempts may take to finish: seconds, a timedelta, or a
+                string ("30m", "2h", "1:00:00"); 0 preempts them at once; None waits for them.
+            reason: Why, in words; recorded, and given to preempted attempts.
+
+        Returns:
+            The `gridlab.v1.Agent` message after the change.
+
+        Raises:
+            ValueError: A deadline that cannot be read, or a negative one.
+            PermissionDenied: The caller is not an admin.
+            NotFound: The scheduler has never seen an agent of that name.
+            InvalidArgument: The deadline is too long (over 365 days).
+        """
+        return self._set_agent_state(name, scheduler_pb2.AGENT_ACTION_DRAIN, deadline=deadline, reason=reason)
+
+    def uncordon(self, name: str) -> types_pb2.Agent:
+        """Let an agent take new runs again (admins only), ending a cordon or a drain.
+
+        Example:
+            >>> client.uncordon("ws-03").state == types_pb2.AGENT_STATE_READY
+            True
+
+        Args:
+            name: The agent's name, as `agents()` lists it.
+
+        Returns:
+            The `gridlab.v1.Agent` message after the change.
+
+        Raises:
+            PermissionDenied: The caller is not an admin.
+            NotFound: The scheduler has never seen an agent of that name.
+        """
+        return self._set_agent_state(name, scheduler_pb2.AGENT_ACTION_UNCORDON)
 
     def create_token(self, user: str, role: str = "user", *, team: str | None = None) -> str:
         """Create a bearer token for a user (admins only). It is shown only this once.

@@ -8,10 +8,10 @@ from typing import Any, TypeVar
 
 import grpc
 
-from gridlab.common.timeutil import from_duration
+from gridlab.common.timeutil import from_duration, ts
 from gridlab.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2
 
-from . import auth
+from . import agentadmin, auth
 from .convert import event_pb, single_lines
 from .engine import Engine
 from .errors import ApiError, invalid
@@ -190,6 +190,23 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
 
     async def ListAgents(self, request: Any, context: Any) -> scheduler_pb2.ListAgentsResponse:
         return scheduler_pb2.ListAgentsResponse(agents=self.engine.list_agents(request.pool))
+
+    async def SetAgentState(self, request: Any, context: Any) -> scheduler_pb2.SetAgentStateResponse:
+        who = auth.current()
+
+        def set_state() -> scheduler_pb2.SetAgentStateResponse:
+            if request.action not in scheduler_pb2.AgentAction.values() or not request.action:
+                raise invalid(f"action {request.action} is not one of cordon, drain, uncordon")
+            action = scheduler_pb2.AgentAction.Name(request.action)
+            deadline = from_duration(request.deadline) if request.HasField("deadline") else None
+            agent = agentadmin.set_agent_state(self.engine, who, request.name, action, deadline, request.reason)
+            response = scheduler_pb2.SetAgentStateResponse(agent=agent)
+            due = agentadmin.drain_deadline(self.engine, request.name)
+            if due is not None:
+                response.deadline.CopyFrom(ts(due))
+            return response
+
+        return await call(context, set_state)
 
     async def CreateToken(self, request: Any, context: Any) -> scheduler_pb2.CreateTokenResponse:
         token = await call(

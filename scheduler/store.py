@@ -23,7 +23,7 @@ import sqlite_utils
 if TYPE_CHECKING:
     from .logstore import LogStore
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def _migrate_1(db: sqlite_utils.Database) -> None:
@@ -251,12 +251,22 @@ def _migrate_5(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migrate_6(db: sqlite_utils.Database) -> None:
+    # What an admin decided for an agent (agentadmin.py), kept apart from `state`, which says whether it is
+    # connected and which the engine rewrites on every reconnect: admin_state NULL (normal), 'CORDONED' or
+    # 'DRAINING'; the reason given; for a drain with a deadline, when its attempts are preempted (epoch s).
+    db["agents"].add_column("admin_state", str)  # type: ignore[union-attr]
+    db["agents"].add_column("admin_reason", str)  # type: ignore[union-attr]
+    db["agents"].add_column("drain_deadline", float)  # type: ignore[union-attr]
+
+
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     1: _migrate_1,
     2: _migrate_2,
     3: _migrate_3,
     4: _migrate_4,
     5: _migrate_5,
+    6: _migrate_6,
 }
 
 

@@ -23,7 +23,17 @@ MAX_CPUS = 4096.0
 MAX_RETRIES = 100
 MAX_PRIORITY = 1_000_000
 MAX_WORKDIR = 1024
+MAX_MEMORY_BYTES = 1 << 50  # per node: 1 PiB
+MAX_GPU_MEMORY_BYTES = 1 << 44  # per GPU: 16 TiB
+MAX_GPU_TYPES = 32
+MAX_GPU_TYPE = 128  # characters of one model name
+MAX_POOL = 64
+MAX_LABELS = 64
+MAX_LABEL_KEY = 128
+MAX_LABEL_VALUE = 256
+MAX_TIME_LIMIT = 365 * 86_400  # seconds
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_POOL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class SpecError(ValueError):
@@ -61,6 +71,71 @@ def _check_bundle(spec: types_pb2.RunSpec) -> None:
     spec.workdir = "/".join(parts)
 
 
+def _size(field: str, value: int, limit: int) -> None:
+    if not 0 <= value <= limit:
+        raise SpecError(f"{field} is {value}: it must be between 0 (any) and {limit} bytes ({limit >> 40} TiB)")
+
+
+def _check_gpu_types(res: types_pb2.Resources) -> None:
+    """Acceptable GPU models, stored stripped and without repeats; they are compared with the model the
+    agent reports (`schedctl agents` shows them)."""
+    if len(res.gpu_types) > MAX_GPU_TYPES:
+        raise SpecError(f"resources.gpu_types lists {len(res.gpu_types)} models; the limit is {MAX_GPU_TYPES}")
+    models: list[str] = []
+    for i, model in enumerate(res.gpu_types):
+        model = model.strip()
+        if not model:
+            raise SpecError(f"resources.gpu_types[{i}] is blank: give a GPU model such as 'A100'")
+        if len(model) > MAX_GPU_TYPE:
+            raise SpecError(f"resources.gpu_types[{i}] is {len(model)} characters; the limit is {MAX_GPU_TYPE}")
+        if not model.isprintable():
+            raise SpecError(f"resources.gpu_types[{i}] {model[:50]!r} contains a control character")
+        if model not in models:
+            models.append(model)
+    if (res.gpu_types or res.min_gpu_memory_bytes) and res.gpus == 0:
+        asked = "resources.gpu_types" if res.gpu_types else "resources.min_gpu_memory_bytes"
+        raise SpecError(f"{asked} is set but resources.gpus is 0: ask for GPUs (e.g. gpus=1), or drop {asked}")
+    res.ClearField("gpu_types")
+    res.gpu_types.extend(models)
+
+
+def _check_placement(spec: types_pb2.RunSpec) -> None:
+    """`pool` names one pool; `labels` select agents whose labels hold every pair."""
+    if spec.pool:
+        if len(spec.pool) > MAX_POOL:
+            raise SpecError(f"pool is {len(spec.pool)} characters; the limit is {MAX_POOL}")
+        if not _POOL.match(spec.pool):
+            raise SpecError(
+                f"pool {spec.pool[:80]!r} is not a pool name: letters, digits, '.', '_' and '-', "
+                "starting with a letter or digit (e.g. 'onprem')"
+            )
+    if len(spec.labels) > MAX_LABELS:
+        raise SpecError(f"labels has {len(spec.labels)} pairs; the limit is {MAX_LABELS}")
+    for key, value in spec.labels.items():
+        if not key or len(key) > MAX_LABEL_KEY:
+            raise SpecError(f"label key {key[:50]!r} must be 1 to {MAX_LABEL_KEY} characters")
+        if not key.isprintable() or key != key.strip() or "=" in key:
+            raise SpecError(
+                f"label key {key[:50]!r} must be printable, without '=' or surrounding spaces (e.g. 'zone')"
+            )
+        if len(value) > MAX_LABEL_VALUE:
+            raise SpecError(f"label {key!r} has a value of {len(value)} characters; the limit is {MAX_LABEL_VALUE}")
+        if not value.isprintable():
+            raise SpecError(f"label {key!r} has a value with a control character: {value[:50]!r}")
+
+
+def _check_time_limit(spec: types_pb2.RunSpec) -> None:
+    if not spec.HasField("time_limit"):
+        return
+    seconds = spec.time_limit.ToNanoseconds() / 1e9
+    if seconds <= 0:
+        raise SpecError(
+            f"time_limit is {seconds:g}s: give a positive duration (e.g. 3600s), or leave it unset for no limit"
+        )
+    if seconds > MAX_TIME_LIMIT:
+        raise SpecError(f"time_limit is {seconds:g}s; the limit is {MAX_TIME_LIMIT}s (365 days)")
+
+
 def normalize(spec: types_pb2.RunSpec) -> None:
     """Validate `spec` and fill its defaults. Raises SpecError."""
     if not spec.command:
@@ -96,19 +171,15 @@ def normalize(spec: types_pb2.RunSpec) -> None:
         raise SpecError(f"resources.nodes is {res.nodes}: it must be between 1 and {MAX_NODES}")
     if res.procs_per_node < 0:
         raise SpecError(f"resources.procs_per_node is {res.procs_per_node}: it must be 0 or more")
-    if res.memory_bytes < 0:
-        raise SpecError(f"resources.memory_bytes is {res.memory_bytes}: it must be 0 or more")
-    if res.min_gpu_memory_bytes < 0:
-        raise SpecError(f"resources.min_gpu_memory_bytes is {res.min_gpu_memory_bytes}: it must be 0 or more")
-    for i, model in enumerate(res.gpu_types):
-        if not model.strip():
-            raise SpecError(f"resources.gpu_types[{i}] is blank")
+    _size("resources.memory_bytes", res.memory_bytes, MAX_MEMORY_BYTES)
+    _size("resources.min_gpu_memory_bytes", res.min_gpu_memory_bytes, MAX_GPU_MEMORY_BYTES)
+    _check_gpu_types(res)
+    _check_placement(spec)
     if not 0 <= spec.max_retries <= MAX_RETRIES:
         raise SpecError(f"max_retries is {spec.max_retries}: it must be between 0 and {MAX_RETRIES}")
     if abs(spec.priority) > MAX_PRIORITY:
-        raise SpecError(f"priority is {spec.priority}: it must be within ±{MAX_PRIORITY}")
-    if spec.time_limit.ToNanoseconds() < 0:
-        raise SpecError("time_limit is negative")
+        raise SpecError(f"priority is {spec.priority}: it must be between -{MAX_PRIORITY} and {MAX_PRIORITY}")
+    _check_time_limit(spec)
     if spec.requirements:
         try:
             normalize_requirements(list(spec.requirements))

@@ -148,3 +148,16 @@ def test_submit_takes_nodes_and_code() -> None:
     assert cli.parse_args(["submit", "--", "true"]).code is None
     with pytest.raises(SystemExit):
         cli.parse_args(["submit", "--nodes", "0", "--", "true"])
+
+
+def test_help_lists_the_resource_flags_and_agent_actions(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["submit", "--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--gpu-type", "--min-gpu-memory", "--memory", "--pool", "--label", "--priority", "--preemptible"):
+        assert flag in out
+    assert "--time-limit DURATION" in out
+    assert cli.main(["agents", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(word in out for word in ("cordon", "drain", "uncordon"))
+    assert cli.main(["agents", "drain", "--help"]) == 0
+    assert "--deadline DURATION" in capsys.readouterr().out

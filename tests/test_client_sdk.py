@@ -127,6 +127,18 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServicer):
         agent.last_heartbeat.CopyFrom(timeutil.ts(time.time() - 3))
         return scheduler_pb2.ListAgentsResponse(agents=[agent])
 
+    def SetAgentState(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._enter("SetAgentState", request, context)
+        if request.name != "ws1":
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no agent {request.name!r}")
+        state = {
+            scheduler_pb2.AGENT_ACTION_CORDON: types_pb2.AGENT_STATE_CORDONED,
+            scheduler_pb2.AGENT_ACTION_DRAIN: types_pb2.AGENT_STATE_DRAINING,
+            scheduler_pb2.AGENT_ACTION_UNCORDON: types_pb2.AGENT_STATE_READY,
+        }[request.action]
+        agent = types_pb2.Agent(id="agent-1", name="ws1", pool="onprem", state=state, attempt_ids=["att-1"])
+        return scheduler_pb2.SetAgentStateResponse(agent=agent)
+
     def CreateToken(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._enter("CreateToken", request, context)
         return scheduler_pb2.CreateTokenResponse(token=f"glt_for_{request.user}_{request.role}")
@@ -183,6 +195,49 @@ def test_submit_sends_the_spec_and_the_token(fake: tuple[FakeScheduler, str], cl
         resources=types_pb2.Resources(nodes=1, gpus=2, cpus=4.0),
     )
     assert request.spec == expected
+
+
+def test_submit_sends_resources_and_placement_fields(fake: tuple[FakeScheduler, str], client: Client) -> None:
+    servicer, _ = fake
+    client.submit(
+        ["python", "train.py"],
+        gpus=2,
+        gpu_type=["A100", "H100"],
+        min_gpu_memory="40GiB",
+        memory=64 * 1024**3,
+        pool="onprem",
+        labels={"zone": "b"},
+        priority=5,
+        preemptible=True,
+        time_limit="2h",
+    )
+    spec = servicer.requests("SubmitRun")[0].spec
+    assert list(spec.resources.gpu_types) == ["A100", "H100"]
+    assert (spec.resources.min_gpu_memory_bytes, spec.resources.memory_bytes) == (40 * 1024**3, 64 * 1024**3)
+    assert (spec.pool, dict(spec.labels), spec.priority, spec.preemptible) == ("onprem", {"zone": "b"}, 5, True)
+    assert spec.time_limit.ToSeconds() == 7200
+    with pytest.raises(ValueError, match="min_gpu_memory must be a size"):
+        client.submit(["x"], gpus=1, min_gpu_memory="big")
+    assert len(servicer.requests("SubmitRun")) == 1  # nothing sent
+
+
+def test_cordon_drain_uncordon(fake: tuple[FakeScheduler, str], client: Client) -> None:
+    servicer, _ = fake
+    assert client.cordon("ws1", reason="fans").state == types_pb2.AGENT_STATE_CORDONED
+    assert client.drain("ws1", deadline="30m").state == types_pb2.AGENT_STATE_DRAINING
+    assert client.drain("ws1").state == types_pb2.AGENT_STATE_DRAINING
+    assert client.uncordon("ws1").state == types_pb2.AGENT_STATE_READY
+    cordon, drain, drain_forever, uncordon = servicer.requests("SetAgentState")
+    assert (cordon.name, cordon.action, cordon.reason) == ("ws1", scheduler_pb2.AGENT_ACTION_CORDON, "fans")
+    assert drain.deadline.ToSeconds() == 1800
+    assert not drain_forever.HasField("deadline")
+    assert uncordon.action == scheduler_pb2.AGENT_ACTION_UNCORDON
+    with pytest.raises(NotFound, match="no agent 'nope'"):
+        client.cordon("nope")
+    with pytest.raises(ValueError, match="deadline must be"):
+        client.drain("ws1", deadline="later")
+    with pytest.raises(TypeError, match="name must be"):
+        client.uncordon(3)  # type: ignore[arg-type]
 
 
 def test_submit_checks_types_only(client: Client) -> None:
@@ -400,6 +455,34 @@ def test_cli_submit_prints_the_id(fake: tuple[FakeScheduler, str], capsys: pytes
     assert capsys.readouterr().out == "run-1\n"
     spec = fake[0].requests("SubmitRun")[0].spec
     assert (list(spec.command), dict(spec.env), spec.resources.gpus) == (["echo", "--gpus"], {"A": "1"}, 1)
+
+
+def test_cli_submit_resources(fake: tuple[FakeScheduler, str], capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["submit", "--gpus", "1", "--gpu-type", "A100", "--min-gpu-memory", "40GB", "--memory", "8G"]
+    argv += ["--pool", "lab", "--label", "zone=b", "--priority", "3", "--preemptible", "--time-limit", "1:00:00"]
+    assert schedctl(fake, *argv, "--", "echo") == 0
+    spec = fake[0].requests("SubmitRun")[0].spec
+    assert (list(spec.resources.gpu_types), spec.resources.min_gpu_memory_bytes) == (["A100"], 40 * 10**9)
+    assert (spec.resources.memory_bytes, spec.pool, dict(spec.labels)) == (8 * 1024**3, "lab", {"zone": "b"})
+    assert (spec.priority, spec.preemptible, spec.time_limit.ToSeconds()) == (3, True, 3600)
+    assert schedctl(fake, "status", "run-1") == 0
+    out = capsys.readouterr().out
+    assert "1 GPU of A100 with >= 37.3GiB, 1 CPU, 8.0GiB" in out
+    assert "pool lab, labels zone=b, priority 3, preemptible, time limit 1h00m" in out
+
+
+def test_cli_agents_cordon_drain_uncordon(fake: tuple[FakeScheduler, str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert schedctl(fake, "agents", "cordon", "ws1", "--reason", "fans") == 0
+    assert capsys.readouterr().out == "ws1: cordoned: no new runs are placed on it (1 attempt still on it)\n"
+    assert schedctl(fake, "agents", "drain", "ws1", "--deadline", "2h") == 0
+    assert "ws1: draining: attempts still running in 2h00m are preempted and requeued" in capsys.readouterr().out
+    assert fake[0].requests("SetAgentState")[1].deadline.ToSeconds() == 7200
+    assert schedctl(fake, "agents", "uncordon", "ws1", "-o", "json") == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "AGENT_STATE_READY"
+    assert schedctl(fake, "agents", "drain", "nope") == 1
+    assert capsys.readouterr().err.startswith("error: no agent 'nope'")
+    assert schedctl(fake, "agents") == 0  # the listing
+    assert "ws1" in capsys.readouterr().out
 
 
 def test_cli_submit_follow_exit_code(fake: tuple[FakeScheduler, str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,46 +23,53 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from gridlab.v1 import types_pb2 as gridlab_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agridlab/v1/scheduler.proto\x12\ngridlab.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x16gridlab/v1/types.proto\"N\n\x10SubmitRunRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.gridlab.v1.RunSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"B\n\x11SubmitRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.gridlab.v1.Run\x12\x0f\n\x07\x65xisted\x18\x02 \x01(\x08\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\".\n\x0eGetRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.gridlab.v1.Run\"h\n\x0fListRunsRequest\x12$\n\x06states\x18\x01 \x03(\x0e\x32\x14.gridlab.v1.RunState\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"J\n\x10ListRunsResponse\x12\x1d\n\x04runs\x18\x01 \x03(\x0b\x32\x0f.gridlab.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\\\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12(\n\x05grace\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x03 \x01(\t\"1\n\x11\x43\x61ncelRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.gridlab.v1.Run\";\n\x10WatchRunsRequest\x12\x0f\n\x07run_ids\x18\x01 \x03(\t\x12\x16\n\x0e\x61\x66ter_event_id\x18\x02 \x01(\x03\"\x92\x01\n\x11StreamLogsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x14\n\x0c\x61\x66ter_cursor\x18\x03 \x01(\x03\x12\x16\n\x0e\x61ttempt_number\x18\x04 \x01(\x05\x12\x0c\n\x04rank\x18\x05 \x01(\x05\x12\x10\n\x08has_rank\x18\x06 \x01(\x08\x12\x0f\n\x07\x62\x61tched\x18\x07 \x01(\x08\"8\n\x12StreamLogsResponse\x12\"\n\x05lines\x18\x01 \x03(\x0b\x32\x13.gridlab.v1.LogLine\"!\n\x11ListAgentsRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"7\n\x12ListAgentsResponse\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.gridlab.v1.Agent\">\n\x12\x43reateTokenRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04team\x18\x03 \x01(\t\"$\n\x13\x43reateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t2\xd6\x04\n\tScheduler\x12H\n\tSubmitRun\x12\x1c.gridlab.v1.SubmitRunRequest\x1a\x1d.gridlab.v1.SubmitRunResponse\x12?\n\x06GetRun\x12\x19.gridlab.v1.GetRunRequest\x1a\x1a.gridlab.v1.GetRunResponse\x12\x45\n\x08ListRuns\x12\x1b.gridlab.v1.ListRunsRequest\x1a\x1c.gridlab.v1.ListRunsResponse\x12H\n\tCancelRun\x12\x1c.gridlab.v1.CancelRunRequest\x1a\x1d.gridlab.v1.CancelRunResponse\x12\x41\n\tWatchRuns\x12\x1c.gridlab.v1.WatchRunsRequest\x1a\x14.gridlab.v1.RunEvent0\x01\x12M\n\nStreamLogs\x12\x1d.gridlab.v1.StreamLogsRequest\x1a\x1e.gridlab.v1.StreamLogsResponse0\x01\x12K\n\nListAgents\x12\x1d.gridlab.v1.ListAgentsRequest\x1a\x1e.gridlab.v1.ListAgentsResponse\x12N\n\x0b\x43reateToken\x12\x1e.gridlab.v1.CreateTokenRequest\x1a\x1f.gridlab.v1.CreateTokenResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agridlab/v1/scheduler.proto\x12\ngridlab.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16gridlab/v1/types.proto\"N\n\x10SubmitRunRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.gridlab.v1.RunSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"B\n\x11SubmitRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.gridlab.v1.Run\x12\x0f\n\x07\x65xisted\x18\x02 \x01(\x08\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\".\n\x0eGetRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.gridlab.v1.Run\"h\n\x0fListRunsRequest\x12$\n\x06states\x18\x01 \x03(\x0e\x32\x14.gridlab.v1.RunState\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"J\n\x10ListRunsResponse\x12\x1d\n\x04runs\x18\x01 \x03(\x0b\x32\x0f.gridlab.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\\\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12(\n\x05grace\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x03 \x01(\t\"1\n\x11\x43\x61ncelRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.gridlab.v1.Run\";\n\x10WatchRunsRequest\x12\x0f\n\x07run_ids\x18\x01 \x03(\t\x12\x16\n\x0e\x61\x66ter_event_id\x18\x02 \x01(\x03\"\x92\x01\n\x11StreamLogsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x14\n\x0c\x61\x66ter_cursor\x18\x03 \x01(\x03\x12\x16\n\x0e\x61ttempt_number\x18\x04 \x01(\x05\x12\x0c\n\x04rank\x18\x05 \x01(\x05\x12\x10\n\x08has_rank\x18\x06 \x01(\x08\x12\x0f\n\x07\x62\x61tched\x18\x07 \x01(\x08\"8\n\x12StreamLogsResponse\x12\"\n\x05lines\x18\x01 \x03(\x0b\x32\x13.gridlab.v1.LogLine\"!\n\x11ListAgentsRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"7\n\x12ListAgentsResponse\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.gridlab.v1.Agent\"\x8a\x01\n\x14SetAgentStateRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x17.gridlab.v1.AgentAction\x12+\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x04 \x01(\t\"g\n\x15SetAgentStateResponse\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.gridlab.v1.Agent\x12,\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\x12\x43reateTokenRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04team\x18\x03 \x01(\t\"$\n\x13\x43reateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t*w\n\x0b\x41gentAction\x12\x1c\n\x18\x41GENT_ACTION_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41GENT_ACTION_CORDON\x10\x01\x12\x16\n\x12\x41GENT_ACTION_DRAIN\x10\x02\x12\x19\n\x15\x41GENT_ACTION_UNCORDON\x10\x03\x32\xac\x05\n\tScheduler\x12H\n\tSubmitRun\x12\x1c.gridlab.v1.SubmitRunRequest\x1a\x1d.gridlab.v1.SubmitRunResponse\x12?\n\x06GetRun\x12\x19.gridlab.v1.GetRunRequest\x1a\x1a.gridlab.v1.GetRunResponse\x12\x45\n\x08ListRuns\x12\x1b.gridlab.v1.ListRunsRequest\x1a\x1c.gridlab.v1.ListRunsResponse\x12H\n\tCancelRun\x12\x1c.gridlab.v1.CancelRunRequest\x1a\x1d.gridlab.v1.CancelRunResponse\x12\x41\n\tWatchRuns\x12\x1c.gridlab.v1.WatchRunsRequest\x1a\x14.gridlab.v1.RunEvent0\x01\x12M\n\nStreamLogs\x12\x1d.gridlab.v1.StreamLogsRequest\x1a\x1e.gridlab.v1.StreamLogsResponse0\x01\x12K\n\nListAgents\x12\x1d.gridlab.v1.ListAgentsRequest\x1a\x1e.gridlab.v1.ListAgentsResponse\x12T\n\rSetAgentState\x12 .gridlab.v1.SetAgentStateRequest\x1a!.gridlab.v1.SetAgentStateResponse\x12N\n\x0b\x43reateToken\x12\x1e.gridlab.v1.CreateTokenRequest\x1a\x1f.gridlab.v1.CreateTokenResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gridlab.v1.scheduler_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBMITRUNREQUEST']._serialized_start=98
-  _globals['_SUBMITRUNREQUEST']._serialized_end=176
-  _globals['_SUBMITRUNRESPONSE']._serialized_start=178
-  _globals['_SUBMITRUNRESPONSE']._serialized_end=244
-  _globals['_GETRUNREQUEST']._serialized_start=246
-  _globals['_GETRUNREQUEST']._serialized_end=277
-  _globals['_GETRUNRESPONSE']._serialized_start=279
-  _globals['_GETRUNRESPONSE']._serialized_end=325
-  _globals['_LISTRUNSREQUEST']._serialized_start=327
-  _globals['_LISTRUNSREQUEST']._serialized_end=431
-  _globals['_LISTRUNSRESPONSE']._serialized_start=433
-  _globals['_LISTRUNSRESPONSE']._serialized_end=507
-  _globals['_CANCELRUNREQUEST']._serialized_start=509
-  _globals['_CANCELRUNREQUEST']._serialized_end=601
-  _globals['_CANCELRUNRESPONSE']._serialized_start=603
-  _globals['_CANCELRUNRESPONSE']._serialized_end=652
-  _globals['_WATCHRUNSREQUEST']._serialized_start=654
-  _globals['_WATCHRUNSREQUEST']._serialized_end=713
-  _globals['_STREAMLOGSREQUEST']._serialized_start=716
-  _globals['_STREAMLOGSREQUEST']._serialized_end=862
-  _globals['_STREAMLOGSRESPONSE']._serialized_start=864
-  _globals['_STREAMLOGSRESPONSE']._serialized_end=920
-  _globals['_LISTAGENTSREQUEST']._serialized_start=922
-  _globals['_LISTAGENTSREQUEST']._serialized_end=955
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=957
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=1012
-  _globals['_CREATETOKENREQUEST']._serialized_start=1014
-  _globals['_CREATETOKENREQUEST']._serialized_end=1076
-  _globals['_CREATETOKENRESPONSE']._serialized_start=1078
-  _globals['_CREATETOKENRESPONSE']._serialized_end=1114
-  _globals['_SCHEDULER']._serialized_start=1117
-  _globals['_SCHEDULER']._serialized_end=1715
+  _globals['_AGENTACTION']._serialized_start=1395
+  _globals['_AGENTACTION']._serialized_end=1514
+  _globals['_SUBMITRUNREQUEST']._serialized_start=131
+  _globals['_SUBMITRUNREQUEST']._serialized_end=209
+  _globals['_SUBMITRUNRESPONSE']._serialized_start=211
+  _globals['_SUBMITRUNRESPONSE']._serialized_end=277
+  _globals['_GETRUNREQUEST']._serialized_start=279
+  _globals['_GETRUNREQUEST']._serialized_end=310
+  _globals['_GETRUNRESPONSE']._serialized_start=312
+  _globals['_GETRUNRESPONSE']._serialized_end=358
+  _globals['_LISTRUNSREQUEST']._serialized_start=360
+  _globals['_LISTRUNSREQUEST']._serialized_end=464
+  _globals['_LISTRUNSRESPONSE']._serialized_start=466
+  _globals['_LISTRUNSRESPONSE']._serialized_end=540
+  _globals['_CANCELRUNREQUEST']._serialized_start=542
+  _globals['_CANCELRUNREQUEST']._serialized_end=634
+  _globals['_CANCELRUNRESPONSE']._serialized_start=636
+  _globals['_CANCELRUNRESPONSE']._serialized_end=685
+  _globals['_WATCHRUNSREQUEST']._serialized_start=687
+  _globals['_WATCHRUNSREQUEST']._serialized_end=746
+  _globals['_STREAMLOGSREQUEST']._serialized_start=749
+  _globals['_STREAMLOGSREQUEST']._serialized_end=895
+  _globals['_STREAMLOGSRESPONSE']._serialized_start=897
+  _globals['_STREAMLOGSRESPONSE']._serialized_end=953
+  _globals['_LISTAGENTSREQUEST']._serialized_start=955
+  _globals['_LISTAGENTSREQUEST']._serialized_end=988
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=990
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=1045
+  _globals['_SETAGENTSTATEREQUEST']._serialized_start=1048
+  _globals['_SETAGENTSTATEREQUEST']._serialized_end=1186
+  _globals['_SETAGENTSTATERESPONSE']._serialized_start=1188
+  _globals['_SETAGENTSTATERESPONSE']._serialized_end=1291
+  _globals['_CREATETOKENREQUEST']._serialized_start=1293
+  _globals['_CREATETOKENREQUEST']._serialized_end=1355
+  _globals['_CREATETOKENRESPONSE']._serialized_start=1357
+  _globals['_CREATETOKENRESPONSE']._serialized_end=1393
+  _globals['_SCHEDULER']._serialized_start=1517
+  _globals['_SCHEDULER']._serialized_end=2201
 # @@protoc_insertion_point(module_scope)

@@ -1,14 +1,27 @@
 import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from gridlab.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class AgentAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AGENT_ACTION_UNSPECIFIED: _ClassVar[AgentAction]
+    AGENT_ACTION_CORDON: _ClassVar[AgentAction]
+    AGENT_ACTION_DRAIN: _ClassVar[AgentAction]
+    AGENT_ACTION_UNCORDON: _ClassVar[AgentAction]
+AGENT_ACTION_UNSPECIFIED: AgentAction
+AGENT_ACTION_CORDON: AgentAction
+AGENT_ACTION_DRAIN: AgentAction
+AGENT_ACTION_UNCORDON: AgentAction
 
 class SubmitRunRequest(_message.Message):
     __slots__ = ("spec", "idempotency_key")
@@ -117,6 +130,26 @@ class ListAgentsResponse(_message.Message):
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     agents: _containers.RepeatedCompositeFieldContainer[_types_pb2.Agent]
     def __init__(self, agents: _Optional[_Iterable[_Union[_types_pb2.Agent, _Mapping]]] = ...) -> None: ...
+
+class SetAgentStateRequest(_message.Message):
+    __slots__ = ("name", "action", "deadline", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    action: AgentAction
+    deadline: _duration_pb2.Duration
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., action: _Optional[_Union[AgentAction, str]] = ..., deadline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SetAgentStateResponse(_message.Message):
+    __slots__ = ("agent", "deadline")
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    agent: _types_pb2.Agent
+    deadline: _timestamp_pb2.Timestamp
+    def __init__(self, agent: _Optional[_Union[_types_pb2.Agent, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateTokenRequest(_message.Message):
     __slots__ = ("user", "role", "team")

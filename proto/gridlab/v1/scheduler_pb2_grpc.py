@@ -70,6 +70,11 @@ class SchedulerStub:
                 request_serializer=gridlab_dot_v1_dot_scheduler__pb2.ListAgentsRequest.SerializeToString,
                 response_deserializer=gridlab_dot_v1_dot_scheduler__pb2.ListAgentsResponse.FromString,
                 _registered_method=True)
+        self.SetAgentState = channel.unary_unary(
+                '/gridlab.v1.Scheduler/SetAgentState',
+                request_serializer=gridlab_dot_v1_dot_scheduler__pb2.SetAgentStateRequest.SerializeToString,
+                response_deserializer=gridlab_dot_v1_dot_scheduler__pb2.SetAgentStateResponse.FromString,
+                _registered_method=True)
         self.CreateToken = channel.unary_unary(
                 '/gridlab.v1.Scheduler/CreateToken',
                 request_serializer=gridlab_dot_v1_dot_scheduler__pb2.CreateTokenRequest.SerializeToString,
@@ -130,6 +135,16 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetAgentState(self, request, context):
+        """Admin only: cordon an agent (place nothing new on it), drain it (place nothing new; its
+        running attempts finish, or are preempted and requeued once the deadline passes), or
+        uncordon it (back to normal). The choice survives a scheduler restart and the agent's
+        reconnects. NOT_FOUND for an unknown agent; INVALID_ARGUMENT for a bad action or deadline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateToken(self, request, context):
         """Admin only: create a token for a user (returned once, stored hashed).
         """
@@ -174,6 +189,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.ListAgents,
                     request_deserializer=gridlab_dot_v1_dot_scheduler__pb2.ListAgentsRequest.FromString,
                     response_serializer=gridlab_dot_v1_dot_scheduler__pb2.ListAgentsResponse.SerializeToString,
+            ),
+            'SetAgentState': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAgentState,
+                    request_deserializer=gridlab_dot_v1_dot_scheduler__pb2.SetAgentStateRequest.FromString,
+                    response_serializer=gridlab_dot_v1_dot_scheduler__pb2.SetAgentStateResponse.SerializeToString,
             ),
             'CreateToken': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateToken,
@@ -370,6 +390,33 @@ class Scheduler:
             '/gridlab.v1.Scheduler/ListAgents',
             gridlab_dot_v1_dot_scheduler__pb2.ListAgentsRequest.SerializeToString,
             gridlab_dot_v1_dot_scheduler__pb2.ListAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAgentState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gridlab.v1.Scheduler/SetAgentState',
+            gridlab_dot_v1_dot_scheduler__pb2.SetAgentStateRequest.SerializeToString,
+            gridlab_dot_v1_dot_scheduler__pb2.SetAgentStateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,12 @@ class SchedulerStub:
     when the run has finished and every line is sent.
     """
     ListAgents: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListAgentsRequest, _scheduler_pb2.ListAgentsResponse]
+    SetAgentState: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.SetAgentStateRequest, _scheduler_pb2.SetAgentStateResponse]
+    """Admin only: cordon an agent (place nothing new on it), drain it (place nothing new; its
+    running attempts finish, or are preempted and requeued once the deadline passes), or
+    uncordon it (back to normal). The choice survives a scheduler restart and the agent's
+    reconnects. NOT_FOUND for an unknown agent; INVALID_ARGUMENT for a bad action or deadline.
+    """
     CreateToken: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.CreateTokenRequest, _scheduler_pb2.CreateTokenResponse]
     """Admin only: create a token for a user (returned once, stored hashed)."""
 
@@ -76,6 +82,12 @@ class SchedulerAsyncStub(SchedulerStub):
     when the run has finished and every line is sent.
     """
     ListAgents: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListAgentsRequest, _scheduler_pb2.ListAgentsResponse]  # type: ignore[assignment]
+    SetAgentState: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.SetAgentStateRequest, _scheduler_pb2.SetAgentStateResponse]  # type: ignore[assignment]
+    """Admin only: cordon an agent (place nothing new on it), drain it (place nothing new; its
+    running attempts finish, or are preempted and requeued once the deadline passes), or
+    uncordon it (back to normal). The choice survives a scheduler restart and the agent's
+    reconnects. NOT_FOUND for an unknown agent; INVALID_ARGUMENT for a bad action or deadline.
+    """
     CreateToken: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.CreateTokenRequest, _scheduler_pb2.CreateTokenResponse]  # type: ignore[assignment]
     """Admin only: create a token for a user (returned once, stored hashed)."""
 
@@ -139,6 +151,18 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_pb2.ListAgentsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.ListAgentsResponse, _abc.Awaitable[_scheduler_pb2.ListAgentsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetAgentState(
+        self,
+        request: _scheduler_pb2.SetAgentStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.SetAgentStateResponse, _abc.Awaitable[_scheduler_pb2.SetAgentStateResponse]]:
+        """Admin only: cordon an agent (place nothing new on it), drain it (place nothing new; its
+        running attempts finish, or are preempted and requeued once the deadline passes), or
+        uncordon it (back to normal). The choice survives a scheduler restart and the agent's
+        reconnects. NOT_FOUND for an unknown agent; INVALID_ARGUMENT for a bad action or deadline.
+        """
 
     @_abc_1.abstractmethod
     def CreateToken(
