@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from gridlab.common.ids import new_id
 from gridlab.common.timeutil import Clock, duration, ts
 from gridlab.v1 import agent_pb2, types_pb2
 
-from . import artifacts, placement, queue, snapshot
+from . import agentadmin, artifacts, placement, queue, snapshot
 from .auth import ADMIN, AGENT, ROLES, Principal
 from .convert import run_pb
 from .errors import ApiError, denied, invalid, not_found, precondition
@@ -122,7 +122,7 @@ class Engine:
         self._attempt_owner: dict[str, tuple[str, int, frozenset[str], dict[str, range]]] = {}
         self.watchdog = Watchdog()
         self.gangs = GangTracker()
-        self.unschedulable: set[str] = set()  # cordoned or draining agents (agentadmin): nothing new goes there
+        self.unschedulable: set[str] = agentadmin.load_unschedulable(store)  # cordoned or draining: nothing new
         self._specs: dict[str, types_pb2.RunSpec] = {}  # run id -> spec, while queued or live
         self._stopping: dict[str, str] = {}  # attempt being preempted -> the run it makes room for
         self._timed_out: set[str] = set()  # attempts stopped at their run's time limit: they end for good
@@ -801,9 +801,8 @@ class Engine:
         for row in self.store.all(sql, (pool,) if pool else ()):
             session = self.sessions.get(row["name"])
             inventory = session.inventory if session else types_pb2.Inventory.FromString(row["inventory"])
-            state = row["state"] if session or row["state"] != "READY" else "OFFLINE"
-            if session is not None and session.draining:
-                state = "DRAINING"
+            draining = session is not None and session.draining
+            state = agentadmin.state_word(row["state"], session is not None, draining, row["admin_state"])
             held = live.get(row["name"], [])
             used = {u for n in held for u in json.loads(n["gpu_uuids"])}
             agent = types_pb2.Agent(
@@ -990,7 +989,7 @@ class Engine:
             held=live.held,
             stopping=frozenset(self._stopping),
         )
-        started = sum(1 for p in plan.placements if self._commit(p, specs[p.run_id]))
+        started = self._commit_all(plan.placements, specs)
         for run_id, victims in plan.preempt:
             self._preempt(run_id, victims)
         changed = [(why, rid) for rid, why in plan.pending.items() if by_id[rid]["pending_reason"] != why]
@@ -1017,42 +1016,58 @@ class Engine:
         log.info("preempting", for_run=for_run, victims=sorted(victims))
         self.events_changed.notify()
 
-    def _commit(self, p: placement.Placement, spec: types_pb2.RunSpec) -> bool:
-        """Record a placement (every node of it) in one transaction, re-checking it against fresh state."""
+    def _commit_all(self, placements: list[placement.Placement], specs: Mapping[str, types_pb2.RunSpec]) -> int:
+        """Record a pass's placements in one transaction (one fsync for all of them), each re-checked against
+        fresh state; then send the assignments. Returns how many were recorded."""
+        sends: list[Callable[[], None]] = []
+        with self.store.transaction() as conn:
+            for p in placements:
+                send = self._commit(conn, p, specs[p.run_id])
+                if send is not None:
+                    sends.append(send)
+        for send in sends:
+            send()
+        if sends:
+            self.events_changed.notify()
+        return len(sends)
+
+    def _commit(
+        self, conn: sqlite3.Connection, p: placement.Placement, spec: types_pb2.RunSpec
+    ) -> Callable[[], None] | None:
+        """Record one placement (every node of it), if it still holds; returns what sends its assignments."""
         sessions = [self.sessions.get(node.agent_name) for node in p.nodes]
         if any(s is None or s.closed for s in sessions):
-            return False
+            return None
         attempt_id = new_id("att")
-        with self.store.transaction() as conn:
-            run = conn.execute("SELECT state, user FROM runs WHERE id = ?", (p.run_id,)).fetchone()
-            if run is None or run["state"] != RunState.QUEUED.value:
-                return False
-            for node in p.nodes:
-                held = conn.execute(
-                    f"SELECT n.gpu_uuids FROM attempt_nodes n WHERE n.agent_name = ? AND {_HELD_SQL}",
-                    (node.agent_name,),
-                ).fetchall()
-                if {u for r in held for u in json.loads(r["gpu_uuids"])} & set(node.gpu_uuids):
-                    return False
-            number = conn.execute(
-                "SELECT COALESCE(MAX(number), 0) + 1 FROM attempts WHERE run_id = ?", (p.run_id,)
-            ).fetchone()[0]
-            conn.execute(
-                "INSERT INTO attempts (id, run_id, number, state, created_at) VALUES (?, ?, ?, 'ASSIGNED', ?)",
-                (attempt_id, p.run_id, number, self.clock.time()),
-            )
-            conn.executemany(
-                "INSERT INTO attempt_nodes (attempt_id, node_rank, agent_name, gpu_uuids, cpus, memory_bytes, state) "
-                "VALUES (?, ?, ?, ?, ?, ?, 'ASSIGNED')",
-                [
-                    (attempt_id, rank, n.agent_name, json.dumps(list(n.gpu_uuids)), n.cpus, n.memory_bytes)
-                    for rank, n in enumerate(p.nodes)
-                ],
-            )
-            check_run_transition(p.run_id, RunState.QUEUED, RunState.STARTING)
-            conn.execute("UPDATE runs SET state = 'STARTING', pending_reason = '' WHERE id = ?", (p.run_id,))
-            where = ", ".join(n.agent_name for n in p.nodes)
-            self._event(conn, p.run_id, attempt_id, "placed", RunState.STARTING, f"attempt {number} on {where}")
+        run = conn.execute("SELECT state, user FROM runs WHERE id = ?", (p.run_id,)).fetchone()
+        if run is None or run["state"] != RunState.QUEUED.value:
+            return None
+        for node in p.nodes:
+            held = conn.execute(
+                f"SELECT n.gpu_uuids FROM attempt_nodes n WHERE n.agent_name = ? AND {_HELD_SQL}",
+                (node.agent_name,),
+            ).fetchall()
+            if {u for r in held for u in json.loads(r["gpu_uuids"])} & set(node.gpu_uuids):
+                return None
+        number = conn.execute(
+            "SELECT COALESCE(MAX(number), 0) + 1 FROM attempts WHERE run_id = ?", (p.run_id,)
+        ).fetchone()[0]
+        conn.execute(
+            "INSERT INTO attempts (id, run_id, number, state, created_at) VALUES (?, ?, ?, 'ASSIGNED', ?)",
+            (attempt_id, p.run_id, number, self.clock.time()),
+        )
+        conn.executemany(
+            "INSERT INTO attempt_nodes (attempt_id, node_rank, agent_name, gpu_uuids, cpus, memory_bytes, state) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'ASSIGNED')",
+            [
+                (attempt_id, rank, n.agent_name, json.dumps(list(n.gpu_uuids)), n.cpus, n.memory_bytes)
+                for rank, n in enumerate(p.nodes)
+            ],
+        )
+        check_run_transition(p.run_id, RunState.QUEUED, RunState.STARTING)
+        conn.execute("UPDATE runs SET state = 'STARTING', pending_reason = '' WHERE id = ?", (p.run_id,))
+        where = ", ".join(n.agent_name for n in p.nodes)
+        self._event(conn, p.run_id, attempt_id, "placed", RunState.STARTING, f"attempt {number} on {where}")
         names = frozenset(n.agent_name for n in p.nodes)
         self._attempt_owner[attempt_id] = (
             p.run_id,
@@ -1062,9 +1077,8 @@ class Engine:
         )
         gang = len(p.nodes) > 1
         master_addr = sessions[0].inventory.address if sessions[0] is not None else ""
-        if gang:
-            self.gangs.add(attempt_id, len(p.nodes), master_addr, self.clock.monotonic() + self.config.prepare_timeout)
-        for rank, (node, session) in enumerate(zip(p.nodes, sessions, strict=True)):
+        assignments = []
+        for rank, node in enumerate(p.nodes):
             assignment = agent_pb2.Assignment(
                 attempt_id=attempt_id,
                 run_id=p.run_id,
@@ -1079,11 +1093,18 @@ class Engine:
                 wait_for_start=gang,
             )
             self._add_resume(assignment)
-            assert session is not None  # noqa: S101 - checked above
-            session.send(agent_pb2.SchedulerMessage(assign=assignment))
-        log.info("run_placed", run_id=p.run_id, attempt_id=attempt_id, agents=sorted(names))
-        self.events_changed.notify()
-        return True
+            assignments.append(agent_pb2.SchedulerMessage(assign=assignment))
+
+        def send() -> None:
+            if gang:
+                deadline = self.clock.monotonic() + self.config.prepare_timeout
+                self.gangs.add(attempt_id, len(p.nodes), master_addr, deadline)
+            for session, message in zip(sessions, assignments, strict=True):
+                assert session is not None  # noqa: S101 - checked above
+                session.send(message)
+            log.info("run_placed", run_id=p.run_id, attempt_id=attempt_id, agents=sorted(names))
+
+        return send
 
     def _add_resume(self, assignment: agent_pb2.Assignment) -> None:
         """The newest complete checkpoint of the run in the artifact store, for the new attempt to resume from."""
@@ -1116,5 +1137,6 @@ class Engine:
                 self.check_hangs()
                 self.check_gangs()
                 self.check_time_limits()
+                agentadmin.check_drains(self)
             except Exception:
                 log.exception("liveness_check_failed")

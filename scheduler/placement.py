@@ -27,6 +27,7 @@ placement for the run (not just enough GPUs somewhere), fewest and lowest priori
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -372,11 +373,18 @@ def plan(
     current = {a.name: a for a in agents}
     running = [r for r in running]
     live = [r for r in running if r.attempt_id not in stopping]
+    # What a run of a given shape met when it could not be placed. Within a pass resources only shrink, so a
+    # later run of the same shape meets the same: thousands of queued runs cost a few placement searches.
+    failed: dict[tuple[object, ...], str] = {}
     for req in queue:
         if why := over_quota(quotas, held, req.user, req.team, req.gpus * req.nodes):
             out.pending[req.run_id] = why
             continue
+        shape = dataclasses.astuple(replace(req, run_id="", user="", team=""))
         res = out.reservation
+        if shape in failed:
+            out.pending[req.run_id] = _behind(failed[shape], res)
+            continue
         placement = place_gang(_without(current, res.holds) if res else current, req)
         if placement is None and res is not None and res.admits(req, now):
             placement = place_gang(current, req)  # backfill: it ends before the reservation starts
@@ -387,24 +395,26 @@ def plan(
             held.add(req.user, req.team, req.gpus * req.nodes)
             continue
         reason = _pending_reason(agents, current, req)
-        if reason.startswith("Unsatisfiable") or reason == "no agent is connected":
-            out.pending[req.run_id] = reason
-            continue
-        victims = choose_victims(current, live, req)
-        if victims:
-            out.preempt.append((req.run_id, victims))
-            live = [r for r in live if r.attempt_id not in victims]
-            out.pending[req.run_id] = f"Preempting: {len(victims)} lower-priority run(s) are stopping to make room"
-            continue
-        if res is None:
-            out.reservation = reserve(current, running, req, now)
-            if out.reservation is not None:
-                when = "when runs without a time limit end" if out.reservation.start == INF else "soonest"
+        if reason.startswith("Resources"):
+            victims = choose_victims(current, live, req)
+            if victims:
+                out.preempt.append((req.run_id, victims))
+                live = [r for r in live if r.attempt_id not in victims]
+                out.pending[req.run_id] = f"Preempting: {len(victims)} lower-priority run(s) are stopping to make room"
+                continue
+            if res is None and (reservation := reserve(current, running, req, now)) is not None:
+                out.reservation = reservation
+                when = "when runs without a time limit end" if reservation.start == INF else "soonest"
                 out.pending[req.run_id] = (
-                    f"{reason}; holds a reservation on {', '.join(sorted(out.reservation.holds))} ({when})"
+                    f"{reason}; holds a reservation on {', '.join(sorted(reservation.holds))} ({when})"
                 )
                 continue
-        elif reason.startswith("Resources"):
-            reason += f"; behind {res.run_id}, which holds a reservation"
-        out.pending[req.run_id] = reason
+        failed[shape] = reason
+        out.pending[req.run_id] = _behind(reason, res)
     return out
+
+
+def _behind(reason: str, reservation: Reservation | None) -> str:
+    if reservation is not None and reason.startswith("Resources"):
+        return f"{reason}; behind {reservation.run_id}, which holds a reservation"
+    return reason

@@ -105,6 +105,7 @@ def test_a_team_quota_holds_its_runs_with_a_reason(tmp_path: Path) -> None:
     session = hello(engine, gpus=4)
     drain(session)
     a, _ = engine.submit(ALICE, job(2), "")
+    engine.clock.advance(1)  # type: ignore[attr-defined]
     b, _ = engine.submit(BOB, job(1), "")
     assert engine.place_once() == 1
     assert run_state(engine, a) == "STARTING"
