@@ -269,8 +269,16 @@ async def echo_server_main(args: argparse.Namespace) -> None:
 
 
 def client_command(
-    args: argparse.Namespace, mode: str, address: str, out: Path, runs: int, token_file: str
+    args: argparse.Namespace,
+    mode: str,
+    address: str,
+    out: Path,
+    runs: int,
+    token_file: str,
+    gang_every: int | None = None,
 ) -> list[str]:
+    if gang_every is None:
+        gang_every = args.gang_every if mode == "submit" else 0
     return [
         sys.executable,
         __file__,
@@ -289,7 +297,7 @@ def client_command(
         "--rate",
         str(args.rate if mode == "submit" else 0),
         "--gang-every",
-        str(args.gang_every if mode == "submit" else 0),
+        str(gang_every),
         "--gang-nodes",
         str(args.gang_nodes),
         "--gang-gpus",
@@ -335,6 +343,19 @@ def transport_baseline(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
             server.wait()
 
 
+async def wait_released(sim: SimAgents, target: int, client: asyncio.subprocess.Process, stall: float) -> bool:
+    """Until the agents have seen `target` releases in all and the client has exited; True if no release
+    came for `stall` seconds first."""
+    last_progress, last_count = time.monotonic(), -1
+    while sim.released < target or client.returncode is None:
+        if sim.released != last_count:
+            last_progress, last_count = time.monotonic(), sim.released
+        elif time.monotonic() - last_progress > stall:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
 async def drive(
     args: argparse.Namespace, cluster: LocalCluster, sched: psutil.Process, tmp: Path, profile: Path | None
 ) -> dict:
@@ -376,27 +397,30 @@ async def drive(
     print(f"{args.agents} sim agents connected in {connect_s:.1f} s: {gpus} GPUs {dict(models)}", flush=True)
     await asyncio.sleep(1.0)  # let the Hellos' placement passes settle
 
+    admin_token = str(cluster.scheduler_dir / "admin.token")
+    if args.warmup_runs > 0:  # first calls warm up both sides (caches, lazy imports): not measured
+        target = sim.released + args.warmup_runs
+        warm_out = tmp / "warmup.json"
+        warm = await asyncio.create_subprocess_exec(
+            *client_command(args, "submit", cluster.address, warm_out, args.warmup_runs, admin_token, gang_every=0)
+        )
+        if await wait_released(sim, target, warm, args.stall_timeout):
+            raise SystemExit("the warm-up runs did not all complete")
+        await warm.wait()
+        for table in (first_assign, done_at, released_nodes, not_succeeded):
+            table.clear()
+
     out = tmp / "submit.json"
     profiler = Profiler(sched.pid, profile) if profile is not None else None
     if profiler is not None:
         profiler.start()
     sched_cpu0, me_cpu0 = cpu_seconds(sched), cpu_seconds(me)
     wall0 = time.time()
+    target = sim.released + expected_nodes
     client = await asyncio.create_subprocess_exec(
-        *client_command(args, "submit", cluster.address, out, args.runs, str(cluster.scheduler_dir / "admin.token"))
+        *client_command(args, "submit", cluster.address, out, args.runs, admin_token)
     )
-    last_progress, last_count = time.monotonic(), -1
-    stalled = False
-    while True:
-        total = sim.released
-        if total >= expected_nodes and client.returncode is not None:
-            break
-        if total != last_count:
-            last_progress, last_count = time.monotonic(), total
-        elif time.monotonic() - last_progress > args.stall_timeout:
-            stalled = True
-            break
-        await asyncio.sleep(0.05)
+    stalled = await wait_released(sim, target, client, args.stall_timeout)
     wall1 = max(done_at.values(), default=time.time())
     sched_cpu1, me_cpu1 = cpu_seconds(sched), cpu_seconds(me)
     if profiler is not None:
@@ -514,6 +538,7 @@ def main() -> None:
     p.add_argument("--run-time", type=float, default=0.0, help="seconds each run stays RUNNING")
     p.add_argument("--concurrency", type=int, default=32, help="SubmitRun calls in flight")
     p.add_argument("--rate", type=float, default=0.0, help="submits per second (0: as fast as they complete)")
+    p.add_argument("--warmup-runs", type=int, default=100, help="single-GPU runs first, not measured")
     p.add_argument("--baseline-calls", type=int, default=10_000)
     p.add_argument("--heartbeat-interval", type=float, default=5.0)
     p.add_argument("--heartbeat-timeout", type=float, default=30.0)
@@ -554,7 +579,7 @@ def main() -> None:
                 result["verified"] = count_succeeded(cluster)
         report(args, base, result)
         if "verified" in result:
-            print(f"ListRuns(states=SUCCEEDED) counts {result['verified']} runs")
+            print(f"ListRuns(states=SUCCEEDED) counts {result['verified']} runs ({args.warmup_runs} of them warm-up)")
         if profile is not None:
             print()
             print("scheduler profile during the run (py-spy, wall time of its Python threads, idle included):")
