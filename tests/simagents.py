@@ -73,16 +73,19 @@ GANG_PORT_BASE = 29_500
 
 @dataclass(frozen=True)
 class Machine:
-    """A kind of simulated machine: its GPUs as (model, GiB), cores and RAM."""
+    """A kind of simulated machine: its GPUs as (model, GiB), cores and RAM, and its topology: groups of
+    GPU indices joined by NVLink, and groups behind one PCIe switch."""
 
     kind: str
     gpus: tuple[tuple[str, float], ...] = ()
     cpus: float = 16.0
     memory_gb: float = 64.0
+    nvlink: tuple[tuple[int, ...], ...] = ()
+    pcie_switches: tuple[tuple[int, ...], ...] = ()
 
 
-A100_X8 = Machine("a100x8", (("A100", 80.0),) * 8, cpus=128, memory_gb=1024)
-RTX3090_X4 = Machine("rtx3090x4", (("RTX3090", 24.0),) * 4, cpus=32, memory_gb=128)
+A100_X8 = Machine("a100x8", (("A100", 80.0),) * 8, cpus=128, memory_gb=1024, nvlink=(tuple(range(8)),))
+RTX3090_X4 = Machine("rtx3090x4", (("RTX3090", 24.0),) * 4, cpus=32, memory_gb=128, pcie_switches=((0, 1), (2, 3)))
 WORKSTATION = Machine("workstation", (("A6000", 48.0), ("RTX3090", 24.0), ("RTX3090", 24.0)), cpus=24, memory_gb=128)
 CPU_BOX = Machine("cpu", (), cpus=16, memory_gb=64)
 # (machine, weight): a lab's mix, about 3.4 GPUs per machine.
@@ -98,11 +101,23 @@ def draw_machines(count: int, mix: Sequence[tuple[Machine, float]] = DEFAULT_MIX
 
 
 def inventory_of(name: str, machine: Machine) -> types_pb2.Inventory:
+    uuids = [f"GPU-sim-{name}-{i}" for i in range(len(machine.gpus))]
+
+    def peers(groups: tuple[tuple[int, ...], ...], i: int) -> list[str]:
+        return [uuids[j] for group in groups if i in group for j in group if j != i]
+
     return types_pb2.Inventory(
         hostname=name,
         address="127.0.0.1",
         gpus=[
-            types_pb2.Gpu(index=i, uuid=f"GPU-sim-{name}-{i}", model=model, memory_total_bytes=int(gb * GIB))
+            types_pb2.Gpu(
+                index=i,
+                uuid=uuids[i],
+                model=model,
+                memory_total_bytes=int(gb * GIB),
+                nvlink_peers=peers(machine.nvlink, i),
+                pcie_switch_peers=peers(machine.pcie_switches, i),
+            )
             for i, (model, gb) in enumerate(machine.gpus)
         ],
         cpus=machine.cpus,
