@@ -50,6 +50,7 @@ log = structlog.get_logger("gridlab.scheduler")
 _LIVE_SQL = "(" + ",".join(f"'{s.value}'" for s in LIVE_ATTEMPT_STATES) + ")"
 # A node of an attempt that still holds its share of the agent (GPUs, CPUs, memory).
 _HELD_SQL = f"n.state IN {_LIVE_SQL}"
+PASS_GAP = 0.005  # seconds the placement loop lets changes gather before a pass
 ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 - a file name
 AGENT_TOKEN_FILE = "agent.token"  # noqa: S105 - a file name
 
@@ -124,6 +125,7 @@ class Engine:
         self.gangs = GangTracker()
         self.unschedulable: set[str] = agentadmin.load_unschedulable(store)  # cordoned or draining: nothing new
         self._specs: dict[str, types_pb2.RunSpec] = {}  # run id -> spec, while queued or live
+        self._views = snapshot.ViewCache(config.burst_pools)  # each agent's static view, rebuilt when it changes
         self._stopping: dict[str, str] = {}  # attempt being preempted -> the run it makes room for
         self._timed_out: set[str] = set()  # attempts stopped at their run's time limit: they end for good
         self.usage: dict[str, Usage] = self._load_usage()
@@ -506,8 +508,9 @@ class Engine:
         row = self.store.one(
             "SELECT a.*, n.agent_name, n.node_rank, n.state AS node_state, "
             "(SELECT COUNT(*) FROM attempt_nodes WHERE attempt_id = a.id) AS nodes "
-            "FROM attempts a JOIN attempt_nodes n ON n.attempt_id = a.id WHERE a.id = ? AND n.agent_name = ?",
-            (status.attempt_id, session.name),
+            "FROM attempts a JOIN attempt_nodes n ON n.attempt_id = a.id "
+            "WHERE a.id = ? AND n.attempt_id = ? AND n.agent_name = ?",
+            (status.attempt_id, status.attempt_id, session.name),
         )
         if row is None or not AttemptState(row["state"]).live or not AttemptState(row["node_state"]).live:
             # Unknown to us, another agent's, already ended here (e.g. declared lost and requeued while the
@@ -943,7 +946,7 @@ class Engine:
         ):
             used.setdefault(row["agent_name"], []).append(row)
         return [
-            snapshot.agent_view(s.name, s.pool, s.labels, s.inventory, used.get(s.name, []), self.config.burst_pools)
+            self._views.view(s.name, s.pool, s.labels, s.inventory, used.get(s.name, []))
             for s in self.sessions.values()
             if not s.draining and s.name not in self.unschedulable
         ]
@@ -969,7 +972,7 @@ class Engine:
         """One pass over the queue: order it, plan, commit the placements, start the preemptions, and record
         why the rest wait. Returns how many runs were placed."""
         rows = self.store.all(
-            "SELECT id, user, team, priority, created_at, spec, pending_reason FROM runs WHERE state = 'QUEUED'"
+            "SELECT id, user, team, priority, created_at, pending_reason FROM runs WHERE state = 'QUEUED'"
         )
         if not rows:
             return 0
@@ -977,7 +980,7 @@ class Engine:
         by_id = {r["id"]: r for r in rows}
         entries = [queue.Entry(r["id"], r["user"], r["priority"] or 0, r["created_at"]) for r in rows]
         ordered = queue.order(entries, self._shares(now))
-        specs = {e.run_id: self._spec(e.run_id, by_id[e.run_id]["spec"]) for e in ordered}
+        specs = {e.run_id: self._spec(e.run_id) for e in ordered}
         requests = [snapshot.request(e.run_id, specs[e.run_id], e.user, by_id[e.run_id]["team"] or "") for e in ordered]
         live = self._live()
         plan = placement.plan(
@@ -1119,9 +1122,12 @@ class Engine:
     # ---------------------------------------------------------------- loops
 
     async def placement_loop(self) -> None:
+        """A pass on every change (a submit, an end, an agent), at most one per PASS_GAP: a burst of changes is
+        served by one pass, not one pass each."""
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), self.config.placement_interval)
+            await asyncio.sleep(PASS_GAP)
             self._kick.clear()
             try:
                 self.place_once()

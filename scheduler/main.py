@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
 from pathlib import Path
@@ -53,6 +54,11 @@ async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> N
         store.close()
         raise ConfigError(f"cannot listen on {config.listen}: is the port in use or the host wrong?")
     await server.start()
+    # Long-lived state is built by now: keep the collector from walking it again and again (full collections
+    # of a scheduler holding thousands of agents took hundreds of ms), and collect young objects less often.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     host = config.listen.rsplit(":", 1)[0]
     address = f"{host}:{port}"
     (state_dir / ADDRESS_FILE).write_text(address + "\n")

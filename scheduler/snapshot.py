@@ -11,7 +11,7 @@ import json
 import math
 import sqlite3
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gridlab.v1 import types_pb2
 
@@ -53,6 +53,50 @@ def islands(gpus: Iterable[types_pb2.Gpu]) -> dict[str, str]:
     return {u: (min(members) if len(members) > 1 else "") for members in groups.values() for u in members}
 
 
+class ViewCache:
+    """Each agent's view without what is used, rebuilt only when its inventory's static facts change (GPUs,
+    topology, CPUs, memory), not on every heartbeat's utilization: a pass then only subtracts what is held."""
+
+    def __init__(self, burst_pools: Iterable[str]) -> None:
+        self.burst_pools = frozenset(burst_pools)
+        self._views: dict[str, tuple[tuple[object, ...], AgentView]] = {}
+
+    def view(
+        self,
+        name: str,
+        pool: str,
+        labels: Mapping[str, str],
+        inventory: types_pb2.Inventory,
+        used: Iterable[sqlite3.Row],
+    ) -> AgentView:
+        gpus = tuple(
+            (g.uuid, g.model, g.memory_total_bytes, len(g.nvlink_peers), len(g.pcie_switch_peers))
+            for g in inventory.gpus
+        )
+        key = (pool, tuple(sorted(labels.items())), inventory.cpus, inventory.memory_bytes, gpus)
+        cached = self._views.get(name)
+        if cached is None or cached[0] != key:
+            cached = (key, agent_view(name, pool, labels, inventory, (), self.burst_pools))
+            self._views[name] = cached
+        return _minus(cached[1], used)
+
+
+def _minus(view: AgentView, used: Iterable[sqlite3.Row]) -> AgentView:
+    """`view` less what live nodes (attempt_nodes rows) hold."""
+    taken: set[str] = set()
+    cpus = 0.0
+    memory = 0
+    for row in used:
+        taken.update(json.loads(row["gpu_uuids"]))
+        cpus += row["cpus"]
+        memory += row["memory_bytes"] or 0
+    if not taken and not cpus and not memory:
+        return view
+    return replace(
+        view, free_gpus=view.free_gpus - taken, cpus_free=view.cpus_free - cpus, memory_free=view.memory_free - memory
+    )
+
+
 def agent_view(
     name: str,
     pool: str,
@@ -62,27 +106,21 @@ def agent_view(
     burst_pools: Iterable[str],
 ) -> AgentView:
     """One schedulable agent with what its live nodes (`used`: attempt_nodes rows) leave free."""
-    taken: set[str] = set()
-    cpus = 0.0
-    memory = 0
-    for row in used:
-        taken.update(json.loads(row["gpu_uuids"]))
-        cpus += row["cpus"]
-        memory += row["memory_bytes"] or 0
     island = islands(inventory.gpus)
     gpus = tuple(GpuView(g.uuid, g.model, g.memory_total_bytes, island.get(g.uuid, "")) for g in inventory.gpus)
-    return AgentView(
+    whole = AgentView(
         name=name,
         pool=pool,
         labels=tuple(sorted(labels.items())),
         gpus=gpus,
-        free_gpus=frozenset(g.uuid for g in gpus) - taken,
+        free_gpus=frozenset(g.uuid for g in gpus),
         cpus_total=inventory.cpus,
-        cpus_free=inventory.cpus - cpus,
+        cpus_free=inventory.cpus,
         memory_total=inventory.memory_bytes,
-        memory_free=inventory.memory_bytes - memory,
+        memory_free=inventory.memory_bytes,
         tier=1 if pool in set(burst_pools) else 0,
     )
+    return _minus(whole, used)
 
 
 def request(run_id: str, spec: types_pb2.RunSpec, user: str, team: str) -> RunRequest:

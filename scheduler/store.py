@@ -23,7 +23,7 @@ import sqlite_utils
 if TYPE_CHECKING:
     from .logstore import LogStore
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def _migrate_1(db: sqlite_utils.Database) -> None:
@@ -260,6 +260,11 @@ def _migrate_6(db: sqlite_utils.Database) -> None:
     db["agents"].add_column("drain_deadline", float)  # type: ignore[union-attr]
 
 
+def _migrate_7(db: sqlite_utils.Database) -> None:
+    # Placement reads the live nodes on every pass: by state, not by scanning every attempt ever placed.
+    db["attempt_nodes"].create_index(["state"])  # type: ignore[union-attr]
+
+
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     1: _migrate_1,
     2: _migrate_2,
@@ -267,6 +272,7 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     4: _migrate_4,
     5: _migrate_5,
     6: _migrate_6,
+    7: _migrate_7,
 }
 
 
