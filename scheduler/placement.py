@@ -214,21 +214,48 @@ def _give(agent: AgentView, node: NodePlacement) -> AgentView:
     )
 
 
-def place_gang(agents: Mapping[str, AgentView], req: RunRequest) -> Placement | None:
+Fit = tuple[tuple[float, ...], tuple[str, ...]] | None  # an agent's rank and GPUs for one node, or no fit
+Memo = dict[tuple[object, ...], Fit]
+
+
+def _fit(agent: AgentView, req: RunRequest) -> Fit:
+    if static_reason(agent, req) is not None:
+        return None
+    gpus = pick_gpus(agent, req)
+    return None if gpus is None else (rank_key(agent, req, gpus), gpus)
+
+
+def place_gang(agents: Mapping[str, AgentView], req: RunRequest, memo: Memo | None = None) -> Placement | None:
     """The `req.nodes` best-ranked distinct agents that can hold one node each now, or None: a gang gets
-    every node or nothing. Node rank 0 goes to the best of them."""
+    every node or nothing. Node rank 0 goes to the best of them.
+
+    `memo` (one per plan) remembers each agent's fit per request shape and free resources, so a pass over
+    thousands of queued runs computes it again only for the agents that changed."""
+    shape = _shape(req) if memo is not None else ()
     candidates: list[tuple[tuple[float, ...], str, tuple[str, ...]]] = []
     for agent in agents.values():
-        if static_reason(agent, req) is not None:
+        if len(agent.free_gpus) < req.gpus or agent.cpus_free < req.cpus:  # the common case in a busy cluster
             continue
-        gpus = pick_gpus(agent, req)
-        if gpus is not None:
-            candidates.append((rank_key(agent, req, gpus), agent.name, gpus))
+        if memo is None:
+            fit = _fit(agent, req)
+        else:
+            key = (agent.name, agent.free_gpus, agent.cpus_free, agent.memory_free, shape)
+            if key in memo:
+                fit = memo[key]
+            else:
+                fit = memo[key] = _fit(agent, req)
+        if fit is not None:
+            candidates.append((fit[0], agent.name, fit[1]))
     if len(candidates) < req.nodes:
         return None
     candidates.sort()
     nodes = tuple(NodePlacement(name, gpus, req.cpus, req.memory_bytes) for _, name, gpus in candidates[: req.nodes])
     return Placement(req.run_id, nodes)
+
+
+def _shape(req: RunRequest) -> tuple[object, ...]:
+    """What placement of `req` depends on (not who asks, nor which run it is)."""
+    return dataclasses.astuple(replace(req, run_id="", user="", team=""))
 
 
 def _without(agents: Mapping[str, AgentView], holds: Mapping[str, frozenset[str]]) -> dict[str, AgentView]:
@@ -376,18 +403,19 @@ def plan(
     # What a run of a given shape met when it could not be placed. Within a pass resources only shrink, so a
     # later run of the same shape meets the same: thousands of queued runs cost a few placement searches.
     failed: dict[tuple[object, ...], str] = {}
+    memo: Memo = {}
     for req in queue:
         if why := over_quota(quotas, held, req.user, req.team, req.gpus * req.nodes):
             out.pending[req.run_id] = why
             continue
-        shape = dataclasses.astuple(replace(req, run_id="", user="", team=""))
+        shape = _shape(req)
         res = out.reservation
         if shape in failed:
             out.pending[req.run_id] = _behind(failed[shape], res)
             continue
-        placement = place_gang(_without(current, res.holds) if res else current, req)
+        placement = place_gang(_without(current, res.holds) if res else current, req, memo)
         if placement is None and res is not None and res.admits(req, now):
-            placement = place_gang(current, req)  # backfill: it ends before the reservation starts
+            placement = place_gang(current, req, memo)  # backfill: it ends before the reservation starts
         if placement is not None:
             out.placements.append(placement)
             for node in placement.nodes:

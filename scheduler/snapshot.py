@@ -60,6 +60,7 @@ class ViewCache:
     def __init__(self, burst_pools: Iterable[str]) -> None:
         self.burst_pools = frozenset(burst_pools)
         self._views: dict[str, tuple[tuple[object, ...], AgentView]] = {}
+        self._seen: dict[str, types_pb2.Inventory] = {}  # the inventory object each view was last checked against
 
     def view(
         self,
@@ -69,15 +70,17 @@ class ViewCache:
         inventory: types_pb2.Inventory,
         used: Iterable[sqlite3.Row],
     ) -> AgentView:
-        gpus = tuple(
-            (g.uuid, g.model, g.memory_total_bytes, len(g.nvlink_peers), len(g.pcie_switch_peers))
-            for g in inventory.gpus
-        )
-        key = (pool, tuple(sorted(labels.items())), inventory.cpus, inventory.memory_bytes, gpus)
         cached = self._views.get(name)
-        if cached is None or cached[0] != key:
-            cached = (key, agent_view(name, pool, labels, inventory, (), self.burst_pools))
-            self._views[name] = cached
+        if cached is None or self._seen.get(name) is not inventory:  # a new Hello or heartbeat: compare facts
+            gpus = tuple(
+                (g.uuid, g.model, g.memory_total_bytes, len(g.nvlink_peers), len(g.pcie_switch_peers))
+                for g in inventory.gpus
+            )
+            key = (pool, tuple(sorted(labels.items())), inventory.cpus, inventory.memory_bytes, gpus)
+            if cached is None or cached[0] != key:
+                cached = (key, agent_view(name, pool, labels, inventory, (), self.burst_pools))
+                self._views[name] = cached
+            self._seen[name] = inventory
         return _minus(cached[1], used)
 
 
