@@ -369,10 +369,11 @@ class Engine:
         self.watchdog.forget(attempt["id"])
         self.gangs.forget(attempt["id"])
         self._stopping.pop(attempt["id"], None)
-        if attempt["id"] in self._timed_out:  # past its time limit: another attempt would be too (Slurm's TIMEOUT)
-            self._timed_out.discard(attempt["id"])
-            permanent = True
         now = self.clock.time()
+        self._timed_out.discard(attempt["id"])
+        limit = self._spec(attempt["run_id"]).time_limit.ToNanoseconds() / 1e9
+        if limit > 0 and attempt["started_at"] and now - attempt["started_at"] >= limit:
+            permanent = True  # it ran out of time: another attempt would too (Slurm's TIMEOUT), even across a restart
         conn.execute(
             "UPDATE attempts SET state = ?, exit_code = ?, reason = ?, finished_at = ? WHERE id = ?",
             (state.value, exit_code, reason, now, attempt["id"]),
@@ -553,6 +554,11 @@ class Engine:
                 )
             elif hung := self.watchdog.stop_reason(row["id"]):
                 self._send_cancel(session.name, row["id"], hung, AttemptState.FAILED)
+            elif row["id"] in self._timed_out:  # orders sent while the agent was away are sent again
+                self._send_cancel(session.name, row["id"], "time limit reached", AttemptState.FAILED)
+            elif row["id"] in self._stopping:
+                reason = f"preempted for higher-priority run {self._stopping[row['id']]}"
+                self._send_cancel(session.name, row["id"], reason, AttemptState.PREEMPTED)
 
     def _node_ended(
         self, conn: sqlite3.Connection, row: sqlite3.Row, state: AttemptState, status: agent_pb2.AttemptStatus
@@ -964,9 +970,14 @@ class Engine:
         c = self.config
         return Quotas(user_gpus=c.quota_user_gpus, users=c.quota_users, teams=c.quota_teams)
 
-    def _shares(self, now: float) -> dict[str, float]:
+    def _shares(self, now: float, live: snapshot.Live) -> dict[str, float]:
+        """Each user's decayed usage, including what their running attempts have used so far (a user with
+        long 64-GPU runs is not a light user until they end)."""
         half_life = self.config.fair_share_half_life
-        return {user: u.now(now, half_life) for user, u in self.usage.items()}
+        shares = {user: u.now(now, half_life) for user, u in self.usage.items()}
+        for user, gpu_seconds in live.used.items():
+            shares[user] = shares.get(user, 0.0) + gpu_seconds
+        return shares
 
     def place_once(self) -> int:
         """One pass over the queue: order it, plan, commit the placements, start the preemptions, and record
@@ -979,10 +990,10 @@ class Engine:
         now = self.clock.time()
         by_id = {r["id"]: r for r in rows}
         entries = [queue.Entry(r["id"], r["user"], r["priority"] or 0, r["created_at"]) for r in rows]
-        ordered = queue.order(entries, self._shares(now))
+        live = self._live()
+        ordered = queue.order(entries, self._shares(now, live))
         specs = {e.run_id: self._spec(e.run_id) for e in ordered}
         requests = [snapshot.request(e.run_id, specs[e.run_id], e.user, by_id[e.run_id]["team"] or "") for e in ordered]
-        live = self._live()
         plan = placement.plan(
             self._snapshot(),
             requests,
@@ -990,7 +1001,7 @@ class Engine:
             now=now,
             quotas=self._quotas(),
             held=live.held,
-            stopping=frozenset(self._stopping),
+            stopping=dict(self._stopping),
         )
         started = self._commit_all(plan.placements, specs)
         for run_id, victims in plan.preempt:

@@ -117,8 +117,9 @@ class Reservation:
     holds: Mapping[str, frozenset[str]]
 
     def admits(self, req: RunRequest, now: float) -> bool:
-        """Whether `req` may backfill into the reserved hole: it surely ends before the reservation starts."""
-        return req.time_limit > 0 and self.start < INF and now + req.time_limit <= self.start
+        """Whether `req` may backfill into the reserved hole: it has a time limit, and ends before the
+        reservation starts (or the reservation waits on runs without one: it cannot delay it then)."""
+        return req.time_limit > 0 and (self.start == INF or now + req.time_limit <= self.start)
 
 
 @dataclass
@@ -386,20 +387,23 @@ def plan(
     now: float = 0.0,
     quotas: Quotas | None = None,
     held: Held | None = None,
-    stopping: frozenset[str] = frozenset(),
+    stopping: Mapping[str, str] | None = None,
 ) -> Plan:
     """Place `queue` (already in order: `queue.order`) onto `agents`.
 
     `running`: live attempts (for reservations and preemption); `stopping`: attempts already being
-    preempted (not chosen again; their runs' beneficiaries wait for them); `held`: GPUs held now per user
-    and team (for quotas; updated with what this plan places).
+    preempted -> the run they make room for (not chosen again; that run waits for them rather than
+    preempting more); `held`: GPUs held now per user and team (for quotas; updated with what this plan
+    places).
     """
     out = Plan()
     quotas = quotas or Quotas()
     held = held or Held()
     current = {a.name: a for a in agents}
+    stopping = stopping or {}
     running = [r for r in running]
     live = [r for r in running if r.attempt_id not in stopping]
+    waiting_for = {run: sum(1 for r in stopping.values() if r == run) for run in stopping.values()}
     # What a run of a given shape met when it could not be placed. Within a pass resources only shrink, so a
     # later run of the same shape meets the same: thousands of queued runs cost a few placement searches.
     failed: dict[tuple[object, ...], str] = {}
@@ -421,13 +425,23 @@ def plan(
             for node in placement.nodes:
                 current[node.agent_name] = _take(current[node.agent_name], node)
             held.add(req.user, req.team, req.gpus * req.nodes)
+            running.append(
+                Running(f"planned:{req.run_id}", req.run_id, placement.nodes, req.priority, False, _end(req, now))
+            )
             continue
         reason = _pending_reason(agents, current, req)
         if reason.startswith("Resources"):
-            victims = choose_victims(current, live, req)
+            if req.run_id in waiting_for:
+                out.pending[req.run_id] = f"Preempting: waiting for {waiting_for[req.run_id]} preempted run(s) to stop"
+                held.add(req.user, req.team, req.gpus * req.nodes)  # what it will hold: later runs see the quota
+                continue
+            victims = choose_victims(
+                _without(current, res.holds) if res and not res.admits(req, now) else current, live, req
+            )
             if victims:
                 out.preempt.append((req.run_id, victims))
                 live = [r for r in live if r.attempt_id not in victims]
+                held.add(req.user, req.team, req.gpus * req.nodes)
                 out.pending[req.run_id] = f"Preempting: {len(victims)} lower-priority run(s) are stopping to make room"
                 continue
             if res is None and (reservation := reserve(current, running, req, now)) is not None:
@@ -440,6 +454,10 @@ def plan(
         failed[shape] = reason
         out.pending[req.run_id] = _behind(reason, res)
     return out
+
+
+def _end(req: RunRequest, now: float) -> float:
+    return now + req.time_limit if req.time_limit > 0 else INF
 
 
 def _behind(reason: str, reservation: Reservation | None) -> str:

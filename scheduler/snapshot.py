@@ -73,7 +73,7 @@ class ViewCache:
         cached = self._views.get(name)
         if cached is None or self._seen.get(name) is not inventory:  # a new Hello or heartbeat: compare facts
             gpus = tuple(
-                (g.uuid, g.model, g.memory_total_bytes, len(g.nvlink_peers), len(g.pcie_switch_peers))
+                (g.uuid, g.model, g.memory_total_bytes, tuple(g.nvlink_peers), tuple(g.pcie_switch_peers))
                 for g in inventory.gpus
             )
             key = (pool, tuple(sorted(labels.items())), inventory.cpus, inventory.memory_bytes, gpus)
@@ -151,6 +151,7 @@ class Live:
 
     running: list[Running]
     held: Held
+    used: dict[str, float]  # user -> GPU-seconds their running attempts have used so far
 
 
 def live_attempts(rows: Iterable[sqlite3.Row], specs: Mapping[str, types_pb2.RunSpec], now: float) -> Live:
@@ -159,7 +160,9 @@ def live_attempts(rows: Iterable[sqlite3.Row], specs: Mapping[str, types_pb2.Run
     nodes: dict[str, list[sqlite3.Row]] = {}
     for row in rows:
         nodes.setdefault(row["attempt_id"], []).append(row)
-    running, held = [], Held()
+    running: list[Running] = []
+    held = Held()
+    used: dict[str, float] = {}
     for attempt_id, rs in nodes.items():
         first = rs[0]
         spec = specs.get(first["run_id"], types_pb2.RunSpec())
@@ -179,5 +182,8 @@ def live_attempts(rows: Iterable[sqlite3.Row], specs: Mapping[str, types_pb2.Run
                 ends_at=began + limit if limit > 0 else math.inf,
             )
         )
-        held.add(first["user"], first["team"] or "", sum(len(n.gpu_uuids) for n in placed))
-    return Live(running, held)
+        gpus = sum(len(n.gpu_uuids) for n in placed)
+        held.add(first["user"], first["team"] or "", gpus)
+        if first["started_at"]:
+            used[first["user"]] = used.get(first["user"], 0.0) + gpus * max(0.0, now - first["started_at"])
+    return Live(running, held, used)

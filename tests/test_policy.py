@@ -194,7 +194,7 @@ def test_preemption_does_not_free_gpus_that_do_not_form_a_placement() -> None:
     (run_id, victims), *_ = plan(agents, [req("pair", 2, priority=1)], running=running).preempt
     assert len(victims) == 1  # one victim on one machine makes its 2 GPUs whole
     # and attempts already stopping are not chosen again
-    out = plan(agents, [req("pair", 2, priority=1)], running=running, stopping=frozenset({"a0", "b0"}))
+    out = plan(agents, [req("pair", 2, priority=1)], running=running, stopping={"a0": "other", "b0": "other"})
     assert out.preempt == []
 
 
@@ -276,3 +276,35 @@ def test_plans_never_double_book_keep_gangs_whole_respect_quotas_and_preempt_int
 
 def test_a_placement_value_is_its_nodes() -> None:
     assert Placement("r", ()).nodes == ()
+
+
+def test_a_run_waiting_for_its_victims_does_not_preempt_more() -> None:
+    agents = [agent("a", 1, used=(0,)), agent("b", 1, used=(0,))]
+    running = [holding("att-a", "a", (0,), preemptible=True), holding("att-b", "b", (0,), preemptible=True)]
+    first = plan(agents, [req("hi", 1, priority=5)], running=running)
+    (run_id, victims), *_ = first.preempt
+    assert run_id == "hi"
+    assert len(victims) == 1
+    again = plan(agents, [req("hi", 1, priority=5)], running=running, stopping={victims[0]: "hi"})
+    assert again.preempt == []  # while its victim stops, it waits rather than stopping another run
+    assert again.pending["hi"] == "Preempting: waiting for 1 preempted run(s) to stop"
+
+
+def test_runs_placed_ahead_in_the_same_pass_count_in_the_heads_reservation() -> None:
+    z = agent("z", 8)
+    queue = [req("s1", 1, priority=9, time_limit=10.0), req("head", 8), req("s2", 1)]
+    out = plan([z], queue, now=0.0)
+    assert [p.run_id for p in out.placements] == ["s1"]
+    assert out.reservation is not None
+    assert (out.reservation.run_id, out.reservation.start) == ("head", 10.0)
+    assert "behind head" in out.pending["s2"]  # no time limit: it may not take the reserved hole
+
+
+def test_a_reservation_waiting_on_runs_without_a_time_limit_lets_time_limited_runs_backfill() -> None:
+    x = agent("x", 4, used=(0, 1))
+    running = [holding("forever", "x", (0, 1))]  # no time limit
+    out = plan([x], [req("big", 4), req("small", 1, time_limit=60.0), req("unbounded", 1)], running=running)
+    assert out.reservation is not None
+    assert out.reservation.start == math.inf
+    assert [p.run_id for p in out.placements] == ["small"]
+    assert "behind big" in out.pending["unbounded"]
