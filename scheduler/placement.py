@@ -110,7 +110,8 @@ class Running:
 
 @dataclass(frozen=True)
 class Reservation:
-    """The head blocked run's claim: `holds[agent]` GPUs (all the agent's CPUs for a CPU-only run)."""
+    """The head blocked run's claim on the agents it would start on (`holds[agent]`: the GPUs it would take
+    there). Only runs it `admits` may start on those agents meanwhile."""
 
     run_id: str
     start: float  # when they are expected free; INF when a holder has no time limit
@@ -260,16 +261,9 @@ def _shape(req: RunRequest) -> tuple[object, ...]:
 
 
 def _without(agents: Mapping[str, AgentView], holds: Mapping[str, frozenset[str]]) -> dict[str, AgentView]:
-    """The agents minus a reservation's holds: its GPUs, or (a CPU-only reservation) the whole agent."""
-    out = dict(agents)
-    for name, gpus in holds.items():
-        if name not in out:
-            continue
-        if gpus:
-            out[name] = replace(out[name], free_gpus=out[name].free_gpus - gpus)
-        else:
-            del out[name]
-    return out
+    """The agents minus those a reservation holds. Whole agents, not just their GPUs: a run on the same
+    machine could otherwise take the CPUs or memory the reserved run needs and delay it for ever."""
+    return {name: a for name, a in agents.items() if name not in holds}
 
 
 # --- why a run waits ----------------------------------------------------------------------------

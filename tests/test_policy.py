@@ -308,3 +308,14 @@ def test_a_reservation_waiting_on_runs_without_a_time_limit_lets_time_limited_ru
     assert out.reservation.start == math.inf
     assert [p.run_id for p in out.placements] == ["small"]
     assert "behind big" in out.pending["unbounded"]
+
+
+def test_a_reservation_holds_its_agents_whole_so_no_cpu_hog_can_delay_it() -> None:
+    y = replace_free(agent("y", 8), (0, 1, 2, 3))
+    running = [holding("busy", "y", (0, 1, 2, 3), ends_at=100.0)]
+    big = RunRequest("big", gpus=8, cpus=32, nodes=1)
+    hog = RunRequest("hog", gpus=0, cpus=60, nodes=1)  # no time limit: would hold the CPUs big needs for good
+    out = plan([y], [big, hog], running=running, now=0.0)
+    assert out.reservation is not None
+    assert out.placements == []
+    assert "behind big" in out.pending["hog"]
