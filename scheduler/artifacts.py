@@ -41,7 +41,7 @@ from gridlab.common.transfer import is_digest
 from gridlab.v1 import artifacts_pb2, types_pb2
 
 from .auth import AGENT, Principal
-from .errors import ApiError, aborted, denied, invalid, not_found, precondition
+from .errors import ApiError, aborted, data_loss, denied, exhausted, invalid, not_found, out_of_range, precondition
 from .state import AttemptState
 from .store import Store
 
@@ -62,18 +62,6 @@ _PURPOSE_WORDS = {
     artifacts_pb2.BLOB_PURPOSE_ARTIFACT: "artifact",
 }
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-def data_loss(message: str) -> ApiError:
-    return ApiError(grpc.StatusCode.DATA_LOSS, message)
-
-
-def exhausted(message: str) -> ApiError:
-    return ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
-
-
-def out_of_range(message: str) -> ApiError:
-    return ApiError(grpc.StatusCode.OUT_OF_RANGE, message)
 
 
 def _disk_error(exc: OSError, doing: str) -> ApiError:

@@ -32,3 +32,15 @@ def denied(message: str) -> ApiError:
 
 def aborted(message: str) -> ApiError:
     return ApiError(grpc.StatusCode.ABORTED, message)
+
+
+def exhausted(message: str) -> ApiError:
+    return ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+
+
+def out_of_range(message: str) -> ApiError:
+    return ApiError(grpc.StatusCode.OUT_OF_RANGE, message)
+
+
+def data_loss(message: str) -> ApiError:
+    return ApiError(grpc.StatusCode.DATA_LOSS, message)
