@@ -957,6 +957,14 @@ class Engine:
             if not s.draining and s.name not in self.unschedulable
         ]
 
+    def _parked(self) -> list[placement.AgentView]:
+        """Connected agents that take nothing new (cordoned, draining): for pending reasons only."""
+        return [
+            self._views.view(s.name, s.pool, s.labels, s.inventory, ())
+            for s in self.sessions.values()
+            if s.draining or s.name in self.unschedulable
+        ]
+
     def _live(self) -> snapshot.Live:
         rows = self.store.all(
             f"SELECT n.attempt_id, a.run_id, a.started_at, a.created_at, n.agent_name, n.gpu_uuids, n.cpus, "
@@ -1002,6 +1010,7 @@ class Engine:
             quotas=self._quotas(),
             held=live.held,
             stopping=dict(self._stopping),
+            parked=self._parked(),
         )
         started = self._commit_all(plan.placements, specs)
         for run_id, victims in plan.preempt:

@@ -382,13 +382,15 @@ def plan(
     quotas: Quotas | None = None,
     held: Held | None = None,
     stopping: Mapping[str, str] | None = None,
+    parked: Iterable[AgentView] = (),
 ) -> Plan:
     """Place `queue` (already in order: `queue.order`) onto `agents`.
 
     `running`: live attempts (for reservations and preemption); `stopping`: attempts already being
     preempted -> the run they make room for (not chosen again; that run waits for them rather than
     preempting more); `held`: GPUs held now per user and team (for quotas; updated with what this plan
-    places).
+    places); `parked`: connected agents that take nothing new (cordoned, draining): a run that only they
+    could hold waits for them, it is not unsatisfiable.
     """
     out = Plan()
     quotas = quotas or Quotas()
@@ -424,6 +426,11 @@ def plan(
             )
             continue
         reason = _pending_reason(agents, current, req)
+        if parked and not reason.startswith("Resources"):
+            everyone = [*agents, *parked]
+            if not _pending_reason(everyone, {a.name: a for a in everyone}, req).startswith(("Unsat", "no agent")):
+                names = ", ".join(sorted(a.name for a in parked if static_reason(a, req) is None))
+                reason = f"Resources: needs {describe(req)}; the agents that could hold it take nothing new ({names})"
         if reason.startswith("Resources"):
             if req.run_id in waiting_for:
                 out.pending[req.run_id] = f"Preempting: waiting for {waiting_for[req.run_id]} preempted run(s) to stop"

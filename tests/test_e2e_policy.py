@@ -639,16 +639,6 @@ def test_why_a_run_waits_is_shown_through_the_client(start: Start) -> None:
     assert wait_reason(client, busy, "Resources: needs 4 GPUs; waiting for GPUs or CPUs to free up")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "scheduler bug: Engine._snapshot leaves cordoned and draining agents out of the agent list, and "
-        "placement._pending_reason reasons over that list only, so a run whose fitting agents are cordoned "
-        "or draining is told 'Unsatisfiable: no agent has 1 suitable GPUs (the most on one agent is 0)', "
-        "'Unsatisfiable: a gang of 2 nodes needs 2 agents that fit; 1 connected do', or 'no agent is "
-        "connected', although the agents are connected and the run starts as soon as they are uncordoned"
-    ),
-)
 def test_a_run_that_waits_only_for_a_cordoned_agent_is_not_called_unsatisfiable(start: Start) -> None:
     _, client, sim = start([A100_X1, WORKSTATION])
     a100, ws = sim.names
@@ -670,3 +660,4 @@ def test_a_run_that_waits_only_for_a_cordoned_agent_is_not_called_unsatisfiable(
         if not why or why.startswith("Unsatisfiable") or why == "no agent is connected"
     }
     assert wrong == {}, reasons
+    assert a100 in reasons["only fitting agent cordoned"]  # it names the agents that could hold it
