@@ -28,6 +28,7 @@ placement for the run (not just enough GPUs somewhere), fewest and lowest priori
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -250,8 +251,8 @@ def place_gang(agents: Mapping[str, AgentView], req: RunRequest, memo: Memo | No
             candidates.append((fit[0], agent.name, fit[1]))
     if len(candidates) < req.nodes:
         return None
-    candidates.sort()
-    nodes = tuple(NodePlacement(name, gpus, req.cpus, req.memory_bytes) for _, name, gpus in candidates[: req.nodes])
+    best = heapq.nsmallest(req.nodes, candidates)  # not a full sort: thousands of agents, a few nodes
+    nodes = tuple(NodePlacement(name, gpus, req.cpus, req.memory_bytes) for _, name, gpus in best)
     return Placement(req.run_id, nodes)
 
 
