@@ -603,7 +603,8 @@ class Engine:
             if run["state"] == RunState.STARTING.value:
                 check_run_transition(row["run_id"], RunState.STARTING, RunState.RUNNING)
                 conn.execute(
-                    "UPDATE runs SET state = ?, started_at = COALESCE(started_at, ?) WHERE id = ?",
+                    # An earlier attempt's requeue reason ("preempted: ...") no longer describes the run.
+                    "UPDATE runs SET state = ?, started_at = COALESCE(started_at, ?), message = '' WHERE id = ?",
                     (RunState.RUNNING.value, now, row["run_id"]),
                 )
                 where = agent_name if row["nodes"] == 1 else f"{row['nodes']} nodes"

@@ -52,10 +52,18 @@ def test_a_higher_priority_run_preempts_a_preemptible_one_which_requeues_for_fre
     assert engine.place_once() == 0  # the victim is still stopping: not preempted twice, nothing else taken
     assert [m.WhichOneof("msg") for m in drain(session)] == []
     engine.agent_update(session, status(assign.attempt_id, "PREEMPTED"))
-    row = engine.store.one("SELECT state, retries_used FROM runs WHERE id = ?", (low,))
+    row = engine.store.one("SELECT state, retries_used, message FROM runs WHERE id = ?", (low,))
     assert (row["state"], row["retries_used"]) == ("QUEUED", 0)
+    assert row["message"].startswith("preempted")
     assert engine.place_once() == 1
-    assert assigned(session) == [high]
+    (again,) = [m.assign for m in drain(session) if m.WhichOneof("msg") == "assign"]
+    assert again.run_id == high
+    engine.agent_update(session, status(again.attempt_id, "SUCCEEDED"))
+    engine.place_once()  # the victim comes back; once it runs, the requeue reason is gone
+    (back,) = [m.assign for m in drain(session) if m.WhichOneof("msg") == "assign"]
+    assert back.run_id == low
+    engine.agent_update(session, status(back.attempt_id, "RUNNING"))
+    assert engine.store.one("SELECT message FROM runs WHERE id = ?", (low,))[0] == ""
 
 
 def test_a_run_past_its_time_limit_is_stopped_and_not_retried(tmp_path: Path) -> None:
