@@ -35,7 +35,7 @@ import psutil
 import structlog
 
 from gridlab.agent.bundles import PrepareError, bundle_requirements, fetch_bundle
-from gridlab.agent.ckptship import CheckpointShipper, restore_checkpoint, upload_artifacts
+from gridlab.agent.ckptship import CheckpointShipper, restore_checkpoint, scan_checkpoints, upload_artifacts
 from gridlab.agent.envcache import BuildCancelled, EnvBuildError, EnvCache
 from gridlab.agent.logship import MAX_LINE_BYTES, METRICS_RANK, SYSTEM_RANK, AttemptLog, pump_batches
 from gridlab.agent.metrics import MetricsTail
@@ -145,25 +145,18 @@ def _link_copy(src: Path, dest: Path) -> Path:
 
 
 def newest_checkpoint(state_dir: Path, run_id: str) -> Path | None:
-    """The newest complete checkpoint that an earlier attempt of `run_id` wrote on this machine: a file
-    (`*.ckpt`, not a writer's temp file) or a sharded folder (with its meta.pt, not one being written)."""
-    found: list[tuple[float, Path]] = []
-    now = time.time() + 60
+    """The newest complete checkpoint that an earlier attempt of `run_id` wrote on this machine, by the rule
+    the shipper uploads by (`ckptship.scan_checkpoints`: no temp files, saves in progress, links or times
+    in the future)."""
+    found: list[tuple[int, Path]] = []
     for marker in (Path(state_dir) / "attempts").glob(f"*/{RUN_ID_FILE}"):
         try:
             if marker.read_text() != run_id:
                 continue
-            for path in (marker.parent / "checkpoints").iterdir():
-                name = path.name
-                if name.startswith(".") or ".partial" in name or ".old-" in name or path.is_symlink():
-                    continue  # a writer's temp file, a save in progress, or a link that could point anywhere
-                mtime = path.lstat().st_mtime
-                if mtime > now:  # from the future: would win forever
-                    continue
-                if path.is_file() and name.endswith(".ckpt") or path.is_dir() and (path / "meta.pt").is_file():
-                    found.append((mtime, path))
         except OSError:
             continue
+        folder = marker.parent / "checkpoints"
+        found.extend((entry.newest_ns, folder / entry.name) for entry in scan_checkpoints(folder).entries)
     return max(found)[1] if found else None
 
 

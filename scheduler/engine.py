@@ -422,13 +422,15 @@ class Engine:
         """The attempt has ended while other nodes of its gang still run: their agents are told to stop the
         ranks now (they would otherwise wait for their dead peer until the collective timeout). Each such node
         keeps its GPUs until its agent reports the ranks gone, or is lost: they are still in use meanwhile."""
-        if state is AttemptState.SUCCEEDED:
-            return
-        live = conn.execute(
+        if state is not AttemptState.SUCCEEDED:
+            self._cancel_nodes(conn, attempt_id, f"gang stopped: {reason}", AttemptState.FAILED)
+
+    def _cancel_nodes(self, conn: sqlite3.Connection, attempt_id: str, reason: str, final: AttemptState) -> None:
+        """Tell the agent of every node of the attempt still running to stop it."""
+        for node in conn.execute(
             f"SELECT n.agent_name FROM attempt_nodes n WHERE n.attempt_id = ? AND {_HELD_SQL}", (attempt_id,)
-        ).fetchall()
-        for node in live:
-            self._send_cancel(node["agent_name"], attempt_id, f"gang stopped: {reason}", AttemptState.FAILED)
+        ).fetchall():
+            self._send_cancel(node["agent_name"], attempt_id, reason, final)
 
     def _set_node_state(self, conn: sqlite3.Connection, attempt_id: str, agent_name: str, state: AttemptState) -> None:
         conn.execute(
@@ -480,10 +482,7 @@ class Engine:
             with self.store.transaction() as conn:
                 run = conn.execute("SELECT state FROM runs WHERE id = ?", (row["run_id"],)).fetchone()
                 self._event(conn, row["run_id"], row["id"], "time_limit", RunState(run["state"]), reason)
-                for node in conn.execute(
-                    f"SELECT agent_name FROM attempt_nodes n WHERE attempt_id = ? AND {_HELD_SQL}", (row["id"],)
-                ):
-                    self._send_cancel(node["agent_name"], row["id"], reason, AttemptState.FAILED)
+                self._cancel_nodes(conn, row["id"], reason, AttemptState.FAILED)
         if over:
             self.events_changed.notify()
         return over
@@ -945,13 +944,12 @@ class Engine:
             spec = self._specs[run_id] = types_pb2.RunSpec.FromString(blob or b"")
         return spec
 
-    def _snapshot(self) -> list[placement.AgentView]:
+    def _snapshot(self, live: snapshot.Live) -> list[placement.AgentView]:
         """The schedulable agents (connected, not draining or cordoned) with what their live nodes leave free."""
-        used: dict[str, list[sqlite3.Row]] = {}
-        for row in self.store.all(
-            f"SELECT n.agent_name, n.gpu_uuids, n.cpus, n.memory_bytes FROM attempt_nodes n WHERE {_HELD_SQL}"
-        ):
-            used.setdefault(row["agent_name"], []).append(row)
+        used: dict[str, list[placement.NodePlacement]] = {}
+        for attempt in live.running:
+            for node in attempt.nodes:
+                used.setdefault(node.agent_name, []).append(node)
         return [
             self._views.view(s.name, s.pool, s.labels, s.inventory, used.get(s.name, []))
             for s in self.sessions.values()
@@ -1004,7 +1002,7 @@ class Engine:
         specs = {e.run_id: self._spec(e.run_id) for e in ordered}
         requests = [snapshot.request(e.run_id, specs[e.run_id], e.user, by_id[e.run_id]["team"] or "") for e in ordered]
         plan = placement.plan(
-            self._snapshot(),
+            self._snapshot(live),
             requests,
             running=live.running,
             now=now,
@@ -1033,10 +1031,7 @@ class Engine:
                 self._stopping[attempt_id] = for_run
                 run = conn.execute("SELECT state FROM runs WHERE id = ?", (attempt["run_id"],)).fetchone()
                 self._event(conn, attempt["run_id"], attempt_id, "preempting", RunState(run["state"]), reason)
-                for node in conn.execute(
-                    f"SELECT agent_name FROM attempt_nodes n WHERE attempt_id = ? AND {_HELD_SQL}", (attempt_id,)
-                ):
-                    self._send_cancel(node["agent_name"], attempt_id, reason, AttemptState.PREEMPTED)
+                self._cancel_nodes(conn, attempt_id, reason, AttemptState.PREEMPTED)
         log.info("preempting", for_run=for_run, victims=sorted(victims))
         self.events_changed.notify()
 

@@ -68,7 +68,7 @@ class ViewCache:
         pool: str,
         labels: Mapping[str, str],
         inventory: types_pb2.Inventory,
-        used: Iterable[sqlite3.Row],
+        used: Iterable[NodePlacement],
     ) -> AgentView:
         cached = self._views.get(name)
         if cached is None or self._seen.get(name) is not inventory:  # a new Hello or heartbeat: compare facts
@@ -78,21 +78,21 @@ class ViewCache:
             )
             key = (pool, tuple(sorted(labels.items())), inventory.cpus, inventory.memory_bytes, gpus)
             if cached is None or cached[0] != key:
-                cached = (key, agent_view(name, pool, labels, inventory, (), self.burst_pools))
+                cached = (key, agent_view(name, pool, labels, inventory, self.burst_pools))
                 self._views[name] = cached
             self._seen[name] = inventory
         return _minus(cached[1], used)
 
 
-def _minus(view: AgentView, used: Iterable[sqlite3.Row]) -> AgentView:
-    """`view` less what live nodes (attempt_nodes rows) hold."""
+def _minus(view: AgentView, used: Iterable[NodePlacement]) -> AgentView:
+    """`view` less what live nodes hold."""
     taken: set[str] = set()
     cpus = 0.0
     memory = 0
-    for row in used:
-        taken.update(json.loads(row["gpu_uuids"]))
-        cpus += row["cpus"]
-        memory += row["memory_bytes"] or 0
+    for node in used:
+        taken.update(node.gpu_uuids)
+        cpus += node.cpus
+        memory += node.memory_bytes
     if not taken and not cpus and not memory:
         return view
     return replace(
@@ -105,13 +105,12 @@ def agent_view(
     pool: str,
     labels: Mapping[str, str],
     inventory: types_pb2.Inventory,
-    used: Iterable[sqlite3.Row],
     burst_pools: Iterable[str],
 ) -> AgentView:
-    """One schedulable agent with what its live nodes (`used`: attempt_nodes rows) leave free."""
+    """One agent, all of it free (what live nodes hold is taken off per pass: `_minus`)."""
     island = islands(inventory.gpus)
     gpus = tuple(GpuView(g.uuid, g.model, g.memory_total_bytes, island.get(g.uuid, "")) for g in inventory.gpus)
-    whole = AgentView(
+    return AgentView(
         name=name,
         pool=pool,
         labels=tuple(sorted(labels.items())),
@@ -123,7 +122,6 @@ def agent_view(
         memory_free=inventory.memory_bytes,
         tier=1 if pool in set(burst_pools) else 0,
     )
-    return _minus(whole, used)
 
 
 def request(run_id: str, spec: types_pb2.RunSpec, user: str, team: str) -> RunRequest:
