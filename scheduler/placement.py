@@ -27,7 +27,6 @@ placement for the run (not just enough GPUs somewhere), fewest and lowest priori
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import math
 from collections.abc import Iterable, Mapping
@@ -218,47 +217,131 @@ def _give(agent: AgentView, node: NodePlacement) -> AgentView:
 
 
 Fit = tuple[tuple[float, ...], tuple[str, ...]] | None  # an agent's rank and GPUs for one node, or no fit
-Memo = dict[tuple[object, ...], Fit]
+Candidate = tuple[tuple[float, ...], str, tuple[str, ...]]  # (rank, agent name, GPUs): ordered best first
 
 
 def _fit(agent: AgentView, req: RunRequest) -> Fit:
+    if len(agent.free_gpus) < req.gpus or agent.cpus_free < req.cpus:  # the common case in a busy cluster
+        return None
     if static_reason(agent, req) is not None:
         return None
     gpus = pick_gpus(agent, req)
     return None if gpus is None else (rank_key(agent, req, gpus), gpus)
 
 
-def place_gang(agents: Mapping[str, AgentView], req: RunRequest, memo: Memo | None = None) -> Placement | None:
+def place_gang(agents: Mapping[str, AgentView], req: RunRequest) -> Placement | None:
     """The `req.nodes` best-ranked distinct agents that can hold one node each now, or None: a gang gets
-    every node or nothing. Node rank 0 goes to the best of them.
-
-    `memo` (one per plan) remembers each agent's fit per request shape and free resources, so a pass over
-    thousands of queued runs computes it again only for the agents that changed."""
-    shape = _shape(req) if memo is not None else ()
-    candidates: list[tuple[tuple[float, ...], str, tuple[str, ...]]] = []
+    every node or nothing. Node rank 0 goes to the best of them."""
+    candidates: list[Candidate] = []
     for agent in agents.values():
-        if len(agent.free_gpus) < req.gpus or agent.cpus_free < req.cpus:  # the common case in a busy cluster
-            continue
-        if memo is None:
-            fit = _fit(agent, req)
-        else:
-            key = (agent.name, agent.free_gpus, agent.cpus_free, agent.memory_free, shape)
-            if key in memo:
-                fit = memo[key]
-            else:
-                fit = memo[key] = _fit(agent, req)
+        fit = _fit(agent, req)
         if fit is not None:
             candidates.append((fit[0], agent.name, fit[1]))
     if len(candidates) < req.nodes:
         return None
-    best = heapq.nsmallest(req.nodes, candidates)  # not a full sort: thousands of agents, a few nodes
+    return _placement(req, heapq.nsmallest(req.nodes, candidates))  # not a full sort: thousands of agents
+
+
+def _placement(req: RunRequest, best: Iterable[Candidate]) -> Placement:
     nodes = tuple(NodePlacement(name, gpus, req.cpus, req.memory_bytes) for _, name, gpus in best)
     return Placement(req.run_id, nodes)
 
 
+class FitIndex:
+    """Per request shape, a heap of the agents that can hold one node of it, best first; kept from one pass
+    to the next, so a pass costs work for the agents that changed, not for every agent per queued run.
+
+    A cache and nothing more: `place` answers exactly as `place_gang` over the same views. An entry is
+    tagged with its agent's version; any change to an agent (`sync` with a new snapshot, `update` after a
+    plan takes from it) bumps the version and pushes fresh entries, and stale ones are skipped when popped.
+    """
+
+    MAX_SHAPES = 256  # request shapes remembered; the least recently used is forgotten past it
+
+    def __init__(self) -> None:
+        self._views: dict[str, AgentView] = {}
+        self._version: dict[str, int] = {}
+        self._heaps: dict[tuple[object, ...], tuple[RunRequest, list[tuple[Candidate, int]]]] = {}
+        self._clock = 0
+
+    def sync(self, agents: Iterable[AgentView]) -> None:
+        """Take a pass's snapshot: agents that changed or appeared get fresh entries; gone ones are dropped."""
+        seen = set()
+        for view in agents:
+            seen.add(view.name)
+            old = self._views.get(view.name)
+            if old is view or (old is not None and _same(old, view)):
+                self._views[view.name] = view
+                continue
+            self.update(view)
+        for name in [n for n in self._views if n not in seen]:
+            del self._views[name]
+            self._version[name] = self._version.get(name, 0) + 1
+
+    def update(self, view: AgentView) -> None:
+        """`view` is what its agent has free now."""
+        self._views[view.name] = view
+        version = self._version[view.name] = self._version.get(view.name, 0) + 1
+        for req, heap in self._heaps.values():
+            fit = _fit(view, req)
+            if fit is not None:
+                heapq.heappush(heap, ((fit[0], view.name, fit[1]), version))
+
+    def place(self, req: RunRequest, exclude: Mapping[str, object] | frozenset[str] = frozenset()) -> Placement | None:
+        """`place_gang` over the indexed views minus the agents in `exclude`."""
+        heap = self._heap(req)
+        taken: list[tuple[Candidate, int]] = []
+        skipped: list[tuple[Candidate, int]] = []
+        while heap and len(taken) < req.nodes:
+            entry = heapq.heappop(heap)
+            (_, name, _), version = entry
+            if self._version.get(name) != version:
+                continue  # stale: a fresher entry for this agent is in the heap, or it is gone
+            (taken if name not in exclude else skipped).append(entry)
+        for entry in taken + skipped:  # still true: placing is the caller's to `update`
+            heapq.heappush(heap, entry)
+        return _placement(req, [c for c, _ in taken]) if len(taken) == req.nodes else None
+
+    def _heap(self, req: RunRequest) -> list[tuple[Candidate, int]]:
+        shape = _fit_shape(req)
+        self._clock += 1
+        known = self._heaps.pop(shape, None)  # re-inserted last: dicts keep insertion order, so first is LRU
+        if known is None or len(known[1]) > 4 * len(self._views) + 64:  # new, or mostly stale entries
+            heap = []
+            for name, view in self._views.items():
+                fit = _fit(view, req)
+                if fit is not None:
+                    heap.append(((fit[0], name, fit[1]), self._version[name]))
+            heapq.heapify(heap)
+            known = (req, heap)
+        self._heaps[shape] = known
+        if len(self._heaps) > self.MAX_SHAPES:
+            del self._heaps[next(iter(self._heaps))]
+        return known[1]
+
+
+def _same(a: AgentView, b: AgentView) -> bool:
+    return (
+        a.free_gpus == b.free_gpus
+        and a.cpus_free == b.cpus_free
+        and a.memory_free == b.memory_free
+        and a.gpus == b.gpus
+        and a.pool == b.pool
+        and a.labels == b.labels
+        and a.tier == b.tier
+        and a.cpus_total == b.cpus_total
+        and a.memory_total == b.memory_total
+    )
+
+
+def _fit_shape(req: RunRequest) -> tuple[object, ...]:
+    """What one node's fit on an agent depends on (`_fit`)."""
+    return (req.gpus, req.cpus, req.memory_bytes, req.pool, req.labels, req.gpu_types, req.min_gpu_memory_bytes)
+
+
 def _shape(req: RunRequest) -> tuple[object, ...]:
     """What placement of `req` depends on (not who asks, nor which run it is)."""
-    return dataclasses.astuple(replace(req, run_id="", user="", team=""))
+    return (*_fit_shape(req), req.nodes, req.priority, req.time_limit)
 
 
 def _without(agents: Mapping[str, AgentView], holds: Mapping[str, frozenset[str]]) -> dict[str, AgentView]:
@@ -384,6 +467,7 @@ def plan(
     held: Held | None = None,
     stopping: Mapping[str, str] | None = None,
     parked: Iterable[AgentView] = (),
+    index: FitIndex | None = None,
 ) -> Plan:
     """Place `queue` (already in order: `queue.order`) onto `agents`.
 
@@ -391,7 +475,8 @@ def plan(
     preempted -> the run they make room for (not chosen again; that run waits for them rather than
     preempting more); `held`: GPUs held now per user and team (for quotas; updated with what this plan
     places); `parked`: connected agents that take nothing new (cordoned, draining): a run that only they
-    could hold waits for them, it is not unsatisfiable.
+    could hold waits for them, it is not unsatisfiable. `index`: the engine's FitIndex, kept from one pass
+    to the next (a cache: the plan is the same without it).
     """
     out = Plan()
     quotas = quotas or Quotas()
@@ -404,7 +489,8 @@ def plan(
     # What a run of a given shape met when it could not be placed. Within a pass resources only shrink, so a
     # later run of the same shape meets the same: thousands of queued runs cost a few placement searches.
     failed: dict[tuple[object, ...], str] = {}
-    memo: Memo = {}
+    index = index or FitIndex()
+    index.sync(agents)
     for req in queue:
         if why := over_quota(quotas, held, req.user, req.team, req.gpus * req.nodes):
             out.pending[req.run_id] = why
@@ -414,13 +500,14 @@ def plan(
         if shape in failed:
             out.pending[req.run_id] = _behind(failed[shape], res)
             continue
-        placement = place_gang(_without(current, res.holds) if res else current, req, memo)
+        placement = index.place(req, res.holds if res else frozenset())
         if placement is None and res is not None and res.admits(req, now):
-            placement = place_gang(current, req, memo)  # backfill: it ends before the reservation starts
+            placement = index.place(req)  # backfill: it ends before the reservation starts
         if placement is not None:
             out.placements.append(placement)
             for node in placement.nodes:
                 current[node.agent_name] = _take(current[node.agent_name], node)
+                index.update(current[node.agent_name])
             held.add(req.user, req.team, req.gpus * req.nodes)
             running.append(
                 Running(f"planned:{req.run_id}", req.run_id, placement.nodes, req.priority, False, _end(req, now))

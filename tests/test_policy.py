@@ -10,11 +10,13 @@ from hypothesis import strategies as st
 
 from gridlab.scheduler.placement import (
     AgentView,
+    FitIndex,
     GpuView,
     NodePlacement,
     Placement,
     Running,
     RunRequest,
+    _shape,
     choose_victims,
     place_gang,
     plan,
@@ -319,3 +321,63 @@ def test_a_reservation_holds_its_agents_whole_so_no_cpu_hog_can_delay_it() -> No
     assert out.reservation is not None
     assert out.placements == []
     assert "behind big" in out.pending["hog"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(clusters, st.lists(st.tuples(requests, st.lists(st.integers(0, 5), max_size=3)), min_size=1, max_size=5))
+def test_an_index_kept_across_passes_plans_exactly_as_a_fresh_one(
+    cluster: list[list[tuple[str, int]]], passes: list[tuple[list[tuple[int, int, int, float, str]], list[int]]]
+) -> None:
+    """The engine keeps one FitIndex for its whole life; it is a cache, so every pass must plan what a pass
+    with a fresh index plans, while agents fill up, free GPUs again, and come and go between passes."""
+    agents, running = build(cluster, 1)
+    kept = FitIndex()
+    for k, (reqs, churn) in enumerate(passes):
+        queue = [
+            req(f"p{k}r{i}", g, nodes=n, priority=p, time_limit=t, user=u) for i, (g, n, p, t, u) in enumerate(reqs)
+        ]
+        fresh = plan(agents, queue, running=running, now=0.0)
+        again = plan(agents, queue, running=running, now=0.0, index=kept)
+        assert again == fresh
+        placed = {n.agent_name: set(n.gpu_uuids) for p in fresh.placements for n in p.nodes}
+        nxt = []
+        for i, a in enumerate(agents):  # the placements are committed; some agents free all, some leave
+            view = AgentView(**{**a.__dict__, "free_gpus": a.free_gpus - placed.get(a.name, set())})
+            if i in churn:
+                view = AgentView(**{**a.__dict__, "free_gpus": frozenset(g.uuid for g in a.gpus)})
+            if (i + k) % 7 != 6:
+                nxt.append(view)
+        agents = nxt or agents
+
+
+def test_the_shape_of_a_request_covers_every_field_but_who_and_which_run() -> None:
+    base = req("r", 1)
+    for name, value in [
+        ("gpus", 2),
+        ("cpus", 3.0),
+        ("memory_bytes", 1),
+        ("nodes", 2),
+        ("pool", "x"),
+        ("labels", (("a", "b"),)),
+        ("gpu_types", ("A100",)),
+        ("min_gpu_memory_bytes", 1),
+        ("priority", 1),
+        ("time_limit", 1.0),
+    ]:
+        assert _shape(RunRequest(**{**base.__dict__, name: value})) != _shape(base), name
+    assert _shape(RunRequest(**{**base.__dict__, "run_id": "other", "user": "u", "team": "t"})) == _shape(base)
+    assert {f for f in RunRequest.__dataclass_fields__} == {
+        "run_id",
+        "user",
+        "team",
+        "gpus",
+        "cpus",
+        "memory_bytes",
+        "nodes",
+        "pool",
+        "labels",
+        "gpu_types",
+        "min_gpu_memory_bytes",
+        "priority",
+        "time_limit",
+    }  # a new field must join _shape (or be named here as not mattering)
