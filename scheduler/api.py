@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -12,6 +13,7 @@ from gridlab.common.timeutil import from_duration, ts
 from gridlab.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2
 
 from . import agentadmin, auth
+from .batch import Batcher
 from .convert import event_pb, single_lines
 from .engine import Engine
 from .errors import ApiError, invalid
@@ -26,10 +28,13 @@ MAX_GRACE = 86_400  # seconds between SIGTERM and SIGKILL, at most
 _LIVE_NODE_STATES = ",".join(f"'{s.value}'" for s in sorted(LIVE_ATTEMPT_STATES))
 
 
-async def call(context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any) -> T:
-    """Run `fn(*args)`, turning an ApiError into the call's status."""
+async def call(
+    context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any, batcher: Batcher | None = None
+) -> T:
+    """Run `fn(*args)`, turning an ApiError into the call's status; with `batcher`, in its next group commit
+    (the answer then waits for the commit: what was acknowledged survives a crash)."""
     try:
-        return fn(*args)
+        return fn(*args) if batcher is None else await batcher.call(functools.partial(fn, *args))
     except ApiError as exc:
         await context.abort(exc.code, exc.message)
         raise  # unreachable: abort raises
@@ -82,7 +87,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             run_id, existed = self.engine.submit(who, request.spec, request.idempotency_key)
             return scheduler_pb2.SubmitRunResponse(run=self.engine.run_message(run_id), existed=existed)
 
-        return await call(context, submit)
+        return await call(context, submit, batcher=self.engine.batcher)
 
     async def GetRun(self, request: Any, context: Any) -> scheduler_pb2.GetRunResponse:
         who = auth.current()
@@ -113,7 +118,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             self.engine.cancel(who, request.run_id, grace, request.reason)
             return scheduler_pb2.CancelRunResponse(run=self.engine.run_message(request.run_id))
 
-        return await call(context, cancel)
+        return await call(context, cancel, batcher=self.engine.batcher)
 
     async def WatchRuns(self, request: Any, context: Any) -> AsyncIterator[types_pb2.RunEvent]:
         who = auth.current()

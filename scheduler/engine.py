@@ -28,6 +28,7 @@ from gridlab.v1 import agent_pb2, types_pb2
 
 from . import agentadmin, artifacts, placement, queue, snapshot
 from .auth import ADMIN, AGENT, ROLES, Principal
+from .batch import Batcher
 from .convert import run_pb
 from .errors import ApiError, denied, invalid, not_found, precondition
 from .gang import GangTracker, gang_end
@@ -93,6 +94,13 @@ class AgentSession:
             self.closed = True
             self.outbox.put_nowait(None)
 
+    def abort(self) -> None:
+        """Close the stream with nothing more sent: what is queued described changes that were not committed."""
+        while not self.outbox.empty():
+            self.outbox.get_nowait()
+        self.closed = False
+        self.close()
+
 
 def _attempt_state(state: int) -> AttemptState:
     """The state an agent reports, or INVALID_ARGUMENT for a value this scheduler does not know."""
@@ -126,9 +134,11 @@ class Engine:
         self.unschedulable: set[str] = agentadmin.load_unschedulable(store)  # cordoned or draining: nothing new
         self._specs: dict[str, types_pb2.RunSpec] = {}  # run id -> spec, while queued or live
         self._views = snapshot.ViewCache(config.burst_pools)  # each agent's static view, rebuilt when it changes
+        self._fit_index = placement.FitIndex()  # which agents fit which request shapes, kept across passes
         self._stopping: dict[str, str] = {}  # attempt being preempted -> the run it makes room for
         self._timed_out: set[str] = set()  # attempts stopped at their run's time limit: they end for good
         self.usage: dict[str, Usage] = self._load_usage()
+        self.batcher = Batcher(store, on_commit_failure=self._drop_sessions)  # group commit; `run()` it
         # After a restart every agent the store thinks is ready gets a full timeout to
         # reconnect before it is declared lost.
         now = self.clock.monotonic()
@@ -793,6 +803,12 @@ class Engine:
             log.info("agent_draining", agent=session.name)
         session.draining = beat.draining
 
+    def _drop_sessions(self) -> None:
+        """A group commit failed: every agent reconnects and reconciles with what the store holds."""
+        for session in list(self.sessions.values()):
+            session.abort()
+        self.sessions.clear()
+
     def agent_disconnected(self, session: AgentSession) -> None:
         """The stream ended. Liveness is the heartbeat's call, not the socket's: the agent
         keeps its attempts and has until the heartbeat timeout to come back."""
@@ -1010,6 +1026,7 @@ class Engine:
             held=live.held,
             stopping=dict(self._stopping),
             parked=self._parked(),
+            index=self._fit_index,
         )
         started = self._commit_all(plan.placements, specs)
         for run_id, victims in plan.preempt:
@@ -1139,26 +1156,30 @@ class Engine:
 
     async def placement_loop(self) -> None:
         """A pass on every change (a submit, an end, an agent), at most one per PASS_GAP: a burst of changes is
-        served by one pass, not one pass each."""
+        served by one pass, not one pass each. The pass runs in a group commit with whatever else is queued."""
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), self.config.placement_interval)
             await asyncio.sleep(PASS_GAP)
             self._kick.clear()
             try:
-                self.place_once()
+                await self.batcher.call(self.place_once)
             except Exception:  # a bug must not stop scheduling for everyone
                 log.exception("placement_failed")
+
+    def check_all(self) -> None:
+        """The periodic checks: lost agents, hung attempts, gangs that never prepared, time limits, drains."""
+        self.check_liveness()
+        self.check_hangs()
+        self.check_gangs()
+        self.check_time_limits()
+        agentadmin.check_drains(self)
 
     async def liveness_loop(self) -> None:
         period = max(0.05, min(1.0, self.config.heartbeat_interval / 2))
         while True:
             await asyncio.sleep(period)
             try:
-                self.check_liveness()
-                self.check_hangs()
-                self.check_gangs()
-                self.check_time_limits()
-                agentadmin.check_drains(self)
+                await self.batcher.call(self.check_all)
             except Exception:
                 log.exception("liveness_check_failed")

@@ -7,6 +7,7 @@ engine; the writer drains the session's outbox. Log bytes come on PushLogs, neve
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,8 +29,8 @@ class AgentGatewayService(agent_pb2_grpc.AgentGatewayServicer):
 
     async def _read(self, session: AgentSession, requests: AsyncIterator[agent_pb2.AgentMessage]) -> None:
         try:
-            async for msg in requests:
-                self._handle(session, msg)
+            async for msg in requests:  # handled in the next group commit, in the order they came
+                await self.engine.batcher.post_when_room(functools.partial(self._handle, session, msg))
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
         finally:
@@ -56,7 +57,8 @@ class AgentGatewayService(agent_pb2_grpc.AgentGatewayServicer):
         if first is None or first.WhichOneof("msg") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message on Connect must be a Hello")
             return
-        session = await call(context, self.engine.agent_hello, first.hello)
+        # Batched too: after whatever the agent's previous stream sent, which may still be queued.
+        session = await call(context, self.engine.agent_hello, first.hello, batcher=self.engine.batcher)
         structlog.contextvars.bind_contextvars(agent=session.name)
         reader = asyncio.create_task(self._read(session, request_iterator))
         try:

@@ -68,7 +68,7 @@ async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(engine.placement_loop()), asyncio.create_task(engine.liveness_loop())]
+    tasks = [asyncio.create_task(t) for t in (engine.batcher.run(), engine.placement_loop(), engine.liveness_loop())]
     try:
         await stop.wait()
     finally:

@@ -286,6 +286,7 @@ class Store:
         conn.row_factory = sqlite3.Row
         self.conn = conn
         self.db = sqlite_utils.Database(conn)
+        self._grouped = False  # inside group(): transactions are savepoints of it
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
@@ -305,23 +306,61 @@ class Store:
                 self.conn.execute(f"PRAGMA user_version={target}")
 
     @contextlib.contextmanager
+    def group(self) -> Iterator[None]:
+        """One transaction around many: every `transaction()` inside becomes a savepoint of it, and one
+        COMMIT (one fsync) ends them all (group commit: `batch.Batcher`). Not nested."""
+        if self._grouped:
+            raise RuntimeError("Store.group() is not reentrant")
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._grouped = True
+        try:
+            yield
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        finally:
+            self._grouped = False
+
+    @contextlib.contextmanager
     def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """`BEGIN IMMEDIATE` ... `COMMIT`, rolled back on any exception. `durable=False` commits without
         an fsync (WAL, synchronous=NORMAL): a power loss may undo it, a crash of the process cannot, and
-        the next durable commit makes it durable too. For log index rows, whose files are not fsynced."""
+        the next durable commit makes it durable too. For log index rows, whose files are not fsynced.
+        Inside `group()` it is a savepoint: rolled back alone, committed with the group."""
+        if self._grouped:
+            with self._savepoint():
+                yield self.conn
+            return
         if not durable:
             self.conn.execute("PRAGMA synchronous=NORMAL")
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self.conn
+                self.conn.execute("COMMIT")
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                self._rollback()
                 raise
-            self.conn.execute("COMMIT")
         finally:
             if not durable:
                 self.conn.execute("PRAGMA synchronous=FULL")
+
+    def _rollback(self) -> None:
+        """Undo the open transaction, also after a failed COMMIT (which leaves it open)."""
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    @contextlib.contextmanager
+    def _savepoint(self) -> Iterator[None]:
+        self.conn.execute("SAVEPOINT tx")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK TO tx")
+            self.conn.execute("RELEASE tx")
+            raise
+        self.conn.execute("RELEASE tx")
 
     @functools.cached_property
     def logs(self) -> LogStore:

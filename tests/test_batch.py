@@ -1,0 +1,124 @@
+"""Group commit: many functions, one transaction; each function's failure is its own; a failed commit
+undoes the batch, tells every waiting caller, and drops the agent streams (their outboxes unsent)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from gridlab.scheduler import batch
+from gridlab.scheduler.batch import Batcher
+from gridlab.scheduler.store import Store
+
+
+def insert(store: Store, key: str, value: int) -> int:
+    with store.transaction() as conn:
+        conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
+    return value
+
+
+def fail_after_insert(store: Store) -> None:
+    with store.transaction() as conn:
+        conn.execute("INSERT INTO meta (key, value) VALUES ('b', 2)")
+        raise ZeroDivisionError
+
+
+def keys(path: Path) -> set[str]:
+    other = Store(path)  # a second connection sees only what was committed
+    try:
+        return {r["key"] for r in other.all("SELECT key FROM meta")}
+    finally:
+        other.close()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "scheduler.db")
+    s.conn.execute("DELETE FROM meta")
+    yield s  # type: ignore[misc]
+    s.close()
+
+
+def test_a_failing_transaction_in_a_group_undoes_only_its_own_writes(store: Store) -> None:
+    with store.group():
+        insert(store, "a", 1)
+        with pytest.raises(ZeroDivisionError):
+            fail_after_insert(store)
+        insert(store, "c", 3)
+        assert keys(store.path) == set()  # nothing is visible to others before the group commits
+    assert keys(store.path) == {"a", "c"}
+    with pytest.raises(RuntimeError, match="not reentrant"), store.group(), store.group():
+        pass
+
+
+def test_callers_get_their_results_after_one_commit_and_errors_stay_their_own(store: Store) -> None:
+    async def go() -> tuple[list[object], int]:
+        batcher = Batcher(store)
+        runner = asyncio.create_task(batcher.run())
+
+        def duplicate() -> int:
+            return insert(store, "k1", 9)  # the primary key is taken by the first call
+
+        calls = [batcher.call(lambda i=i: insert(store, f"k{i}", i)) for i in range(1, 6)]
+        results = await asyncio.gather(*calls, batcher.call(duplicate), return_exceptions=True)
+        runner.cancel()
+        return results, batcher.batches
+
+    results, batches = asyncio.run(go())
+    assert results[:5] == [1, 2, 3, 4, 5]
+    assert "UNIQUE" in str(results[5])
+    assert batches == 1  # all six in one transaction
+    assert keys(store.path) == {f"k{i}" for i in range(1, 6)}
+
+
+def test_a_failed_commit_undoes_the_batch_tells_the_callers_and_drops_the_streams(store: Store) -> None:
+    dropped = []
+
+    def violates_at_commit() -> None:  # a deferred foreign key fails the COMMIT itself, not the statement
+        with store.transaction() as conn:
+            conn.execute("PRAGMA defer_foreign_keys=ON")
+            conn.execute("INSERT INTO attempts (id, run_id, number, state, created_at) VALUES ('a', 'nope', 1, 'X', 0)")
+
+    async def go() -> list[object]:
+        batcher = Batcher(store, on_commit_failure=lambda: dropped.append(True))
+        runner = asyncio.create_task(batcher.run())
+        out = await asyncio.gather(
+            batcher.call(lambda: insert(store, "lost", 1)), batcher.call(violates_at_commit), return_exceptions=True
+        )
+        ok = await batcher.call(lambda: insert(store, "after", 2))  # the next batch works again
+        runner.cancel()
+        return [*out, ok]
+
+    first, second, after = asyncio.run(go())
+    assert isinstance(first, Exception)
+    assert "FOREIGN KEY" in str(first)
+    assert isinstance(second, Exception)
+    assert after == 2
+    assert dropped == [True]
+    assert keys(store.path) == {"after"}  # the failed batch left nothing behind
+
+
+def test_a_full_queue_makes_producers_wait(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batch, "MAX_QUEUED", 3)
+    monkeypatch.setattr(batch, "MAX_BATCH", 2)
+
+    async def go() -> tuple[bool, int]:
+        batcher = Batcher(store)
+        for i in range(3):
+            batcher.post(lambda i=i: insert(store, f"p{i}", i))
+        blocked = asyncio.create_task(batcher.post_when_room(lambda: insert(store, "late", 9)))
+        await asyncio.sleep(0.01)
+        waited = not blocked.done()  # the batcher is not running: no room yet
+        runner = asyncio.create_task(batcher.run())
+        await blocked
+        while batcher.functions < 4:
+            await asyncio.sleep(0.01)
+        runner.cancel()
+        return waited, batcher.batches
+
+    waited, batches = asyncio.run(go())
+    assert waited
+    assert batches >= 2  # MAX_BATCH bounds each transaction
+    assert keys(store.path) == {"p0", "p1", "p2", "late"}
