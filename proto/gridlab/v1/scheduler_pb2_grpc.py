@@ -80,6 +80,31 @@ class SchedulerStub:
                 request_serializer=gridlab_dot_v1_dot_scheduler__pb2.CreateTokenRequest.SerializeToString,
                 response_deserializer=gridlab_dot_v1_dot_scheduler__pb2.CreateTokenResponse.FromString,
                 _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/gridlab.v1.Scheduler/ListTokens',
+                request_serializer=gridlab_dot_v1_dot_scheduler__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=gridlab_dot_v1_dot_scheduler__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/gridlab.v1.Scheduler/RevokeToken',
+                request_serializer=gridlab_dot_v1_dot_scheduler__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=gridlab_dot_v1_dot_scheduler__pb2.RevokeTokenResponse.FromString,
+                _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/gridlab.v1.Scheduler/WhoAmI',
+                request_serializer=gridlab_dot_v1_dot_scheduler__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=gridlab_dot_v1_dot_scheduler__pb2.WhoAmIResponse.FromString,
+                _registered_method=True)
+        self.SetRunPriority = channel.unary_unary(
+                '/gridlab.v1.Scheduler/SetRunPriority',
+                request_serializer=gridlab_dot_v1_dot_scheduler__pb2.SetRunPriorityRequest.SerializeToString,
+                response_deserializer=gridlab_dot_v1_dot_scheduler__pb2.SetRunPriorityResponse.FromString,
+                _registered_method=True)
+        self.ListRunEvents = channel.unary_unary(
+                '/gridlab.v1.Scheduler/ListRunEvents',
+                request_serializer=gridlab_dot_v1_dot_scheduler__pb2.ListRunEventsRequest.SerializeToString,
+                response_deserializer=gridlab_dot_v1_dot_scheduler__pb2.ListRunEventsResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -152,6 +177,43 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTokens(self, request, context):
+        """Admin only: every token (never the secret: its id, owner, role, team, creation, revocation).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Admin only: revoke a token by its id (or a unique prefix of 8+ characters of it); calls
+        with it fail UNAUTHENTICATED from then on. Idempotent. NOT_FOUND for no match.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WhoAmI(self, request, context):
+        """Who the caller's token says they are, and the server's version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRunPriority(self, request, context):
+        """Change a run's priority (queued or live). Its owner may lower it; raising it is for
+        admins (PERMISSION_DENIED otherwise). FAILED_PRECONDITION on a finished run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRunEvents(self, request, context):
+        """A run's events, oldest first (what `schedctl describe` shows); NOT_FOUND as GetRun.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -199,6 +261,31 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.CreateToken,
                     request_deserializer=gridlab_dot_v1_dot_scheduler__pb2.CreateTokenRequest.FromString,
                     response_serializer=gridlab_dot_v1_dot_scheduler__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=gridlab_dot_v1_dot_scheduler__pb2.ListTokensRequest.FromString,
+                    response_serializer=gridlab_dot_v1_dot_scheduler__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=gridlab_dot_v1_dot_scheduler__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=gridlab_dot_v1_dot_scheduler__pb2.RevokeTokenResponse.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=gridlab_dot_v1_dot_scheduler__pb2.WhoAmIRequest.FromString,
+                    response_serializer=gridlab_dot_v1_dot_scheduler__pb2.WhoAmIResponse.SerializeToString,
+            ),
+            'SetRunPriority': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRunPriority,
+                    request_deserializer=gridlab_dot_v1_dot_scheduler__pb2.SetRunPriorityRequest.FromString,
+                    response_serializer=gridlab_dot_v1_dot_scheduler__pb2.SetRunPriorityResponse.SerializeToString,
+            ),
+            'ListRunEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRunEvents,
+                    request_deserializer=gridlab_dot_v1_dot_scheduler__pb2.ListRunEventsRequest.FromString,
+                    response_serializer=gridlab_dot_v1_dot_scheduler__pb2.ListRunEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -444,6 +531,141 @@ class Scheduler:
             '/gridlab.v1.Scheduler/CreateToken',
             gridlab_dot_v1_dot_scheduler__pb2.CreateTokenRequest.SerializeToString,
             gridlab_dot_v1_dot_scheduler__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gridlab.v1.Scheduler/ListTokens',
+            gridlab_dot_v1_dot_scheduler__pb2.ListTokensRequest.SerializeToString,
+            gridlab_dot_v1_dot_scheduler__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gridlab.v1.Scheduler/RevokeToken',
+            gridlab_dot_v1_dot_scheduler__pb2.RevokeTokenRequest.SerializeToString,
+            gridlab_dot_v1_dot_scheduler__pb2.RevokeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gridlab.v1.Scheduler/WhoAmI',
+            gridlab_dot_v1_dot_scheduler__pb2.WhoAmIRequest.SerializeToString,
+            gridlab_dot_v1_dot_scheduler__pb2.WhoAmIResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRunPriority(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gridlab.v1.Scheduler/SetRunPriority',
+            gridlab_dot_v1_dot_scheduler__pb2.SetRunPriorityRequest.SerializeToString,
+            gridlab_dot_v1_dot_scheduler__pb2.SetRunPriorityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRunEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gridlab.v1.Scheduler/ListRunEvents',
+            gridlab_dot_v1_dot_scheduler__pb2.ListRunEventsRequest.SerializeToString,
+            gridlab_dot_v1_dot_scheduler__pb2.ListRunEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,20 @@ class SchedulerStub:
     """
     CreateToken: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.CreateTokenRequest, _scheduler_pb2.CreateTokenResponse]
     """Admin only: create a token for a user (returned once, stored hashed)."""
+    ListTokens: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListTokensRequest, _scheduler_pb2.ListTokensResponse]
+    """Admin only: every token (never the secret: its id, owner, role, team, creation, revocation)."""
+    RevokeToken: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.RevokeTokenRequest, _scheduler_pb2.RevokeTokenResponse]
+    """Admin only: revoke a token by its id (or a unique prefix of 8+ characters of it); calls
+    with it fail UNAUTHENTICATED from then on. Idempotent. NOT_FOUND for no match.
+    """
+    WhoAmI: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.WhoAmIRequest, _scheduler_pb2.WhoAmIResponse]
+    """Who the caller's token says they are, and the server's version."""
+    SetRunPriority: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.SetRunPriorityRequest, _scheduler_pb2.SetRunPriorityResponse]
+    """Change a run's priority (queued or live). Its owner may lower it; raising it is for
+    admins (PERMISSION_DENIED otherwise). FAILED_PRECONDITION on a finished run.
+    """
+    ListRunEvents: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListRunEventsRequest, _scheduler_pb2.ListRunEventsResponse]
+    """A run's events, oldest first (what `schedctl describe` shows); NOT_FOUND as GetRun."""
 
 @_typing.type_check_only
 class SchedulerAsyncStub(SchedulerStub):
@@ -90,6 +104,20 @@ class SchedulerAsyncStub(SchedulerStub):
     """
     CreateToken: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.CreateTokenRequest, _scheduler_pb2.CreateTokenResponse]  # type: ignore[assignment]
     """Admin only: create a token for a user (returned once, stored hashed)."""
+    ListTokens: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListTokensRequest, _scheduler_pb2.ListTokensResponse]  # type: ignore[assignment]
+    """Admin only: every token (never the secret: its id, owner, role, team, creation, revocation)."""
+    RevokeToken: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.RevokeTokenRequest, _scheduler_pb2.RevokeTokenResponse]  # type: ignore[assignment]
+    """Admin only: revoke a token by its id (or a unique prefix of 8+ characters of it); calls
+    with it fail UNAUTHENTICATED from then on. Idempotent. NOT_FOUND for no match.
+    """
+    WhoAmI: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.WhoAmIRequest, _scheduler_pb2.WhoAmIResponse]  # type: ignore[assignment]
+    """Who the caller's token says they are, and the server's version."""
+    SetRunPriority: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.SetRunPriorityRequest, _scheduler_pb2.SetRunPriorityResponse]  # type: ignore[assignment]
+    """Change a run's priority (queued or live). Its owner may lower it; raising it is for
+    admins (PERMISSION_DENIED otherwise). FAILED_PRECONDITION on a finished run.
+    """
+    ListRunEvents: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListRunEventsRequest, _scheduler_pb2.ListRunEventsResponse]  # type: ignore[assignment]
+    """A run's events, oldest first (what `schedctl describe` shows); NOT_FOUND as GetRun."""
 
 class SchedulerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -171,5 +199,49 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.CreateTokenResponse, _abc.Awaitable[_scheduler_pb2.CreateTokenResponse]]:
         """Admin only: create a token for a user (returned once, stored hashed)."""
+
+    @_abc_1.abstractmethod
+    def ListTokens(
+        self,
+        request: _scheduler_pb2.ListTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ListTokensResponse, _abc.Awaitable[_scheduler_pb2.ListTokensResponse]]:
+        """Admin only: every token (never the secret: its id, owner, role, team, creation, revocation)."""
+
+    @_abc_1.abstractmethod
+    def RevokeToken(
+        self,
+        request: _scheduler_pb2.RevokeTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.RevokeTokenResponse, _abc.Awaitable[_scheduler_pb2.RevokeTokenResponse]]:
+        """Admin only: revoke a token by its id (or a unique prefix of 8+ characters of it); calls
+        with it fail UNAUTHENTICATED from then on. Idempotent. NOT_FOUND for no match.
+        """
+
+    @_abc_1.abstractmethod
+    def WhoAmI(
+        self,
+        request: _scheduler_pb2.WhoAmIRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.WhoAmIResponse, _abc.Awaitable[_scheduler_pb2.WhoAmIResponse]]:
+        """Who the caller's token says they are, and the server's version."""
+
+    @_abc_1.abstractmethod
+    def SetRunPriority(
+        self,
+        request: _scheduler_pb2.SetRunPriorityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.SetRunPriorityResponse, _abc.Awaitable[_scheduler_pb2.SetRunPriorityResponse]]:
+        """Change a run's priority (queued or live). Its owner may lower it; raising it is for
+        admins (PERMISSION_DENIED otherwise). FAILED_PRECONDITION on a finished run.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRunEvents(
+        self,
+        request: _scheduler_pb2.ListRunEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ListRunEventsResponse, _abc.Awaitable[_scheduler_pb2.ListRunEventsResponse]]:
+        """A run's events, oldest first (what `schedctl describe` shows); NOT_FOUND as GetRun."""
 
 def add_SchedulerServicer_to_server(servicer: SchedulerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

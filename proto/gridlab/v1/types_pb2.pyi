@@ -96,7 +96,7 @@ class Resources(_message.Message):
     def __init__(self, nodes: _Optional[int] = ..., gpus: _Optional[int] = ..., gpu_types: _Optional[_Iterable[str]] = ..., min_gpu_memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., procs_per_node: _Optional[int] = ...) -> None: ...
 
 class RunSpec(_message.Message):
-    __slots__ = ("name", "command", "env", "resources", "pool", "labels", "priority", "preemptible", "time_limit", "max_retries", "code_digest", "requirements", "hang_timeout", "workdir")
+    __slots__ = ("name", "command", "env", "resources", "pool", "labels", "priority", "preemptible", "time_limit", "max_retries", "code_digest", "requirements", "hang_timeout", "workdir", "sweep")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,7 @@ class RunSpec(_message.Message):
     REQUIREMENTS_FIELD_NUMBER: _ClassVar[int]
     HANG_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     WORKDIR_FIELD_NUMBER: _ClassVar[int]
+    SWEEP_FIELD_NUMBER: _ClassVar[int]
     name: str
     command: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
@@ -139,7 +140,31 @@ class RunSpec(_message.Message):
     requirements: _containers.RepeatedScalarFieldContainer[str]
     hang_timeout: _duration_pb2.Duration
     workdir: str
-    def __init__(self, name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., pool: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., priority: _Optional[int] = ..., preemptible: _Optional[bool] = ..., time_limit: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_retries: _Optional[int] = ..., code_digest: _Optional[str] = ..., requirements: _Optional[_Iterable[str]] = ..., hang_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., workdir: _Optional[str] = ...) -> None: ...
+    sweep: SweepTrial
+    def __init__(self, name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., pool: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., priority: _Optional[int] = ..., preemptible: _Optional[bool] = ..., time_limit: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_retries: _Optional[int] = ..., code_digest: _Optional[str] = ..., requirements: _Optional[_Iterable[str]] = ..., hang_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., workdir: _Optional[str] = ..., sweep: _Optional[_Union[SweepTrial, _Mapping]] = ...) -> None: ...
+
+class SweepTrial(_message.Message):
+    __slots__ = ("name", "index", "params", "size", "metric", "maximize")
+    class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    MAXIMIZE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    index: int
+    params: _containers.ScalarMap[str, str]
+    size: int
+    metric: str
+    maximize: bool
+    def __init__(self, name: _Optional[str] = ..., index: _Optional[int] = ..., params: _Optional[_Mapping[str, str]] = ..., size: _Optional[int] = ..., metric: _Optional[str] = ..., maximize: _Optional[bool] = ...) -> None: ...
 
 class NodeAssignment(_message.Message):
     __slots__ = ("node_rank", "agent_id", "agent_name", "gpu_uuids", "cpus", "memory_bytes")
