@@ -207,7 +207,7 @@ class Attempt(_message.Message):
     def __init__(self, id: _Optional[str] = ..., run_id: _Optional[str] = ..., number: _Optional[int] = ..., state: _Optional[_Union[AttemptState, str]] = ..., nodes: _Optional[_Iterable[_Union[NodeAssignment, _Mapping]]] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("id", "spec", "state", "user", "team", "pending_reason", "exit_code", "message", "retries_used", "attempts", "created_at", "started_at", "finished_at", "idempotency_key")
+    __slots__ = ("id", "spec", "state", "user", "team", "pending_reason", "exit_code", "message", "retries_used", "attempts", "created_at", "started_at", "finished_at", "idempotency_key", "queue_position")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -222,6 +222,7 @@ class Run(_message.Message):
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
     id: str
     spec: RunSpec
     state: RunState
@@ -236,7 +237,8 @@ class Run(_message.Message):
     started_at: _timestamp_pb2.Timestamp
     finished_at: _timestamp_pb2.Timestamp
     idempotency_key: str
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., state: _Optional[_Union[RunState, str]] = ..., user: _Optional[str] = ..., team: _Optional[str] = ..., pending_reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., retries_used: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    queue_position: int
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., state: _Optional[_Union[RunState, str]] = ..., user: _Optional[str] = ..., team: _Optional[str] = ..., pending_reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., retries_used: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., queue_position: _Optional[int] = ...) -> None: ...
 
 class Gpu(_message.Message):
     __slots__ = ("index", "uuid", "model", "memory_total_bytes", "memory_used_bytes", "utilization", "temperature_c", "compute_capability", "nvlink_peers", "pci_bus_id", "pcie_switch_peers")
