@@ -111,6 +111,8 @@ class Agent:
         self._stopping = False
         self._closing = False  # stopping, and every attempt has ended
         self._session_welcomed = False
+        self.heartbeat_interval = DEFAULT_HEARTBEAT  # the scheduler's call: its Welcome, then any Cadence
+        self._cadence_changed = asyncio.Event()
 
     def _state_dir(self) -> Path:
         path = Path(self.config.state_dir).expanduser()
@@ -240,7 +242,7 @@ class Agent:
             if first.WhichOneof("msg") != "welcome":
                 raise ProtocolError(f"expected a Welcome, got {first.WhichOneof('msg')}")
             welcome = first.welcome
-            interval = from_duration(welcome.heartbeat_interval) or DEFAULT_HEARTBEAT
+            interval = self.heartbeat_interval = from_duration(welcome.heartbeat_interval) or DEFAULT_HEARTBEAT
             self.agent_id = welcome.agent_id
             structlog.contextvars.bind_contextvars(agent_id=welcome.agent_id)
             self._session_welcomed = True
@@ -254,7 +256,7 @@ class Agent:
             )
             tasks = [
                 asyncio.create_task(self._write_loop(call, outbox)),
-                asyncio.create_task(self._heartbeat_loop(outbox, interval)),
+                asyncio.create_task(self._heartbeat_loop(outbox)),
                 asyncio.create_task(self._read_loop(call)),
             ]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -279,9 +281,11 @@ class Agent:
             finally:
                 outbox.task_done()
 
-    async def _heartbeat_loop(self, outbox: asyncio.Queue[agent_pb2.AgentMessage], interval: float) -> None:
+    async def _heartbeat_loop(self, outbox: asyncio.Queue[agent_pb2.AgentMessage]) -> None:
         while True:
-            await asyncio.sleep(interval)
+            self._cadence_changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):  # a new cadence starts a new wait
+                await asyncio.wait_for(self._cadence_changed.wait(), self.heartbeat_interval)
             reap_orphans()  # orphans that re-parented to the agent and exited by themselves
             inventory = await asyncio.to_thread(self.inventory.collect)
             if not self._closing:
@@ -311,6 +315,10 @@ class Agent:
             self._cancel(message.cancel)
         elif kind == "release":
             self._release(message.release.attempt_id)
+        elif kind == "cadence":
+            self.heartbeat_interval = from_duration(message.cadence.heartbeat_interval) or self.heartbeat_interval
+            self._cadence_changed.set()
+            log.info("heartbeat cadence changed", heartbeat_interval=self.heartbeat_interval)
         elif kind == "start":
             attempt = self.attempts.get(message.start.attempt_id)
             if attempt is not None:

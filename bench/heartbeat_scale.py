@@ -1,9 +1,12 @@
 """What do thousands of heartbeating agents cost the scheduler?
 
-A real scheduler process (LocalCluster, heartbeat interval 1 s, timeout 10 s) and, in this
+A real scheduler process (LocalCluster, heartbeat_interval 1 s, timeout 10 s) and, in this
 process, N simulated agents (tests/simagents.py) on their real Connect streams, each sending
-one Heartbeat per second (with its inventory and held attempts, as the real agent does) at a
-random phase. Over a window of `--duration` seconds after every agent is connected:
+Heartbeats (with its inventory and held attempts, as the real agent does) at a random phase,
+at the cadence the scheduler sets: its Welcome's interval, then any Cadence message. With the
+default `heartbeat_max_rate` (1,000/s) the scheduler stretches 5,000 agents' interval to 5 s
+(scheduler/cadence.py, as Nomad does); `--max-rate 0` keeps every agent at one beat per second.
+Over a window of `--duration` seconds after every agent is connected:
 
   scheduler CPU      psutil cpu_times of the scheduler process, before and after, as a
                      fraction of one core
@@ -11,12 +14,13 @@ random phase. Over a window of `--duration` seconds after every agent is connect
                      sim agent saw its stream end
 
 Baseline, measured in the same run: the same agents against a trivial AgentGateway servicer
-in its own process (answers the Hello with a Welcome, then reads and drops every message),
-so the ratio says how much the scheduler adds to the transport's own cost of the stream
-messages. `--busy F` first gives a fraction F of the agents one long-running attempt, so their
-heartbeats carry an attempt status each.
+in its own process (answers the Hello with a Welcome at `--interval`, then reads and drops
+every message), so the ratio per heartbeat says how much the scheduler adds to the
+transport's own cost of the stream messages. `--busy F` first gives a fraction F of the
+agents one long-running attempt, so their heartbeats carry an attempt status each.
 
-    python bench/heartbeat_scale.py                          # 5,000 agents, 60 s
+    python bench/heartbeat_scale.py                          # 5,000 agents, 60 s, cadence scaled
+    python bench/heartbeat_scale.py --max-rate 0             # every agent at 1 Hz: 5,000 beats/s
     python bench/heartbeat_scale.py --agents 500 --duration 10    # a smoke run
     python bench/heartbeat_scale.py --profile                # py-spy the scheduler
 
@@ -53,6 +57,7 @@ from simagents import SimAgents  # noqa: E402
 
 from gridlab.client.localcluster import LocalCluster  # noqa: E402
 from gridlab.common import auth  # noqa: E402
+from gridlab.common.config import SchedulerConfig  # noqa: E402
 from gridlab.common.grpcopts import SERVER_OPTIONS  # noqa: E402
 from gridlab.common.timeutil import duration  # noqa: E402
 from gridlab.v1 import agent_pb2, agent_pb2_grpc, types_pb2  # noqa: E402
@@ -111,7 +116,7 @@ async def measure(
         address,
         token,
         args.agents,
-        heartbeat_interval=args.interval,
+        heartbeat_interval=None,  # the server's cadence: its Welcome, then any Cadence message
         heartbeat_inventory=not args.no_inventory,
         run_time=lambda a: math.inf if a.spec.name.startswith("hold") else 0.0,
         streams_per_channel=args.streams_per_channel,
@@ -146,6 +151,7 @@ async def measure(
         "stream_ends": sum(len(a.failures) for a in sim.agents),
         "reconnects": sum(max(0, a.connects - 1) for a in sim.agents),
         "held": sum(len(a.held) for a in sim.agents),
+        "intervals": sorted(a.interval for a in sim.agents),
         "load": os.getloadavg()[0],
         "sim": sim,
     }
@@ -193,6 +199,7 @@ async def baseline(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 async def against_scheduler(
     args: argparse.Namespace, cluster: LocalCluster, profile: Path | None
 ) -> tuple[dict[str, Any], Counter[str]]:
+    os.environ["GRIDLAB_SCHEDULER_HEARTBEAT_MAX_RATE"] = str(args.max_rate)
     cluster.start_scheduler()
     token = auth.read_secret(cluster.agent_token_file)
     busy = int(args.busy * args.agents)
@@ -230,6 +237,12 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=60.0, help="seconds measured")
     p.add_argument("--interval", type=float, default=1.0, help="heartbeat interval (the scheduler's)")
     p.add_argument("--timeout", type=float, default=10.0, help="the scheduler's heartbeat timeout")
+    p.add_argument(
+        "--max-rate",
+        type=float,
+        default=SchedulerConfig.heartbeat_max_rate,
+        help="the scheduler's heartbeat_max_rate (0: never stretch the cadence; every agent beats at --interval)",
+    )
     p.add_argument("--warmup", type=float, default=3.0, help="seconds after connecting, before measuring")
     p.add_argument("--no-inventory", action="store_true", help="heartbeats without the inventory (smaller)")
     p.add_argument("--busy", type=float, default=0.0, help="fraction of agents holding one long attempt")
@@ -259,8 +272,11 @@ def main() -> None:
         cores = r["server_cpu"] / wall
         rate = r["beats"] / wall
         print()
+        iv = r["intervals"]
         print(
-            f"agents {args.agents}, heartbeat every {args.interval:g} s (timeout {args.timeout:g} s), "
+            f"agents {args.agents}, heartbeat_interval {args.interval:g} s (timeout {args.timeout:g} s), "
+            f"heartbeat_max_rate {args.max_rate:g}/s: the agents beat every {iv[0]:g} to {iv[-1]:g} s "
+            f"(median {iv[len(iv) // 2]:g} s); "
             f"{r['held']} attempts held, inventory in heartbeats: {not args.no_inventory}, measured {wall:.1f} s; "
             f"connected in {r['connect_s']:.1f} s"
         )

@@ -41,6 +41,7 @@ class SchedulerConfig:
     state_dir: str = dataclasses.field(default_factory=lambda: default_state_dir("scheduler"))
     heartbeat_interval: float = 5.0  # seconds between agent heartbeats
     heartbeat_timeout: float = 30.0  # an agent silent this long is lost
+    heartbeat_max_rate: float = 1000.0  # heartbeats/s from all agents at most: bigger clusters beat slower (0: off)
     placement_interval: float = 1.0  # the queue is also retried at least this often
     prepare_timeout: float = 900.0  # a gang whose nodes are not all prepared by then is released whole
     artifact_dir: str = ""  # the content-addressed blob store; default <state_dir>/artifacts

@@ -29,6 +29,7 @@ from gridlab.v1 import agent_pb2, types_pb2
 from . import agentadmin, artifacts, placement, queue, snapshot
 from .auth import ADMIN, AGENT, ROLES, Principal
 from .batch import Batcher
+from .cadence import Cadence, cadence_for, needs_telling, timeout_after_change
 from .convert import run_pb
 from .errors import ApiError, denied, invalid, not_found, precondition
 from .gang import GangTracker, gang_end
@@ -84,6 +85,7 @@ class AgentSession:
     outbox: asyncio.Queue[agent_pb2.SchedulerMessage | None] = field(default_factory=asyncio.Queue)
     closed: bool = False
     draining: bool = False  # the agent is stopping: place nothing new on it
+    cadence: Cadence | None = None  # the heartbeat cadence it was told (Welcome or Cadence)
 
     def send(self, msg: agent_pb2.SchedulerMessage) -> None:
         if not self.closed:
@@ -123,6 +125,7 @@ class Engine:
         self.clock = clock or Clock()
         self.sessions: dict[str, AgentSession] = {}
         self.last_seen: dict[str, float] = {}  # agent name -> monotonic time
+        self.timeouts: dict[str, float] = {}  # agent name -> silence allowed (its cadence's; more while it changes)
         self.events_changed = Notifier()
         self.logs_changed = Notifier()
         self._kick = asyncio.Event()
@@ -761,14 +764,42 @@ class Engine:
             raise
         return session
 
+    def cadence(self) -> Cadence:
+        """The heartbeat cadence for the cluster as it is now (`cadence.cadence_for`)."""
+        c = self.config
+        return cadence_for(len(self.sessions), c.heartbeat_interval, c.heartbeat_timeout, c.heartbeat_max_rate)
+
+    def rescale_heartbeats(self) -> int:
+        """Tell the agents whose cadence is off by half or more the current one; returns how many were told."""
+        wanted = self.cadence()
+        told = 0
+        for session in self.sessions.values():
+            if session.cadence is None or not needs_telling(session.cadence, wanted):
+                continue
+            self.timeouts[session.name] = timeout_after_change(session.cadence, wanted)
+            session.cadence = wanted
+            session.send(
+                agent_pb2.SchedulerMessage(
+                    cadence=agent_pb2.Cadence(
+                        heartbeat_interval=duration(wanted.interval), heartbeat_timeout=duration(wanted.timeout)
+                    )
+                )
+            )
+            told += 1
+        if told:
+            log.info("heartbeat_cadence", agents=told, interval=wanted.interval, timeout=wanted.timeout)
+        return told
+
     def _reconcile_hello(self, session: AgentSession, hello: agent_pb2.Hello) -> None:
         name = session.name
+        session.cadence = cadence = self.cadence()
+        self.timeouts[name] = cadence.timeout
         session.send(
             agent_pb2.SchedulerMessage(
                 welcome=agent_pb2.Welcome(
                     agent_id=session.agent_id,
-                    heartbeat_interval=duration(self.config.heartbeat_interval),
-                    heartbeat_timeout=duration(self.config.heartbeat_timeout),
+                    heartbeat_interval=duration(cadence.interval),
+                    heartbeat_timeout=duration(cadence.timeout),
                 )
             )
         )
@@ -795,6 +826,8 @@ class Engine:
         """Liveness, inventory, draining; and the attempts it lists are reconciled like
         updates, so an end whose update was lost is still released."""
         self._alive(session)
+        if session.cadence is not None and not session.closed:  # a beat on the new cadence: its grace is over
+            self.timeouts[session.name] = session.cadence.timeout
         for status in beat.attempts:
             self._apply_status(session, status, hello=False)
         if beat.HasField("inventory"):
@@ -849,10 +882,11 @@ class Engine:
     def check_liveness(self) -> list[str]:
         """Declare agents silent past the timeout lost and requeue their attempts."""
         now = self.clock.monotonic()
-        lost = [n for n, seen in self.last_seen.items() if now - seen > self.config.heartbeat_timeout]
+        default = self.config.heartbeat_timeout  # agents not heard from since a restart
+        lost = [n for n, seen in self.last_seen.items() if now - seen > self.timeouts.get(n, default)]
         for name in lost:
             del self.last_seen[name]
-            silent = self.config.heartbeat_timeout
+            silent = self.timeouts.pop(name, default)
             with self.store.transaction() as conn:
                 conn.execute(
                     "UPDATE agents SET state = 'LOST', last_seen = ? WHERE name = ?",
@@ -1174,6 +1208,7 @@ class Engine:
         self.check_gangs()
         self.check_time_limits()
         agentadmin.check_drains(self)
+        self.rescale_heartbeats()
 
     async def liveness_loop(self) -> None:
         period = max(0.05, min(1.0, self.config.heartbeat_interval / 2))

@@ -219,6 +219,8 @@ class SimAgent:
         self.connects = 0  # Welcomes received
         self.failures: list[str] = []  # why each stream ended, when it ended badly
         self.heartbeats_sent = 0
+        self.cadences = 0  # Cadence messages heeded
+        self.interval = 0.0  # seconds between its heartbeats now
         self.draining = False
         self._stub: agent_pb2_grpc.AgentGatewayStub | None = None
         self._outbox: _Outbox | None = None
@@ -311,6 +313,7 @@ class SimAgent:
             self.connects += 1
             self.welcomed.set()
             self.owner._on_welcome(self)
+            self.interval = interval
             self._arm_beat(interval, first=True)
             while True:
                 message = await call.read()
@@ -380,6 +383,13 @@ class SimAgent:
             self._cancel(message.cancel)
         elif kind == "release":
             self._release(message.release.attempt_id)
+        elif kind == "cadence":
+            if self.owner.heartbeat_interval is None:  # else the harness forces its own interval
+                self.cadences += 1
+                self.owner.cadences += 1
+                self._cancel_beat()
+                self.interval = message.cadence.heartbeat_interval.ToNanoseconds() / 1e9 or 5.0
+                self._arm_beat(self.interval, first=True)
         elif kind == "start":
             held = self.held.get(message.start.attempt_id)
             if held is not None and not held.started and held.status.state not in ENDED:
@@ -593,6 +603,7 @@ class SimAgents:
         self.messages_in = 0
         self.messages_out = 0
         self.heartbeats_sent = 0
+        self.cadences = 0
         self.heartbeat_lag_max = 0.0  # latest a heartbeat timer fired: the process was too busy
         self.on_assign: Callable[[AttemptRecord], None] | None = None
         self.on_release: Callable[[AttemptRecord], None] | None = None
@@ -819,5 +830,6 @@ class SimAgents:
             "messages_in": self.messages_in,
             "messages_out": self.messages_out,
             "heartbeats_sent": self.heartbeats_sent,
+            "cadences": self.cadences,
             "heartbeat_lag_max_s": round(self.heartbeat_lag_max, 3),
         }

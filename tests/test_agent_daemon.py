@@ -565,3 +565,26 @@ def test_draining_waits_out_a_long_backlog_while_acks_progress_and_gives_up_on_a
         assert time.monotonic() - t0 < 2
 
     arun(go())
+
+
+def test_the_agent_beats_at_the_cadence_the_scheduler_sets(tmp_path: Path) -> None:
+    """The Welcome's interval (0.1 s here), then a Cadence message's: the next beat goes at once and the
+    following ones at the new pace."""
+
+    async def go() -> None:
+        gw = FakeGateway()
+        server, port = await start_server(gw)
+        agent = make_agent(tmp_path, port)
+        run = asyncio.create_task(agent.run())
+        await until(lambda: len(gw.heartbeats()) >= 3, what="heartbeats at the Welcome's pace")
+        gw.send(cadence=agent_pb2.Cadence(heartbeat_interval=duration(1.0), heartbeat_timeout=duration(6.0)))
+        await until(lambda: agent.heartbeat_interval == 1.0, what="the new cadence")
+        await asyncio.sleep(0.3)  # the beat the change set off has gone
+        n = len(gw.heartbeats())
+        await asyncio.sleep(1.5)
+        assert 1 <= len(gw.heartbeats()) - n <= 2  # at 0.1 s it would be about 15
+        agent.request_stop()
+        assert await run == EXIT_OK
+        await server.stop(None)
+
+    arun(go())

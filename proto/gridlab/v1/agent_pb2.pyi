@@ -163,18 +163,28 @@ class ReleaseAttempt(_message.Message):
     def __init__(self, attempt_id: _Optional[str] = ...) -> None: ...
 
 class SchedulerMessage(_message.Message):
-    __slots__ = ("welcome", "assign", "cancel", "release", "start")
+    __slots__ = ("welcome", "assign", "cancel", "release", "start", "cadence")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ASSIGN_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
+    CADENCE_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     assign: Assignment
     cancel: CancelAttempt
     release: ReleaseAttempt
     start: StartAttempt
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assign: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelAttempt, _Mapping]] = ..., release: _Optional[_Union[ReleaseAttempt, _Mapping]] = ..., start: _Optional[_Union[StartAttempt, _Mapping]] = ...) -> None: ...
+    cadence: Cadence
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assign: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelAttempt, _Mapping]] = ..., release: _Optional[_Union[ReleaseAttempt, _Mapping]] = ..., start: _Optional[_Union[StartAttempt, _Mapping]] = ..., cadence: _Optional[_Union[Cadence, _Mapping]] = ...) -> None: ...
+
+class Cadence(_message.Message):
+    __slots__ = ("heartbeat_interval", "heartbeat_timeout")
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    heartbeat_interval: _duration_pb2.Duration
+    heartbeat_timeout: _duration_pb2.Duration
+    def __init__(self, heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., heartbeat_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class PushLogsRequest(_message.Message):
     __slots__ = ("agent_name", "lines")
