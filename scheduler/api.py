@@ -12,7 +12,7 @@ import grpc
 from gridlab.common.timeutil import from_duration, ts
 from gridlab.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2
 
-from . import agentadmin, auth
+from . import agentadmin, auth, runadmin
 from .batch import Batcher
 from .convert import event_pb, single_lines
 from .engine import Engine
@@ -103,7 +103,9 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
 
         def list_runs() -> scheduler_pb2.ListRunsResponse:
             states = [_state_word(s) for s in request.states]
-            runs, token = self.engine.list_runs(who, states, request.user, request.limit, request.page_token)
+            runs, token = self.engine.list_runs(
+                who, states, request.user, request.limit, request.page_token, sweep=request.sweep, pool=request.pool
+            )
             return scheduler_pb2.ListRunsResponse(runs=runs, next_page_token=token)
 
         return await call(context, list_runs)
@@ -218,4 +220,40 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             context,
             lambda: self.engine.create_token(request.user, request.role or "user", request.team),
         )
-        return scheduler_pb2.CreateTokenResponse(token=token)
+        return scheduler_pb2.CreateTokenResponse(token=token, token_id=runadmin.token_id(token))
+
+    async def ListTokens(self, request: Any, context: Any) -> scheduler_pb2.ListTokensResponse:
+        who = auth.current()
+        infos = await call(context, runadmin.list_tokens, self.engine, who)
+        return scheduler_pb2.ListTokensResponse(tokens=infos)
+
+    async def RevokeToken(self, request: Any, context: Any) -> scheduler_pb2.RevokeTokenResponse:
+        who = auth.current()
+        info = await call(
+            context, runadmin.revoke_token, self.engine, who, request.token_id, batcher=self.engine.batcher
+        )
+        return scheduler_pb2.RevokeTokenResponse(token=info)
+
+    async def WhoAmI(self, request: Any, context: Any) -> scheduler_pb2.WhoAmIResponse:
+        who = auth.current()
+        return scheduler_pb2.WhoAmIResponse(
+            user=who.user, role=who.role, team=who.team, server_version=runadmin.server_version()
+        )
+
+    async def SetRunPriority(self, request: Any, context: Any) -> scheduler_pb2.SetRunPriorityResponse:
+        who = auth.current()
+        run = await call(
+            context,
+            runadmin.set_run_priority,
+            self.engine,
+            who,
+            request.run_id,
+            request.priority,
+            batcher=self.engine.batcher,
+        )
+        return scheduler_pb2.SetRunPriorityResponse(run=run)
+
+    async def ListRunEvents(self, request: Any, context: Any) -> scheduler_pb2.ListRunEventsResponse:
+        who = auth.current()
+        events = await call(context, runadmin.list_run_events, self.engine, who, request.run_id)
+        return scheduler_pb2.ListRunEventsResponse(events=events)

@@ -29,6 +29,8 @@ SERVICE_ROLES = {
 }
 METHOD_ROLES = {
     "/gridlab.v1.Scheduler/CreateToken": frozenset({ADMIN}),
+    "/gridlab.v1.Scheduler/ListTokens": frozenset({ADMIN}),
+    "/gridlab.v1.Scheduler/RevokeToken": frozenset({ADMIN}),
     "/gridlab.v1.Scheduler/SetAgentState": frozenset({ADMIN}),
     "/gridlab.v1.Artifacts/RecordCheckpoint": frozenset({AGENT}),
     "/gridlab.v1.Artifacts/RecordArtifacts": frozenset({AGENT}),

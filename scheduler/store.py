@@ -19,11 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
+from google.protobuf.message import DecodeError
+
+from gridlab.v1 import types_pb2
 
 if TYPE_CHECKING:
     from .logstore import LogStore
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 def _migrate_1(db: sqlite_utils.Database) -> None:
@@ -265,6 +268,24 @@ def _migrate_7(db: sqlite_utils.Database) -> None:
     db["attempt_nodes"].create_index(["state"])  # type: ignore[union-attr]
 
 
+def _migrate_8(db: sqlite_utils.Database) -> None:
+    # ListRuns filters by a run's sweep (RunSpec.sweep.name) and pool (RunSpec.pool): copies of them out of
+    # the spec blob, so the filter is a WHERE clause (sweep by index, newest first) rather than a parse of
+    # every spec. Existing runs are backfilled from their blobs; `Engine.submit` fills new ones.
+    db.conn.execute("ALTER TABLE runs ADD COLUMN sweep TEXT NOT NULL DEFAULT ''")
+    db.conn.execute("ALTER TABLE runs ADD COLUMN pool TEXT NOT NULL DEFAULT ''")
+    db.conn.execute("CREATE INDEX runs_sweep ON runs (sweep, id)")
+    updates = []
+    for row in db.conn.execute("SELECT id, spec FROM runs"):
+        try:
+            spec = types_pb2.RunSpec.FromString(row[1] or b"")
+        except DecodeError:  # a damaged blob must not keep the scheduler from starting: it just filters as ''
+            continue
+        if spec.sweep.name or spec.pool:
+            updates.append((spec.sweep.name, spec.pool, row[0]))
+    db.conn.executemany("UPDATE runs SET sweep = ?, pool = ? WHERE id = ?", updates)
+
+
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     1: _migrate_1,
     2: _migrate_2,
@@ -273,6 +294,7 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     5: _migrate_5,
     6: _migrate_6,
     7: _migrate_7,
+    8: _migrate_8,
 }
 
 

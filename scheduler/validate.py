@@ -32,6 +32,11 @@ MAX_LABELS = 64
 MAX_LABEL_KEY = 128
 MAX_LABEL_VALUE = 256
 MAX_TIME_LIMIT = 365 * 86_400  # seconds
+MAX_SWEEP_NAME = 128
+MAX_SWEEP_PARAMS = 64
+MAX_SWEEP_KEY = 100  # as client/sweeps.py's parameter names
+MAX_SWEEP_VALUE = 1000
+MAX_SWEEP_METRIC = 200
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _POOL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -136,6 +141,38 @@ def _check_time_limit(spec: types_pb2.RunSpec) -> None:
         raise SpecError(f"time_limit is {seconds:g}s; the limit is {MAX_TIME_LIMIT}s (365 days)")
 
 
+def _check_sweep(spec: types_pb2.RunSpec) -> None:
+    """A sweep trial: its name is what ListRuns filters on and its params what `schedctl` shows, so both are
+    kept short and plain; the index places the trial in its sweep."""
+    if not spec.HasField("sweep"):
+        return
+    sweep = spec.sweep
+    if not sweep.name or len(sweep.name) > MAX_SWEEP_NAME or not sweep.name.isprintable():
+        raise SpecError(
+            f"sweep.name {sweep.name[:50]!r} must be 1 to {MAX_SWEEP_NAME} printable characters "
+            "(the sweep's id, shared by its trials), or leave sweep unset"
+        )
+    if sweep.index < 0:
+        raise SpecError(f"sweep.index is {sweep.index}: trials are numbered from 0")
+    if sweep.size < 0:
+        raise SpecError(f"sweep.size is {sweep.size}: give the sweep's number of trials, or 0 if unknown")
+    if sweep.size > 0 and sweep.index >= sweep.size:
+        raise SpecError(f"sweep.index is {sweep.index} but sweep.size is {sweep.size}: the index must be below it")
+    if len(sweep.params) > MAX_SWEEP_PARAMS:
+        raise SpecError(f"sweep.params has {len(sweep.params)} parameters; the limit is {MAX_SWEEP_PARAMS}")
+    for key, value in sweep.params.items():
+        if len(key) > MAX_SWEEP_KEY or not _ENV_KEY.match(key):
+            raise SpecError(
+                f"sweep.params key {key[:50]!r} must be an identifier ([A-Za-z_][A-Za-z0-9_]*) "
+                f"of at most {MAX_SWEEP_KEY} characters"
+            )
+        if len(value) > MAX_SWEEP_VALUE:
+            raise SpecError(f"sweep.params[{key}] is {len(value)} characters; the limit is {MAX_SWEEP_VALUE}")
+        _no_nul(f"sweep.params[{key}]", value)
+    if len(sweep.metric) > MAX_SWEEP_METRIC or not sweep.metric.isprintable():
+        raise SpecError(f"sweep.metric must be at most {MAX_SWEEP_METRIC} printable characters")
+
+
 def normalize(spec: types_pb2.RunSpec) -> None:
     """Validate `spec` and fill its defaults. Raises SpecError."""
     if not spec.command:
@@ -186,6 +223,7 @@ def normalize(spec: types_pb2.RunSpec) -> None:
         except ValueError as exc:
             raise SpecError(str(exc)) from None
     _check_bundle(spec)
+    _check_sweep(spec)
     if spec.hang_timeout.ToNanoseconds() < 0:
         raise SpecError("hang_timeout is negative: give a positive duration, or none for no watchdog")
 
