@@ -203,6 +203,10 @@ class Engine:
         self._token_cache[digest] = who
         return who
 
+    def forget_token(self, digest: str) -> None:
+        """Drop a token (by its stored hash) from the cache: after a revoke, the next call looks it up again."""
+        self._token_cache.pop(digest, None)
+
     # ---------------------------------------------------------------- helpers
 
     def _event(
@@ -264,8 +268,8 @@ class Engine:
         now = self.clock.time()
         with self.store.transaction() as conn:
             conn.execute(
-                "INSERT INTO runs (id, user, team, name, spec, state, priority, max_retries, "
-                "idempotency_key, created_at, pending_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO runs (id, user, team, name, spec, state, priority, max_retries, idempotency_key, "
+                "created_at, pending_reason, sweep, pool) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id,
                     who.user,
@@ -278,6 +282,8 @@ class Engine:
                     idempotency_key or None,
                     now,
                     "Priority: waiting for the scheduler's next pass",
+                    spec.sweep.name,
+                    spec.pool,
                 ),
             )
             self._event(conn, run_id, "", "submitted", RunState.QUEUED, f"submitted by {who.user}")
@@ -287,8 +293,18 @@ class Engine:
         return run_id, False
 
     def list_runs(
-        self, who: Principal, states: Iterable[str], user: str, limit: int, page_token: str
+        self,
+        who: Principal,
+        states: Iterable[str],
+        user: str,
+        limit: int,
+        page_token: str,
+        *,
+        sweep: str = "",
+        pool: str = "",
     ) -> tuple[list[types_pb2.Run], str]:
+        """A page of runs, newest first: the caller's (or `user`'s, or everyone's for an admin), narrowed by
+        state, sweep name and pool (all ANDed); `page_token` is the last id of the page before."""
         if limit < 0:
             raise invalid(f"limit is {limit}: it must be 0 (default 100) or more")
         limit = min(limit or 100, 1000)
@@ -302,6 +318,10 @@ class Engine:
         if state_list:
             where.append("state IN (" + ",".join("?" * len(state_list)) + ")")
             params.extend(state_list)
+        for column, value in (("sweep", sweep), ("pool", pool)):
+            if value:
+                where.append(f"{column} = ?")
+                params.append(value)
         if page_token:
             where.append("id < ?")
             params.append(page_token)
