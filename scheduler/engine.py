@@ -138,6 +138,7 @@ class Engine:
         self._specs: dict[str, types_pb2.RunSpec] = {}  # run id -> spec, while queued or live
         self._views = snapshot.ViewCache(config.burst_pools)  # each agent's static view, rebuilt when it changes
         self._fit_index = placement.FitIndex()  # which agents fit which request shapes, kept across passes
+        self.queue_positions: dict[str, int] = {}  # queued run -> its place in the last pass's order (1-based)
         self._stopping: dict[str, str] = {}  # attempt being preempted -> the run it makes room for
         self._timed_out: set[str] = set()  # attempts stopped at their run's time limit: they end for good
         self.usage: dict[str, Usage] = self._load_usage()
@@ -238,7 +239,12 @@ class Engine:
     def run_message(self, run_id: str) -> types_pb2.Run:
         row = self._run_row(run_id)
         assert row is not None  # noqa: S101 - callers pass ids they just read
-        return run_pb(self.store, row)
+        return self._with_position(run_pb(self.store, row))
+
+    def _with_position(self, run: types_pb2.Run) -> types_pb2.Run:
+        if run.state == types_pb2.RUN_STATE_QUEUED:
+            run.queue_position = self.queue_positions.get(run.id, 0)
+        return run
 
     def kick(self) -> None:
         self._kick.set()
@@ -332,7 +338,7 @@ class Engine:
         rows = self.store.all(sql, (*params, limit + 1))
         more = len(rows) > limit
         rows = rows[:limit]
-        runs = [run_pb(self.store, r) for r in rows]
+        runs = [self._with_position(run_pb(self.store, r)) for r in rows]
         return runs, (rows[-1]["id"] if more else "")
 
     def cancel(self, who: Principal, run_id: str, grace: float | None, reason: str) -> None:
@@ -1063,6 +1069,7 @@ class Engine:
             "SELECT id, user, team, priority, created_at, pending_reason FROM runs WHERE state = 'QUEUED'"
         )
         if not rows:
+            self.queue_positions = {}
             return 0
         now = self.clock.time()
         by_id = {r["id"]: r for r in rows}
@@ -1083,6 +1090,10 @@ class Engine:
             index=self._fit_index,
         )
         started = self._commit_all(plan.placements, specs)
+        placed = {p.run_id for p in plan.placements}
+        self.queue_positions = {
+            run_id: i for i, run_id in enumerate((e.run_id for e in ordered if e.run_id not in placed), 1)
+        }
         for run_id, victims in plan.preempt:
             self._preempt(run_id, victims)
         changed = [(why, rid) for rid, why in plan.pending.items() if by_id[rid]["pending_reason"] != why]

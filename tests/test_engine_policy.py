@@ -119,3 +119,18 @@ def test_a_team_quota_holds_its_runs_with_a_reason(tmp_path: Path) -> None:
     assert run_state(engine, a) == "STARTING"
     reason = engine.store.one("SELECT pending_reason FROM runs WHERE id = ?", (b,))[0]
     assert reason == "Quota: team vision at 2/2 GPUs"
+
+
+def test_queued_runs_carry_their_place_in_the_last_pass_order(tmp_path: Path) -> None:
+    engine = make(tmp_path)
+    session = hello(engine, gpus=1)
+    drain(session)
+    first, _ = engine.submit(BOB, job(1), "")
+    low, _ = engine.submit(BOB, job(1), "")
+    high, _ = engine.submit(ALICE, job(1, priority=5), "")
+    assert engine.run_message(low).queue_position == 0  # no pass has ordered it yet
+    assert engine.place_once() == 1  # the high-priority run takes the only GPU
+    positions = {r.id: r.queue_position for r in engine.list_runs(ALICE, [], "", 100, "")[0]}
+    assert engine.run_message(high).queue_position == 0  # not queued any more
+    assert [engine.run_message(r).queue_position for r in (first, low)] == [1, 2]
+    assert positions.get(high, 0) == 0
