@@ -8,7 +8,7 @@ second, and stretches the timeout by the same factor, so an agent is still decla
 after the same number of missed beats. A small cluster keeps the configured cadence.
 
 Agents learn the cadence in their Welcome, and in a `Cadence` message when the cluster has
-grown or shrunk enough (by half or more: not on every join) to change it. Right after a
+grown or shrunk enough (by a quarter or more, or halved: not on every join) to change it. Right after a
 change the scheduler gives each agent the longer of the two timeouts plus one old interval,
 since the agent may be asleep on its old interval when the news arrives.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-RESCALE_UP = 1.5  # tell agents when the wanted interval grew this much...
+RESCALE_UP = 1.25  # tell agents when the wanted interval grew this much...
 RESCALE_DOWN = 0.5  # ...or shrank to this fraction of what they were told
 
 

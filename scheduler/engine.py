@@ -796,7 +796,7 @@ class Engine:
         return cadence_for(len(self.sessions), c.heartbeat_interval, c.heartbeat_timeout, c.heartbeat_max_rate)
 
     def rescale_heartbeats(self) -> int:
-        """Tell the agents whose cadence is off by half or more the current one; returns how many were told."""
+        """Tell the agents whose cadence is off (cadence.needs_telling) the current one; returns how many were told."""
         wanted = self.cadence()
         told = 0
         for session in self.sessions.values():

@@ -22,10 +22,10 @@ def test_small_clusters_keep_the_configured_cadence_and_big_ones_stretch_it() ->
     assert cadence_for(0, 1.0, 6.0, 1000) == Cadence(1.0, 6.0)
 
 
-def test_agents_hear_of_a_new_cadence_only_when_it_moves_by_half() -> None:
+def test_agents_hear_of_a_new_cadence_only_when_it_grows_by_a_quarter_or_halves() -> None:
     told = Cadence(4.0, 24.0)
-    assert not needs_telling(told, Cadence(5.0, 30.0))
-    assert needs_telling(told, Cadence(6.0, 36.0))
+    assert not needs_telling(told, Cadence(4.9, 29.4))
+    assert needs_telling(told, Cadence(5.0, 30.0))
     assert not needs_telling(told, Cadence(2.5, 15.0))
     assert needs_telling(told, Cadence(2.0, 12.0))
     # While an agent may still sleep on its old interval it is not held to the new, shorter timeout.
