@@ -138,7 +138,7 @@ def set_run_priority(engine: Engine, who: Principal, run_id: str, priority: int)
             (priority, spec.SerializeToString(deterministic=True), run_id),
         )
         engine._event(conn, run_id, "", "priority", state, message)
-    engine._specs.pop(run_id, None)  # parsed again from the new blob when placement next needs it
+    engine.forget_spec(run_id)  # parsed again from the new blob when placement next needs it
     log.info("run_priority_changed", run_id=run_id, old=old, new=priority, by=who.user)
     engine.events_changed.notify()
     engine.kick()
