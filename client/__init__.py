@@ -3,8 +3,10 @@
 Example:
     >>> from gridlab.client import submit
     >>> run = submit("python train.py", gpus=1)  # address and token from the environment
-    >>> run.wait().state
+    >>> run.wait().state  # raises RunFailed if the run fails
     'SUCCEEDED'
+    >>> sweep = submit(entrypoint="train.py", resources="4xA100", sweep={"lr": "[0.1,0.01]"}, metric="val_loss")
+    >>> sweep.wait(); sweep.best()
 """
 
 from gridlab.client.errors import (
@@ -17,19 +19,26 @@ from gridlab.client.errors import (
     NotFound,
     PermissionDenied,
     ResourceExhausted,
+    RunCancelled,
+    RunEndedBadly,
+    RunFailed,
     Unauthenticated,
     Unavailable,
     from_rpc_error,
 )
+from gridlab.client.resources import Resources, parse_resources
 from gridlab.client.sdk import (
     STATES,
     Client,
+    Metric,
     Run,
     RunStatus,
     build_spec,
     default_client,
     submit,
 )
+from gridlab.client.sweep_sdk import Sweep
+from gridlab.client.sweeps import SweepError
 
 __all__ = [
     "STATES",
@@ -40,15 +49,23 @@ __all__ = [
     "FailedPrecondition",
     "GridlabError",
     "InvalidArgument",
+    "Metric",
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
+    "Resources",
     "Run",
+    "RunCancelled",
+    "RunEndedBadly",
+    "RunFailed",
     "RunStatus",
+    "Sweep",
+    "SweepError",
     "Unauthenticated",
     "Unavailable",
     "build_spec",
     "default_client",
     "from_rpc_error",
+    "parse_resources",
     "submit",
 ]

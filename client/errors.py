@@ -7,7 +7,12 @@ place a status code becomes an exception class.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import grpc
+
+if TYPE_CHECKING:
+    from gridlab.client.sdk import RunStatus
 
 
 class GridlabError(Exception):
@@ -87,6 +92,35 @@ class DeadlineExceeded(GridlabError):
     """The scheduler did not answer within the call's deadline (DEADLINE_EXCEEDED)."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class RunEndedBadly(GridlabError):
+    """`Run.wait` saw the run end without succeeding; `status` is its final `RunStatus`.
+
+    Example:
+        >>> try:
+        ...     run.wait()
+        ... except RunEndedBadly as err:
+        ...     print(err.status.state, err.status.exit_code)
+        FAILED 3
+
+    Attributes:
+        run_id: The run's id.
+        status: The final `gridlab.client.RunStatus` (state, exit code, message).
+    """
+
+    def __init__(self, message: str, *, run_id: str, status: RunStatus) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.status = status
+
+
+class RunFailed(RunEndedBadly):
+    """The run ended FAILED: its command exited non-zero (retries spent), could not start, or ran past its limit."""
+
+
+class RunCancelled(RunEndedBadly):
+    """The run ended CANCELLED: someone (or a sweep's `cancel`) stopped it."""
 
 
 _BY_CODE: dict[grpc.StatusCode, type[GridlabError]] = {

@@ -30,21 +30,29 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Se
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, overload
 
 import grpc
 
+from gridlab.client import artifacts as _artifacts
 from gridlab.client.bundles import upload_bundle
 from gridlab.client.errors import (
     ClientConfigError,
     DeadlineExceeded,
     GridlabError,
+    NotFound,
+    RunCancelled,
+    RunFailed,
     Unauthenticated,
     Unavailable,
     from_rpc_error,
 )
+from gridlab.client.resources import Resources, parse_resources
 from gridlab.common import auth, grpcopts, timeutil
 from gridlab.v1 import artifacts_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, types_pb2
+
+if TYPE_CHECKING:
+    from gridlab.client.sweep_sdk import Sweep
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -56,6 +64,12 @@ T = TypeVar("T")
 ADDRESS_ENV = "GRIDLAB_ADDRESS"
 TOKEN_ENV = "GRIDLAB_TOKEN"  # noqa: S105 - a variable name, not a secret
 CONFIG_KEYS = ("address", "token", "token_file")
+# Where `gridlab-scheduler` keeps its state (and admin.token) without --state-dir; named in messages.
+_DEFAULT_SCHEDULER_STATE = "~/.local/share/gridlab/scheduler"
+_START_HINT = (
+    "No scheduler yet? Start one with `gridlab-scheduler --state-dir DIR` (it listens on 127.0.0.1:7070), "
+    "or run `make demo` in a gridlab checkout for a scheduler and an agent on this machine"
+)
 
 # State words as users read and type them (the enum names without their prefix).
 STATES = ("QUEUED", "STARTING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
@@ -175,13 +189,15 @@ def resolve_settings(
     if "address" not in found:
         raise ClientConfigError(
             "no scheduler address: pass --address (or Client(address=...)), "
-            f'set {ADDRESS_ENV}=host:7070, or add address = "host:7070" to {path}'
+            f'set {ADDRESS_ENV}=host:7070, or add address = "host:7070" to {path}. {_START_HINT}'
         )
     if "token" not in found:
         raise ClientConfigError(
-            "no token: pass --token (or Client(token=...)), "
-            f'set {TOKEN_ENV}, or add token_file = "/path/to/token" to {path} '
-            "(an admin creates tokens with `schedctl token create --user NAME`)"
+            f"no token: looked for the token argument (--token, Client(token=...)), ${TOKEN_ENV}, and token or "
+            f"token_file in {path}. A scheduler's first start writes an admin token to admin.token in its state "
+            f"dir (by default {_DEFAULT_SCHEDULER_STATE}/admin.token): export {TOKEN_ENV}=$(cat DIR/admin.token) "
+            f'or add token_file = "DIR/admin.token" to {path}; an admin creates tokens for others with '
+            "`schedctl tokens create --user NAME`"
         )
     return Settings(
         address=found["address"][0],
@@ -362,24 +378,26 @@ def _duration_text(text: str) -> float | None:
 
 
 def build_spec(
-    command: str | Iterable[str],
+    command: str | Iterable[str] | None = None,
     *,
+    entrypoint: str | os.PathLike[str] | Sequence[str] | None = None,
+    resources: str | None = None,
     gpus: int = 0,
     cpus: float = 1,
     nodes: int = 1,
-    procs_per_node: int = 0,
+    procs_per_node: int | None = 0,
     env: Mapping[str, str] | None = None,
     name: str | None = None,
     max_retries: int = 0,
     hang_timeout: float | timedelta | None = None,
-    requirements: Sequence[str] = (),
+    requirements: Sequence[str] | None = (),
     gpu_type: str | Sequence[str] | None = None,
     min_gpu_memory: float | str | None = None,
     memory: float | str | None = None,
     pool: str | None = None,
     labels: Mapping[str, str] | None = None,
     priority: int = 0,
-    preemptible: bool = False,
+    preemptible: bool | None = False,
     time_limit: float | timedelta | str | None = None,
 ) -> types_pb2.RunSpec:
     """The `RunSpec` that `Client.submit` sends, without sending it (a dry run).
@@ -390,15 +408,23 @@ def build_spec(
         >>> spec = build_spec("python train.py", gpus=4, gpu_type=["A100", "H100"], min_gpu_memory="40GB")
         >>> list(spec.resources.gpu_types), spec.resources.min_gpu_memory_bytes
         (['A100', 'H100'], 40000000000)
+        >>> spec = build_spec(entrypoint="train.py", resources="2x4xA100-40G")
+        >>> list(spec.command), spec.resources.nodes, spec.resources.gpus, list(spec.resources.gpu_types)
+        (['python', 'train.py'], 2, 4, ['A100'])
 
     Args:
         command: An argv list, or a string split the way a shell would (`shlex`); it is
-            run without a shell.
+            run without a shell. Give this or `entrypoint`.
+        entrypoint: A Python file to run, "train.py" meaning `python train.py` (a list adds its
+            arguments: ["train.py", "--epochs", "3"]). Give this or `command`.
+        resources: The compact form of nodes, gpus, gpu_type and min_gpu_memory: "2x4xA100-40G"
+            is 2 nodes x 4 A100s of at least 40 GB (see `parse_resources`). It cannot be combined
+            with any of those four set to something other than its default.
         gpus: GPUs per node.
         cpus: CPU cores per node.
         nodes: Machines the run spans; every node gets `gpus` GPUs and starts `procs_per_node`
             ranks, all in one torch.distributed group (a gang: all nodes start, or none).
-        procs_per_node: Ranks per node; 0 means one per GPU, or one for a CPU run.
+        procs_per_node: Ranks per node; 0 (or None) means one per GPU, or one for a CPU run.
         env: Extra environment variables for every rank.
         name: A name to recognise the run by; need not be unique.
         max_retries: How many times a failed attempt (non-zero exit, or hung) is retried.
@@ -416,7 +442,7 @@ def build_spec(
         labels: Only agents whose labels hold every one of these pairs ({"zone": "b"}).
         priority: Higher runs are placed first and may preempt lower preemptible ones.
         preemptible: The scheduler may stop this run for a higher-priority one; it is
-            requeued (no retry spent) and resumes from its last checkpoint.
+            requeued (no retry spent) and resumes from its last checkpoint. None means False.
         time_limit: The longest the run may run: seconds, a timedelta, or a string ("2h",
             "90m", "1-12:00:00"; see `parse_duration`). Runs with a limit can backfill
             into holes the scheduler keeps for bigger runs. None for no limit.
@@ -426,10 +452,21 @@ def build_spec(
 
     Raises:
         TypeError: An argument has the wrong type; the message names it.
-        ValueError: A size or duration string that cannot be read, a negative size or
-            duration, or a blank GPU model. Other values are checked by the scheduler.
+        ValueError: Both or neither of `command` and `entrypoint`; a resource, size or duration
+            string that cannot be read; `resources` together with one of the values it sets; a
+            negative size or duration, or a blank GPU model. Other values are checked by the scheduler.
     """
-    argv = _argv(command)
+    argv = _command_argv(command, entrypoint)
+    if resources is not None:
+        nodes, gpus, gpu_type, min_gpu_memory = _apply_resources(
+            resources, nodes=nodes, gpus=gpus, gpu_type=gpu_type, min_gpu_memory=min_gpu_memory
+        )
+    if procs_per_node is None:
+        procs_per_node = 0
+    if preemptible is None:
+        preemptible = False
+    if requirements is None:
+        requirements = ()
     _check("gpus", gpus, int, "an int")
     _check("cpus", cpus, (int, float), "a number")
     _check("nodes", nodes, int, "an int")
@@ -485,6 +522,50 @@ def build_spec(
     if time_limit is not None:
         spec.time_limit.CopyFrom(timeutil.duration(parse_duration(time_limit, "time_limit")))
     return spec
+
+
+def _command_argv(
+    command: str | Iterable[str] | None, entrypoint: str | os.PathLike[str] | Sequence[str] | None
+) -> list[str]:
+    """The argv of a run: `command` as given, or `python <entrypoint>`; exactly one of them."""
+    if command is not None and entrypoint is not None:
+        raise ValueError(f"give a command or an entrypoint, not both (command={command!r}, entrypoint={entrypoint!r})")
+    if entrypoint is None:
+        if command is None:
+            raise ValueError("nothing to run: give a command (['python', 'train.py']) or an entrypoint ('train.py')")
+        return _argv(command)
+    if isinstance(entrypoint, str | os.PathLike):
+        path = os.fspath(entrypoint)
+        if not isinstance(path, str) or not path.strip():
+            raise ValueError(f"entrypoint must name a Python file like 'train.py', got {entrypoint!r}")
+        return ["python", path]
+    args = _argv(entrypoint)
+    if not args or not args[0].strip():
+        raise ValueError(f"entrypoint must name a Python file like 'train.py', got {entrypoint!r}")
+    return ["python", *args]
+
+
+def _apply_resources(
+    text: str,
+    *,
+    nodes: int,
+    gpus: int,
+    gpu_type: str | Sequence[str] | None,
+    min_gpu_memory: float | str | None,
+) -> tuple[int, int, str | Sequence[str] | None, float | str | None]:
+    """(nodes, gpus, gpu_type, min_gpu_memory) from a resource string, refusing a value also set on its own."""
+    parsed: Resources = parse_resources(text)
+    explicit = {"nodes": nodes != 1, "gpus": gpus != 0, "gpu_type": gpu_type is not None}
+    explicit["min_gpu_memory"] = min_gpu_memory is not None
+    given = {"nodes": nodes, "gpus": gpus, "gpu_type": gpu_type, "min_gpu_memory": min_gpu_memory}
+    both = [key for key, set_too in explicit.items() if set_too]
+    if both:
+        also = ", ".join(f"{key}={given[key]!r}" for key in both)
+        raise ValueError(
+            f"resources={text!r} and {also} both say what the run needs: give the resource string alone "
+            f"(it sets nodes, gpus, gpu_type and min_gpu_memory) or those arguments alone"
+        )
+    return parsed.nodes, parsed.gpus, parsed.gpu_type, parsed.min_gpu_memory
 
 
 def _gpu_types(gpu_type: str | Sequence[str] | None) -> list[str]:
@@ -556,13 +637,69 @@ class RunStatus:
         )
 
 
-class Run:
-    """A handle on one run: ask its status, follow its logs, wait for it, cancel it.
+class Metric(NamedTuple):
+    """One number a run logged: a numeric field of one record in `GRIDLAB_METRICS_FILE`.
 
-    `Client.submit` returns one; `Run(client, run_id)` makes one for an existing run.
+    Attributes:
+        step: The record's "step" (its position among its attempt's records when it has none).
+        name: The field's name ("train_loss").
+        value: The value.
+        attempt: The attempt that logged it (1, 2, ...).
     """
 
-    def __init__(self, client: Client, run_id: str, *, name: str = "") -> None:
+    step: int
+    name: str
+    value: float
+    attempt: int
+
+
+# Fields of a metrics record that say where it is, not what was measured.
+_NOT_METRICS = frozenset({"step", "epoch", "attempt", "time"})
+
+
+def metric_rows(records: Iterable[Mapping[str, Any]]) -> list[Metric]:
+    """Metrics records (dicts, as `Client.metrics` yields them) as one `Metric` per numeric field.
+
+    Fields "step", "epoch", "attempt" and "time", and values that are not finite numbers
+    (booleans, strings, None), are left out.
+
+    Example:
+        >>> metric_rows([{"step": 10, "epoch": 0, "loss": 0.5, "acc": 0.9, "attempt": 1}])
+        [Metric(step=10, name='loss', value=0.5, attempt=1), Metric(step=10, name='acc', value=0.9, attempt=1)]
+    """
+    rows: list[Metric] = []
+    seen: dict[int, int] = {}  # records per attempt so far
+    for record in records:
+        attempt = record.get("attempt", 0)
+        attempt = attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 0
+        index = seen.get(attempt, 0)
+        seen[attempt] = index + 1
+        step = record.get("step")
+        if isinstance(step, float) and step.is_integer():
+            step = int(step)
+        if not isinstance(step, int) or isinstance(step, bool):
+            step = index
+        for name, value in record.items():
+            if name in _NOT_METRICS or isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if math.isfinite(value):
+                rows.append(Metric(step=step, name=name, value=float(value), attempt=attempt))
+    return rows
+
+
+class Run:
+    """A handle on one run: its status, logs, metrics, checkpoints and artifacts; wait for it, cancel it.
+
+    `Client.submit` returns one; `Client.run(run_id)` makes one for an existing run.
+
+    Example:
+        >>> run = client.submit("python train.py", resources="4xA100")
+        >>> run.wait(timeout=3600)  # raises RunFailed if it fails
+        >>> [m.value for m in run.metrics() if m.name == "val_loss"]
+        [0.71, 0.52]
+    """
+
+    def __init__(self, client: Client, run_id: str, *, name: str | None = None) -> None:
         _check("run_id", run_id, str, "a string")
         self._client = client
         self._id = run_id
@@ -570,35 +707,168 @@ class Run:
 
     @property
     def id(self) -> str:
+        """The run's id ("run-...")."""
         return self._id
 
     @property
     def name(self) -> str:
+        """The run's name ("" when it has none); asked from the scheduler once if the handle was made from an id."""
+        if self._name is None:
+            self._name = str(self._client.get_run(self._id).spec.name)
         return self._name
 
     def status(self) -> RunStatus:
-        """The run's current status. See `Client.status`."""
+        """The run's current status, with why it is still queued (`pending_reason`). See `Client.status`."""
         return self._client.status(self._id)
 
-    def wait(self, timeout: float | None = None) -> RunStatus:
-        """Block until the run has finished. See `Client.wait`.
+    def wait(self, timeout: float | None = None, raise_on_failure: bool = True) -> RunStatus:
+        """Block until the run has finished, and raise unless it succeeded.
 
         Example:
             >>> run.wait(timeout=3600).state
             'SUCCEEDED'
+            >>> run.wait(raise_on_failure=False).exit_code
+            3
+
+        Args:
+            timeout: Seconds to wait at most; None waits as long as it takes.
+            raise_on_failure: Raise `RunFailed` / `RunCancelled` when the run ends FAILED /
+                CANCELLED; False returns the final status whatever it is (as `Client.wait` does).
+
+        Returns:
+            The final `RunStatus`.
+
+        Raises:
+            RunFailed: The run ended FAILED; `.status` has its exit code and message.
+            RunCancelled: The run ended CANCELLED.
+            TimeoutError: The run had not finished after `timeout` seconds.
+            NotFound: No such run, or another user's.
         """
-        return self._client.wait(self._id, timeout=timeout)
+        status = self._client.wait(self._id, timeout=timeout)
+        if raise_on_failure and status.state == "FAILED":
+            code = f" with exit code {status.exit_code}" if status.exit_code is not None else ""
+            why = f": {status.message}" if status.message else ""
+            raise RunFailed(
+                f"run {self._id} FAILED{code}{why} (its output: `schedctl logs {self._id}`)",
+                run_id=self._id,
+                status=status,
+            )
+        if raise_on_failure and status.state == "CANCELLED":
+            why = f": {status.message}" if status.message else ""
+            raise RunCancelled(f"run {self._id} was CANCELLED{why}", run_id=self._id, status=status)
+        return status
 
-    def logs(self, follow: bool = False, timeout: float | None = None) -> Iterator[str]:
-        """The run's log lines. See `Client.logs`."""
-        return self._client.logs(self._id, follow=follow, timeout=timeout)
+    def logs(
+        self,
+        follow: bool = False,
+        timeout: float | None = None,
+        *,
+        rank: int | None = None,
+        attempt: int | None = None,
+    ) -> Iterator[str]:
+        """The lines the run's ranks printed, every line once and in order. See `Client.logs`.
 
-    def cancel(self, *, grace: float | timedelta | None = None) -> RunStatus:
-        """Ask the scheduler to stop the run; returns at once. See `Client.cancel`."""
+        Example:
+            >>> for line in run.logs(follow=True, rank=0):
+            ...     print(line)
+
+        Args:
+            follow: Keep waiting for new lines until the run has finished.
+            timeout: Seconds the whole iteration may take; None for no limit.
+            rank: Only this global rank's lines; None for every rank.
+            attempt: Only this attempt's lines (1, 2, ...); None for every attempt.
+
+        Returns:
+            An iterator of lines, without their newline.
+        """
+        return self._client.logs(self._id, follow=follow, rank=rank, attempt=attempt, timeout=timeout)
+
+    def metrics(self) -> list[Metric]:
+        """What the run has logged so far to `GRIDLAB_METRICS_FILE`, one row per number.
+
+        Example:
+            >>> [(m.step, m.value) for m in run.metrics() if m.name == "train_loss"]
+            [(100, 0.91), (200, 0.62)]
+
+        Returns:
+            A list of `Metric(step, name, value, attempt)`, in the order logged, every attempt's
+            (see `metric_rows`).
+
+        Raises:
+            NotFound: No such run, or another user's.
+        """
+        return metric_rows(self._client.metrics(self._id))
+
+    def checkpoints(self) -> list[types_pb2.Checkpoint]:
+        """The run's complete checkpoints, oldest first (`gridlab.v1.Checkpoint`: name, step, files).
+
+        Raises:
+            NotFound: No such run, or another user's.
+        """
+        return list(_artifacts.list_artifacts(self._client, self._id).checkpoints)
+
+    def artifacts(self) -> list[types_pb2.Artifact]:
+        """The files the run left in `GRIDLAB_ARTIFACT_DIR`: the newest copy of each path, by path.
+
+        Raises:
+            NotFound: No such run, or another user's.
+        """
+        chosen = _artifacts.newest_artifacts(_artifacts.list_artifacts(self._client, self._id).artifacts)
+        return [chosen[path] for path in sorted(chosen)]
+
+    def download(self, path: str, dest: str | os.PathLike[str] = ".") -> Path:
+        """Fetch an artifact, or a checkpoint, into the folder `dest`.
+
+        Files are verified against their digest and an interrupted download resumes when run again.
+
+        Example:
+            >>> run.download("model.onnx", dest="out")
+            PosixPath('out/model.onnx')
+            >>> run.download("latest", dest="ckpt")  # the checkpoint a retry would resume from
+            PosixPath('ckpt/step-200')
+
+        Args:
+            path: An artifact's path, a checkpoint's name, or "latest" for the newest checkpoint.
+            dest: The folder to write into; created if missing.
+
+        Returns:
+            Where the artifact, or the checkpoint (a file or a folder), now is.
+
+        Raises:
+            NotFound: The run has no artifact or checkpoint of that name; the message lists what it has.
+        """
+        _check("path", path, str, "an artifact's path or a checkpoint's name (a string)")
+        listing = _artifacts.list_artifacts(self._client, self._id)
+        if path in _artifacts.newest_artifacts(listing.artifacts):
+            return _artifacts.download_artifact(self._client, self._id, path, dest=dest)
+        if path == _artifacts.LATEST or any(c.name == path for c in listing.checkpoints):
+            return _artifacts.download_checkpoint(self._client, self._id, path, dest=dest)
+        arts = sorted({a.file.path for a in listing.artifacts})[:10]
+        ckpts = sorted({c.name for c in listing.checkpoints})[:10]
+        raise NotFound(
+            f"run {self._id} has no artifact or checkpoint {path!r} "
+            f"(artifacts: {', '.join(arts) or 'none'}; checkpoints: {', '.join(ckpts) or 'none'})"
+        )
+
+    def cancel(self, grace: float | timedelta | None = None) -> RunStatus:
+        """Ask the scheduler to stop the run; returns at once. See `Client.cancel`.
+
+        Raises:
+            FailedPrecondition: The run has already finished.
+        """
         return RunStatus.from_proto(self._client.cancel(self._id, grace=grace))
 
+    def attempts(self) -> list[types_pb2.Attempt]:
+        """The run's placements, oldest first (`gridlab.v1.Attempt`: number, state, nodes, exit code, reason).
+
+        Raises:
+            NotFound: No such run, or another user's.
+        """
+        return list(self._client.get_run(self._id).attempts)
+
     def __repr__(self) -> str:
-        return f"Run(id={self._id!r}, name={self._name!r})"
+        name = "" if self._name is None else f", name={self._name!r}"
+        return f"Run(id={self._id!r}{name})"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Run) and other._id == self._id
@@ -688,6 +958,17 @@ class Client:
         error = from_rpc_error(err, address=self.address, timeout=timeout)
         if isinstance(error, Unauthenticated):
             error = Unauthenticated(f"{error.message} (the token came from {self._settings.token_source})")
+        elif isinstance(error, Unavailable):
+            details_fn = getattr(err, "details", None)
+            details = (details_fn() if callable(details_fn) else None) or ""
+            error = Unavailable(
+                f"cannot reach the scheduler at {self.address} (from {self._settings.address_source})"
+                + (f": {details}" if details else "")
+                + ". Is it running? Point at another with --address HOST:PORT or GRIDLAB_ADDRESS=HOST:PORT. "
+                + _START_HINT
+            )
+        elif isinstance(error, NotFound) and error.message.startswith("no run "):
+            error = NotFound(f"{error.message} (`schedctl runs` lists yours; another user's runs are hidden)")
         return error
 
     def _unary(self, method: Callable[..., T], request: Any) -> T:
@@ -752,20 +1033,23 @@ class Client:
 
     # -- runs
 
+    @overload
     def submit(
         self,
-        command: str | Iterable[str],
+        command: str | Iterable[str] | None = None,
         *,
+        entrypoint: str | os.PathLike[str] | Sequence[str] | None = None,
+        resources: str | None = None,
         gpus: int = 0,
         cpus: float = 1,
         nodes: int = 1,
-        procs_per_node: int = 0,
+        procs_per_node: int | None = 0,
         env: Mapping[str, str] | None = None,
         name: str | None = None,
         idempotency_key: str | None = None,
         max_retries: int = 0,
         hang_timeout: float | timedelta | None = None,
-        requirements: Sequence[str] = (),
+        requirements: Sequence[str] | None = (),
         code: str | os.PathLike[str] | None = None,
         workdir: str = "",
         gpu_type: str | Sequence[str] | None = None,
@@ -774,30 +1058,109 @@ class Client:
         pool: str | None = None,
         labels: Mapping[str, str] | None = None,
         priority: int = 0,
-        preemptible: bool = False,
+        preemptible: bool | None = None,
         time_limit: float | timedelta | str | None = None,
-    ) -> Run:
-        """Queue a command to run on the cluster.
+        sweep: None = None,
+        strategy: str = "grid",
+        trials: int | None = None,
+        seed: int | None = None,
+        metric: str | None = None,
+        maximize: bool = False,
+    ) -> Run: ...
+
+    @overload
+    def submit(
+        self,
+        command: str | Iterable[str] | None = None,
+        *,
+        entrypoint: str | os.PathLike[str] | Sequence[str] | None = None,
+        resources: str | None = None,
+        gpus: int = 0,
+        cpus: float = 1,
+        nodes: int = 1,
+        procs_per_node: int | None = 0,
+        env: Mapping[str, str] | None = None,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+        max_retries: int = 0,
+        hang_timeout: float | timedelta | None = None,
+        requirements: Sequence[str] | None = (),
+        code: str | os.PathLike[str] | None = None,
+        workdir: str = "",
+        gpu_type: str | Sequence[str] | None = None,
+        min_gpu_memory: float | str | None = None,
+        memory: float | str | None = None,
+        pool: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        priority: int = 0,
+        preemptible: bool | None = None,
+        time_limit: float | timedelta | str | None = None,
+        sweep: Mapping[str, str],
+        strategy: str = "grid",
+        trials: int | None = None,
+        seed: int | None = None,
+        metric: str | None = None,
+        maximize: bool = False,
+    ) -> Sweep: ...
+
+    def submit(
+        self,
+        command: str | Iterable[str] | None = None,
+        *,
+        entrypoint: str | os.PathLike[str] | Sequence[str] | None = None,
+        resources: str | None = None,
+        gpus: int = 0,
+        cpus: float = 1,
+        nodes: int = 1,
+        procs_per_node: int | None = 0,
+        env: Mapping[str, str] | None = None,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+        max_retries: int = 0,
+        hang_timeout: float | timedelta | None = None,
+        requirements: Sequence[str] | None = (),
+        code: str | os.PathLike[str] | None = None,
+        workdir: str = "",
+        gpu_type: str | Sequence[str] | None = None,
+        min_gpu_memory: float | str | None = None,
+        memory: float | str | None = None,
+        pool: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        priority: int = 0,
+        preemptible: bool | None = None,
+        time_limit: float | timedelta | str | None = None,
+        sweep: Mapping[str, str] | None = None,
+        strategy: str = "grid",
+        trials: int | None = None,
+        seed: int | None = None,
+        metric: str | None = None,
+        maximize: bool = False,
+    ) -> Run | Sweep:
+        """Queue a command to run on the cluster, or, with `sweep`, one run per trial of a sweep.
 
         Example:
             >>> run = client.submit("python train.py --epochs 3", gpus=1, name="mnist")
             >>> run.id
             'run-01jd8x3k2m9q4f7a2b6c'
-            >>> client.submit("python train.py", nodes=2, gpus=4, gpu_type=["A100", "H100"],
-            ...               min_gpu_memory="40GB", time_limit="12h", preemptible=True)
+            >>> client.submit(entrypoint="train.py", resources="2x4xA100-40G", time_limit="12h", preemptible=True)
+            >>> sweep = client.submit("python train.py --lr {lr}", sweep={"lr": "[0.1,0.01]", "bs": "[32,64]"},
+            ...                       metric="val_loss")  # 4 runs; each gets --bs 32 or --bs 64 appended
 
         Args:
             command: An argv list, or a string split the way a shell would; it is run
-                without a shell on the agent.
+                without a shell on the agent. Give this or `entrypoint`.
+            entrypoint: A Python file: "train.py" runs `python train.py` (a list adds arguments).
+            resources: "NODESxGPUSxMODEL[-MEM]", e.g. "2x4xA100-40G" (see `parse_resources`); instead of
+                nodes, gpus, gpu_type and min_gpu_memory, not with them.
             gpus: GPUs per node.
             cpus: CPU cores per node.
             nodes: Machines the run spans, started together as one process group (see `build_spec`).
-            procs_per_node: Ranks per node; 0 means one per GPU, or one for a CPU run.
+            procs_per_node: Ranks per node; 0 (or None) means one per GPU, or one for a CPU run.
             env: Extra environment variables for every rank.
-            name: A name to recognise the run by.
+            name: A name to recognise the run by; a sweep's runs are named `<name or 'sweep'>-<k>`.
             idempotency_key: A key you choose; submitting again with the same key
                 returns the run the first submit created instead of a second one, so a
-                retried submit is safe.
+                retried submit is safe (for a sweep: the same sweep, trial by trial).
             max_retries: How many times a failed attempt (non-zero exit, or hung) is retried.
             hang_timeout: Stop an attempt whose step has not advanced for this long (see
                 `build_spec`).
@@ -807,7 +1170,7 @@ class Client:
                 digest), and extracted on every node as the ranks' working directory. Its top-level
                 `requirements.txt` is installed when `requirements` is empty. None: the command runs in
                 an empty folder and must name files the machines already have.
-            workdir: Where in `code` the ranks start ("" for its top).
+            workdir: Where in `code` the ranks start ("" or "." for its top).
             gpu_type: A GPU model ("A100") or a list of acceptable ones; None for any.
             min_gpu_memory: Memory per GPU at least: bytes or a size string ("40GB", "40GiB").
             memory: RAM per node: bytes or a size string ("64GiB").
@@ -815,22 +1178,35 @@ class Client:
             labels: Only agents whose labels hold all these pairs.
             priority: Higher is placed first (and may preempt lower preemptible runs).
             preemptible: The run may be stopped for a higher-priority one (requeued, no retry
-                spent, resumed from its checkpoint).
+                spent, resumed from its checkpoint). None means False.
             time_limit: The longest the run may run: seconds, a timedelta or a string ("2h",
                 "1-12:00:00"); None for no limit. See `build_spec` for all of these.
+            sweep: {parameter: expression} in Grid's syntax ("[0.1,0.01]", "range(1,4)",
+                "loguniform(1e-5,1e-2)", ...; see `gridlab.client.sweeps`). Each trial's values replace
+                `{name}` in the command, or are appended as `--name value` when it has no placeholder.
+            strategy: "grid" (every combination; every expression must be finite) or "random".
+            trials: How many runs a random sweep makes.
+            seed: The random sweep's seed (default 0); trial k always gets the same values.
+            metric: The metric that ranks a sweep's trials (`Sweep.best`), e.g. "val_loss".
+            maximize: Whether a higher `metric` is better.
 
         Returns:
-            A `Run` handle.
+            A `Run` handle, or a `Sweep` when `sweep` is given.
 
         Raises:
             TypeError: An argument has the wrong type.
-            ValueError: A size or duration string that cannot be read, or a negative one.
+            ValueError: Both or neither of command and entrypoint; a resource, size or duration string
+                that cannot be read; `resources` with nodes/gpus/gpu_type/min_gpu_memory; a sweep that
+                cannot be expanded (`SweepError`, e.g. an unbounded distribution under grid); sweep
+                options without `sweep`.
             InvalidArgument: The scheduler rejected the spec; the message says why.
             ResourceExhausted: A quota forbids the run.
             Unavailable: The scheduler could not be reached.
         """
         spec = build_spec(
             command,
+            entrypoint=entrypoint,
+            resources=resources,
             gpus=gpus,
             cpus=cpus,
             nodes=nodes,
@@ -852,12 +1228,33 @@ class Client:
         if idempotency_key is not None:
             _check("idempotency_key", idempotency_key, str, "a string")
         _check("workdir", workdir, str, "a string")
+        if sweep is None:
+            extra = {"trials": trials, "seed": seed, "metric": metric}
+            stray = [f"{key}={value!r}" for key, value in extra.items() if value is not None]
+            stray += [f"strategy={strategy!r}"] if strategy != "grid" else []
+            stray += ["maximize=True"] if maximize else []
+            if stray:
+                raise ValueError(f"{', '.join(stray)} only apply to a sweep: pass sweep={{'lr': '[0.1,0.01]'}} too")
         if code is not None:
             spec.code_digest = self.upload_code(code)
-        spec.workdir = workdir
-        request = scheduler_pb2.SubmitRunRequest(spec=spec, idempotency_key=idempotency_key or "")
-        response = self._unary(self._stub.SubmitRun, request)
-        return Run(self, response.run.id, name=response.run.spec.name)
+        spec.workdir = "" if workdir.strip() in (".", "./") else workdir
+        if sweep is not None:
+            from gridlab.client.sweep_sdk import submit_sweep
+
+            return submit_sweep(
+                self, spec, sweep, strategy=strategy, trials=trials, seed=seed, metric=metric, maximize=maximize,
+                idempotency_key=idempotency_key,
+            )  # fmt: skip
+        return self._run_from(self._submit_spec(spec, idempotency_key or ""))
+
+    def _submit_spec(self, spec: types_pb2.RunSpec, idempotency_key: str) -> types_pb2.Run:
+        """Send one SubmitRun; the scheduler's record of the run."""
+        request = scheduler_pb2.SubmitRunRequest(spec=spec, idempotency_key=idempotency_key)
+        return self._unary(self._stub.SubmitRun, request).run
+
+    def _run_from(self, run: types_pb2.Run) -> Run:
+        """A `Run` handle on a run the scheduler has described (its name known)."""
+        return Run(self, run.id, name=run.spec.name)
 
     def upload_code(self, folder: str | os.PathLike[str]) -> str:
         """Pack `folder` into a code bundle and upload it unless the scheduler already has it; returns its
@@ -889,7 +1286,7 @@ class Client:
             run_id: The run's id.
 
         Returns:
-            A `Run` (its `name` is empty; `get_run` has the spec).
+            A `Run` (its `name` is asked from the scheduler on first use).
         """
         return Run(self, run_id)
 
@@ -936,23 +1333,30 @@ class Client:
         states: Iterable[str] | str | None = None,
         user: str | None = None,
         limit: int | None = 100,
+        sweep: str | None = None,
+        pool: str | None = None,
+        me: bool = False,
     ) -> list[types_pb2.Run]:
         """Runs the caller may see, newest first as the scheduler orders them.
 
         Example:
             >>> [r.id for r in client.runs(states=["QUEUED", "RUNNING"], limit=10)]
+            >>> [r.spec.sweep.index for r in client.runs(sweep="swp-01jd8x3k2m9q4f7a2b6c", limit=None)]
 
         Args:
             states: State words to keep ("RUNNING", ...); None keeps every state.
             user: Another user's runs (admins only); None means the caller's own (every
                 user's, for an admin).
             limit: At most this many runs; None fetches every page.
+            sweep: Only the runs of this sweep (its id, "swp-...").
+            pool: Only runs that asked for this pool.
+            me: Only the caller's own runs, also for an admin (the user `whoami` names).
 
         Returns:
             A list of `gridlab.v1.Run` messages.
 
         Raises:
-            ValueError: An unknown state word, or a limit below 1.
+            ValueError: An unknown state word, a limit below 1, or both `me` and `user`.
             PermissionDenied: `user` names someone else and the caller is not an admin.
         """
         if isinstance(states, str):
@@ -960,6 +1364,16 @@ class Client:
         wanted = [parse_state(s) for s in states or ()]
         if user is not None:
             _check("user", user, str, "a string")
+        if sweep is not None:
+            _check("sweep", sweep, str, "a sweep's id (a string)")
+        if pool is not None:
+            _check("pool", pool, str, "a pool's name (a string)")
+        if not isinstance(me, bool):
+            raise TypeError(f"me must be True or False, got {me!r}")
+        if me:
+            if user is not None:
+                raise ValueError(f"give me=True or user={user!r}, not both")
+            user = self.whoami().user
         if limit is not None:
             _check("limit", limit, int, "an int or None")
             if limit < 1:
@@ -969,7 +1383,12 @@ class Client:
         while True:
             ask = 0 if limit is None else min(limit - len(out), 2**31 - 1)
             request = scheduler_pb2.ListRunsRequest(
-                states=[types_pb2.RunState.Name(s) for s in wanted], user=user or "", limit=ask, page_token=page_token
+                states=[types_pb2.RunState.Name(s) for s in wanted],
+                user=user or "",
+                limit=ask,
+                page_token=page_token,
+                sweep=sweep or "",
+                pool=pool or "",
             )
             response = self._unary(self._stub.ListRuns, request)
             out.extend(response.runs)
@@ -1050,7 +1469,8 @@ class Client:
             if status.done:
                 return status
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"run {run_id} is still {status.state} after waiting {timeout:g}s")
+                why = f" ({status.pending_reason})" if status.pending_reason else ""
+                raise TimeoutError(f"run {run_id} is still {status.state} after waiting {timeout:g}s{why}")
             time.sleep(0.2 if deadline is None else min(0.2, max(0.0, deadline - time.monotonic())))
 
     def _watch(
@@ -1178,7 +1598,15 @@ class Client:
                 if texts:
                     yield batch, texts
 
-    def logs(self, run_id: str, *, follow: bool = False, timeout: float | None = None) -> Iterator[str]:
+    def logs(
+        self,
+        run_id: str,
+        *,
+        follow: bool = False,
+        rank: int | None = None,
+        attempt: int | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[str]:
         """What a run's ranks printed (stdout and stderr), every line once and in order.
 
         The agent's own notes about an attempt ("rank 0 exited with 3") are left out:
@@ -1193,6 +1621,8 @@ class Client:
         Args:
             run_id: The run's id.
             follow: Keep waiting for new lines until the run has finished.
+            rank: Only this global rank's lines (0, 1, ...); None for every rank.
+            attempt: Only this attempt's lines (1, 2, ...); None for every attempt.
             timeout: Seconds the whole iteration may take, counted from this call and
                 reconnects included; None (the default) for no limit, so that with
                 `follow` the iterator lasts as long as the run.
@@ -1207,10 +1637,14 @@ class Client:
                 iterating); the message names the run, which keeps running.
         """
         _check("run_id", run_id, str, "a string")
+        if rank is not None:
+            _check("rank", rank, int, "an int or None")
+        if attempt is not None:
+            _check("attempt", attempt, int, "an int or None")
         if timeout is not None:
             _check("timeout", timeout, (int, float), "a number of seconds or None")
         deadline = None if timeout is None else time.monotonic() + timeout
-        batches = self._log_batches(run_id, follow=follow, attempt=None, rank=None, deadline=deadline)
+        batches = self._log_batches(run_id, follow=follow, attempt=attempt, rank=rank, deadline=deadline)
         texts = (text for batch, texts in batches if batch.stream not in _NOT_PRINTED for text in texts)
         if timeout is None:
             return texts
@@ -1377,6 +1811,118 @@ class Client:
         request = scheduler_pb2.CreateTokenRequest(user=user, role=role, team=team or "")
         return str(self._unary(self._stub.CreateToken, request).token)
 
+    def tokens(self) -> list[scheduler_pb2.TokenInfo]:
+        """Every token the scheduler knows (admins only), never their secrets.
+
+        Example:
+            >>> [(t.id, t.user, t.role, t.revoked) for t in client.tokens()]
+            [('3f9a1c2b7d0e', 'admin', 'admin', False), ...]
+
+        Returns:
+            A list of `gridlab.v1.TokenInfo` messages (id, user, role, team, created_at, revoked).
+
+        Raises:
+            PermissionDenied: The caller is not an admin.
+        """
+        return list(self._unary(self._stub.ListTokens, scheduler_pb2.ListTokensRequest()).tokens)
+
+    def revoke_token(self, token_id: str) -> scheduler_pb2.TokenInfo:
+        """Revoke a token (admins only): calls made with it fail from then on. Revoking again is harmless.
+
+        Example:
+            >>> client.revoke_token("3f9a1c2b").revoked
+            True
+
+        Args:
+            token_id: The token's id as `tokens()` lists it, or a unique prefix of 8 or more characters.
+
+        Returns:
+            The `gridlab.v1.TokenInfo` of the revoked token.
+
+        Raises:
+            PermissionDenied: The caller is not an admin.
+            NotFound: No token has that id (or the prefix matches several).
+        """
+        _check("token_id", token_id, str, "a token's id (a string)")
+        request = scheduler_pb2.RevokeTokenRequest(token_id=token_id)
+        return self._unary(self._stub.RevokeToken, request).token
+
+    def whoami(self) -> scheduler_pb2.WhoAmIResponse:
+        """Who the scheduler takes the caller for, and its version.
+
+        Example:
+            >>> me = client.whoami()
+            >>> me.user, me.role
+            ('alice', 'user')
+
+        Returns:
+            The `gridlab.v1.WhoAmIResponse` (user, role, team, server_version).
+
+        Raises:
+            Unauthenticated: The token is unknown or revoked.
+            Unavailable: The scheduler could not be reached.
+        """
+        return self._unary(self._stub.WhoAmI, scheduler_pb2.WhoAmIRequest())
+
+    def set_priority(self, run_id: str, priority: int) -> RunStatus:
+        """Change a run's priority, queued or running. Its owner may lower it; only an admin may raise it.
+
+        Example:
+            >>> client.set_priority(run.id, -10).state
+            'QUEUED'
+
+        Args:
+            run_id: The run's id.
+            priority: The new priority; higher is placed first.
+
+        Returns:
+            The run's `RunStatus` after the change.
+
+        Raises:
+            PermissionDenied: A user tried to raise their run's priority.
+            FailedPrecondition: The run has already finished.
+            NotFound: No such run, or another user's.
+        """
+        _check("run_id", run_id, str, "a string")
+        _check("priority", priority, int, "an int")
+        if not -(2**31) <= priority < 2**31:
+            raise ValueError(f"priority must fit in 32 bits (the scheduler allows about ±1,000,000), got {priority}")
+        request = scheduler_pb2.SetRunPriorityRequest(run_id=run_id, priority=priority)
+        return RunStatus.from_proto(self._unary(self._stub.SetRunPriority, request).run)
+
+    def events(self, run_id: str) -> list[types_pb2.RunEvent]:
+        """A run's recorded events so far, oldest first (submitted, placed, running, ...); `watch` follows them.
+
+        Example:
+            >>> [e.kind for e in client.events(run.id)]
+            ['submitted', 'placed', 'running', 'succeeded']
+
+        Args:
+            run_id: The run's id.
+
+        Returns:
+            A list of `gridlab.v1.RunEvent` messages.
+
+        Raises:
+            NotFound: No such run, or another user's.
+        """
+        _check("run_id", run_id, str, "a string")
+        request = scheduler_pb2.ListRunEventsRequest(run_id=run_id)
+        return list(self._unary(self._stub.ListRunEvents, request).events)
+
+    def sweep(self, sweep_id: str) -> Sweep:
+        """A `Sweep` handle on an existing sweep, by its id ("swp-..."). Makes no call: an unknown id shows
+        up as `NotFound` on first use.
+
+        Example:
+            >>> [t["state"] for t in client.sweep("swp-01jd8x3k2m9q4f7a2b6c").trials()]
+            ['SUCCEEDED', 'RUNNING']
+        """
+        from gridlab.client.sweep_sdk import Sweep
+
+        _check("sweep_id", sweep_id, str, "a sweep's id (a string)")
+        return Sweep(self, sweep_id)
+
     # -- lifetime
 
     def close(self) -> None:
@@ -1418,12 +1964,22 @@ def default_client() -> Client:
         return _default
 
 
-def submit(command: str | Iterable[str], **kwargs: Any) -> Run:
+@overload
+def submit(command: str | Iterable[str] | None = None, *, sweep: None = None, **kwargs: Any) -> Run: ...
+
+
+@overload
+def submit(command: str | Iterable[str] | None = None, *, sweep: Mapping[str, str], **kwargs: Any) -> Sweep: ...
+
+
+def submit(command: str | Iterable[str] | None = None, **kwargs: Any) -> Run | Sweep:
     """`Client.submit` on the `default_client()`.
 
     Example:
         >>> from gridlab.client import submit
         >>> submit(["python", "train.py"], gpus=2).wait().state
         'SUCCEEDED'
+        >>> submit(entrypoint="train.py", resources="4xA100", sweep={"lr": "[0.1,0.01]"}, metric="val_loss")
+        Sweep(id='swp-01jd8x3k2m9q4f7a2b6c')
     """
     return default_client().submit(command, **kwargs)

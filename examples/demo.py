@@ -29,7 +29,7 @@ def main() -> int:
         print(f"submitted {run.id}; following its logs:\n")
         for line in run.logs(follow=True):
             print(f"  | {line}")
-        status = run.wait(timeout=120)
+        status = run.wait(timeout=120, raise_on_failure=False)
         print(f"\nrun {run.id}: {status.state} (exit code {status.exit_code})")
         for agent in client.agents():
             print(f"agent {agent.name}: {len(agent.inventory.gpus)} GPUs, {agent.gpus_free} free")

@@ -82,7 +82,7 @@ def test_the_worker_gets_the_torchrun_compatible_environment(cluster: LocalClust
 def test_a_failing_command_ends_failed_with_its_exit_code(cluster: LocalCluster) -> None:
     client = cluster.client()
     run = client.submit([PY, "-c", "import sys; print('bye'); sys.exit(3)"])
-    status = run.wait(timeout=60)
+    status = run.wait(timeout=60, raise_on_failure=False)
     assert status.state == "FAILED"
     assert status.exit_code == 3
     assert list(run.logs()) == ["bye"]
@@ -90,7 +90,7 @@ def test_a_failing_command_ends_failed_with_its_exit_code(cluster: LocalCluster)
 
 def test_a_missing_program_fails_with_127_and_says_why(cluster: LocalCluster) -> None:
     run = cluster.client().submit(["/nonexistent/program", "x"])
-    status = run.wait(timeout=60)
+    status = run.wait(timeout=60, raise_on_failure=False)
     assert status.state == "FAILED"
     assert status.exit_code == 127
 
@@ -105,7 +105,7 @@ def test_cancel_stops_a_sleeping_run_and_leaves_no_process(cluster: LocalCluster
     procs = gridlab_processes(run.id)
     assert len(procs) == 2  # the rank and the grandchild it started
     run.cancel()
-    status = run.wait(timeout=60)
+    status = run.wait(timeout=60, raise_on_failure=False)
     assert status.state == "CANCELLED"
     gone, alive = psutil.wait_procs(procs, timeout=10)
     assert not alive
@@ -249,7 +249,7 @@ def test_the_watchdog_stops_a_run_whose_step_stops_advancing(cluster: LocalClust
     )
     client = cluster.client()
     run = client.submit([sys.executable, "-c", code], hang_timeout=2.0, name="hangs")
-    status = run.wait(timeout=60)
+    status = run.wait(timeout=60, raise_on_failure=False)
     assert status.state == "FAILED"
     assert "hung: step 3, no progress for 2s" in status.message
     hung = [e for e in client.watch([run.id]) if e.kind == "hung"]  # the run's history, replayed
@@ -280,7 +280,7 @@ def test_a_run_with_requirements_gets_them_installed_once_per_machine(make_clust
     assert any("reusing cached environment" in line for line in outputs[1])
 
     bad = client.submit(["python", "-c", "pass"], requirements=["nosuchpkg==1.0"], max_retries=2)
-    status = bad.wait(timeout=180)
+    status = bad.wait(timeout=180, raise_on_failure=False)
     assert status.state == "FAILED"
     assert "nosuchpkg" in status.message
     assert status.attempts == 1  # a build that cannot succeed is not retried

@@ -51,7 +51,7 @@ def test_a_workdir_missing_from_the_bundle_fails_the_run_without_retries(make_cl
     cluster.start_agent("box")
     client = cluster.client()
     run = client.submit([sys.executable, "x.py"], code=tmp_path / "p", workdir="nope", max_retries=3)
-    status = run.wait(timeout=60)
+    status = run.wait(timeout=60, raise_on_failure=False)
     assert status.state == "FAILED"
     assert status.attempts == 1  # permanent: retrying cannot help
     assert "workdir 'nope' is not a folder in the code bundle" in status.message

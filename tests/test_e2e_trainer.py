@@ -26,7 +26,7 @@ def test_a_trainer_script_checkpoints_and_reports_metrics_under_an_agent(make_cl
     client = cluster.client()
     command = [sys.executable, str(ROOT / "examples" / "autoencoder.py"), "--max-epochs", "2", "--no-progress-bar"]
     run = client.submit(command, gpus=1, name="autoencoder")
-    status = run.wait(timeout=120)
+    status = run.wait(timeout=120, raise_on_failure=False)
     assert status.state == "SUCCEEDED", list(client.log_lines(run.id))
     (attempt,) = client.get_run(run.id).attempts
     attempt_dir = cluster.root / "agents" / "trainer-box" / "attempts" / attempt.id
@@ -59,7 +59,7 @@ def test_a_two_rank_ddp_run_under_an_agent_checkpoints_on_cancel_and_resumes(mak
         if line.startswith("step 10"):
             break
     run.cancel(grace=60)
-    status = run.wait(timeout=120)
+    status = run.wait(timeout=120, raise_on_failure=False)
     assert status.state == "CANCELLED"
     lines = list(client.logs(run.id))
     saved = [line for line in lines if "SIGTERM received; saved" in line]
@@ -108,7 +108,7 @@ def test_a_retried_attempt_on_the_same_machine_resumes_from_the_earlier_attempts
         str(tmp_path / "run.pt"),
     ]
     run = client.submit(command, max_retries=1, env={"DIST_JOB_RAISE_ATTEMPT": "1"}, name="retry-resume")
-    status = run.wait(timeout=180)
+    status = run.wait(timeout=180, raise_on_failure=False)
     lines = [line for line in client.log_lines(run.id)]
     assert status.state == "SUCCEEDED", [line.text for line in lines][-30:]
     assert status.attempts == 2
