@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
+import grpc
 import pytest
 
-from gridlab.client import cli
+from gridlab.client import cli, exitcodes
+from gridlab.client.errors import ClientConfigError, GridlabError, NotFound, Unavailable
+from gridlab.v1 import types_pb2
 
 
 def test_table_columns_are_as_wide_as_their_content() -> None:
@@ -161,3 +167,148 @@ def test_help_lists_the_resource_flags_and_agent_actions(capsys: pytest.CaptureF
     assert all(word in out for word in ("cordon", "drain", "uncordon"))
     assert cli.main(["agents", "drain", "--help"]) == 0
     assert "--deadline DURATION" in capsys.readouterr().out
+
+
+# --- the commands added for the kubectl grammar ------------------------------------------
+
+
+def test_renamed_commands_keep_their_old_names() -> None:
+    assert cli.parse_args(["status", "run-1"]).func is cli.cmd_describe
+    assert cli.parse_args(["describe", "run-1"]).func is cli.cmd_describe
+    assert cli.parse_args(["cordon", "ws"]).func is cli.parse_args(["agents", "cordon", "ws"]).func
+    assert cli.parse_args(["drain", "ws", "--deadline", "1h"]).deadline == 3600
+    assert cli.parse_args(["tokens", "create", "--user", "a"]).func is cli.cmd_token_create
+    assert cli.parse_args(["token", "create", "--user", "a"]).func is cli.cmd_token_create
+
+
+def test_new_commands_parse() -> None:
+    args = cli.parse_args(["logs", "run-1/3", "-f", "--tail", "20", "--attempt", "2"])
+    assert (args.run, args.follow, args.tail, args.attempt) == (("run-1", 3), True, 20, 2)
+    assert cli.parse_args(["logs", "run-1"]).run == ("run-1", None)
+    args = cli.parse_args(["runs", "--me", "--sweep", "swp-1", "--pool", "spot", "--no-headers", "-q"])
+    assert (args.me, args.sweep, args.pool, args.no_headers, args.quiet) == (True, "swp-1", "spot", True, True)
+    args = cli.parse_args(["cancel", "--sweep", "swp-1"])
+    assert (args.runs, args.sweep) == ([], "swp-1")
+    assert cli.parse_args(["priority", "run-1", "-3"]).priority == -3
+    args = cli.parse_args(["metrics", "run-1", "--chart", "loss", "--height", "8"])
+    assert (args.chart, args.height) == ("loss", 8)
+    args = cli.parse_args(["top", "--once", "--interval", "0.5"])
+    assert (args.once, args.interval) == (True, 0.5)
+    args = cli.parse_args(
+        ["submit", "--sweep", "lr=[0.1,0.01]", "--sweep", "bs=range(2)", "--metric", "loss", "--", "t"]
+    )
+    assert args.sweep == [("lr", "[0.1,0.01]"), ("bs", "range(2)")]
+    args = cli.parse_args(["submit", "--entrypoint", "train.py", "--", "--lr", "0.1"])
+    assert (args.entrypoint, args.command) == ("train.py", ["--lr", "0.1"])
+    assert cli.parse_args(["version"]).offline
+    assert not cli.parse_args(["runs"]).offline
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["cancel"], "name runs to cancel"),
+        (["logs", "run-1/x"], "expected RUN or RUN/RANK"),
+        (["logs", "run-1/2", "--rank", "3"], "names rank 2 but --rank says 3"),
+        (["metrics", "run-1", "--chart", "loss", "-f"], "--chart draws what is there now"),
+        (["submit", "--sweep", "lr", "--", "t"], "expected NAME=EXPR"),
+        (["submit", "--sweep", "a=[1]", "--sweep", "a=[2]", "--", "t"], "names a parameter twice: a"),
+        (["submit", "--sweep", "a=[1]", "-f", "--", "t"], "with --sweep use --wait"),
+        (["submit", "--metric", "loss", "--", "t"], "--metric needs --sweep"),
+        (["top", "--interval", "0"], "at least 0.1 seconds"),
+        (["completion", "fish"], "invalid choice"),
+        (["logs", "r", "--tail", "-1"], "expected 0 or more"),
+    ],
+)
+def test_new_usage_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv) == exitcodes.USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_no_headers_leaves_out_the_header_row() -> None:
+    assert cli.format_table(["A", "B"], [["x", "yy"]], no_headers=True) == "x  yy"
+    assert cli.format_table(["A"], [], no_headers=True) == ""
+
+
+def _run(run_id: str, position: int = 0, priority: int = 0, created: int = 0) -> types_pb2.Run:
+    run = types_pb2.Run(id=run_id, state=types_pb2.RUN_STATE_QUEUED, queue_position=position)
+    run.spec.priority = priority
+    run.created_at.seconds = created
+    return run
+
+
+def test_queue_order_uses_the_schedulers_positions_then_priority_then_age() -> None:
+    runs = [_run("a", 2), _run("b", 1), _run("c", 0, 5, 3), _run("d", 0, 5, 1), _run("e", 0, 9, 9)]
+    assert [r.id for r in cli.queue_order(runs)] == ["b", "a", "e", "d", "c"]
+
+
+def test_agents_get_one_row_per_gpu_model() -> None:
+    agent = types_pb2.Agent(name="ws", pool="onprem", state=types_pb2.AGENT_STATE_READY, gpus_free=2)
+    for i, (model, util) in enumerate([("A100", 50.0), ("A100", 0.0), ("H100", 10.0)]):
+        agent.inventory.gpus.add(uuid=f"g{i}", model=model, memory_total_bytes=80 * 1024**3, utilization=util)
+    rows = cli.agent_rows(agent, {"g0"}, 0.0)
+    assert [row[3:7] for row in rows] == [["A100", "80.0GiB", "25%", "1/2"], ["H100", "80.0GiB", "10%", "1/1"]]
+    assert [row[6] for row in cli.agent_rows(agent, set(), 0.0)] == ["?/2", "?/1"]  # does not add up: unknown
+    cpu_only = types_pb2.Agent(name="cpu", state=types_pb2.AGENT_STATE_CORDONED)
+    assert cli.agent_rows(cpu_only, None, 0.0)[0][2:7] == ["CORDONED", "-", "-", "-", "0/0"]
+
+
+def test_tail_counts_the_programs_lines_not_the_agents_notes() -> None:
+    out, note = types_pb2.LOG_STREAM_STDOUT, types_pb2.LOG_STREAM_SYSTEM
+    lines = [types_pb2.LogLine(text=t, stream=s) for t, s in [("a", out), ("b", out), ("n", note), ("c", out)]]
+    assert cli.tail_start(lines, 1) == 3
+    assert cli.tail_start(lines, 2) == 1
+    assert cli.tail_start(lines, 9) == 0
+    assert cli.tail_start(lines, 0) == 4
+
+
+def test_metrics_table_and_chart_points() -> None:
+    records = [{"step": 1, "loss": 0.5, "attempt": 1}, {"step": 2, "acc": 0.9, "attempt": 1}]
+    headers, rows = cli.metrics_table(records)
+    assert headers == ["ATTEMPT", "STEP", "ACC", "LOSS"]
+    assert rows == [["1", "1", "-", "0.5"], ["1", "2", "0.9", "-"]]
+    assert cli.chart_points(records, "loss") == [(1.0, 0.5)]
+    assert cli.chart_points([{"loss": 2}, {"loss": True}], "loss") == [(0.0, 2.0)]
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (NotFound("no run 'x'"), 3),
+        (GridlabError("denied", grpc.StatusCode.PERMISSION_DENIED), 4),
+        (GridlabError("who?", grpc.StatusCode.UNAUTHENTICATED), 4),
+        (Unavailable("cannot reach"), 5),
+        (GridlabError("bad spec", grpc.StatusCode.INVALID_ARGUMENT), 2),
+        (GridlabError("finished", grpc.StatusCode.FAILED_PRECONDITION), 1),
+        (ClientConfigError("no token"), 1),
+        (RuntimeError("?"), 1),
+    ],
+)
+def test_exit_code_for_each_error(error: BaseException, code: int) -> None:
+    assert exitcodes.for_error(error) == code
+
+
+def test_hints_for_what_a_newcomer_meets() -> None:
+    assert "gridlab-scheduler --state-dir" in cli.explain(Unavailable("cannot reach scheduler at h:1"))
+    assert "tokens create" in cli.explain(ClientConfigError("no token: pass --token"))
+    assert "gridlab-scheduler" in cli.explain(ClientConfigError("no scheduler address: pass --address"))
+    unimplemented = GridlabError("Method not found!", grpc.StatusCode.UNIMPLEMENTED)
+    assert "upgrade it" in cli.explain(unimplemented, cli.parse_args(["tokens", "list"]))
+
+
+def test_the_exit_code_table_is_documented_in_help_and_readme(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for code, meaning in exitcodes.TABLE:
+        assert re.search(rf"^  {code}\s+{re.escape(meaning)}$", out, re.MULTILINE), (code, out)
+        assert re.search(rf"^\|\s*{code}\s*\|", readme, re.MULTILINE), f"README lacks exit code {code}"
+
+
+def test_every_command_is_in_the_readme() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if a.dest == "cmd").choices
+    for name in commands:
+        pattern = rf"(^schedctl {name}\b|`schedctl {name}\b|`{name}\b|alias: {name}\b)"
+        assert re.search(pattern, readme, re.MULTILINE), f"README's schedctl reference lacks {name}"
