@@ -669,10 +669,10 @@ def test_schedctl_lists_and_downloads_checkpoints_and_artifacts(
     assert (dest / "step-7" / "shard1").read_bytes() == b"shard 1"
     assert cli.main([*conn, "download", run_id, "-o", str(dest)]) == 0
     assert (dest / "out" / "model.onnx").read_bytes() == b"exported model"
-    assert cli.main([*conn, "download", run_id, "--checkpoint", "nope", "-o", str(dest)]) == 1
+    assert cli.main([*conn, "download", run_id, "--checkpoint", "nope", "-o", str(dest)]) == 3
     assert "its checkpoints: step-7" in capsys.readouterr().err
     bob = ["--address", server.address, "--token", server.tokens["bob"]]
-    assert cli.main([*bob, "download", run_id, "--artifact", "out/model.onnx", "-o", str(tmp_path / "bob")]) == 1
+    assert cli.main([*bob, "download", run_id, "--artifact", "out/model.onnx", "-o", str(tmp_path / "bob")]) == 3
     assert "no run" in capsys.readouterr().err
     assert not (tmp_path / "bob" / "out").exists()
 

@@ -479,7 +479,7 @@ def test_cli_agents_cordon_drain_uncordon(fake: tuple[FakeScheduler, str], capsy
     assert fake[0].requests("SetAgentState")[1].deadline.ToSeconds() == 7200
     assert schedctl(fake, "agents", "uncordon", "ws1", "-o", "json") == 0
     assert json.loads(capsys.readouterr().out)["state"] == "AGENT_STATE_READY"
-    assert schedctl(fake, "agents", "drain", "nope") == 1
+    assert schedctl(fake, "agents", "drain", "nope") == 3  # not found
     assert capsys.readouterr().err.startswith("error: no agent 'nope'")
     assert schedctl(fake, "agents") == 0  # the listing
     assert "ws1" in capsys.readouterr().out
@@ -500,7 +500,7 @@ def test_cli_submit_follow_exit_code(fake: tuple[FakeScheduler, str], capsys: py
     thread.start()
     code = schedctl(fake, "submit", "--follow", "--", "python", "x.py")
     thread.join()
-    assert code == 1
+    assert code == 100  # the run failed
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "run-1"
     assert out[1:6] == [f"line {i}" for i in range(1, 6)]
@@ -524,7 +524,7 @@ def test_cli_submit_follow_timeout_bounds_the_logs(
     thread.join(10)
     assert not thread.is_alive(), "schedctl submit --follow --timeout 0.5 did not return"
     assert time.monotonic() - started < 5
-    assert codes == [1]
+    assert codes == [102]  # timed out
     captured = capsys.readouterr()
     assert captured.out.splitlines() == ["run-1", *(f"line {i}" for i in range(1, 6))]
     assert captured.err == (
@@ -554,7 +554,8 @@ def test_cli_tables_and_json(fake: tuple[FakeScheduler, str], capsys: pytest.Cap
 
     assert schedctl(fake, "agents") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].split() == ["ws1", "onprem", "READY", "1/2", "2xA100", "30/32", "256.0GiB", "1", "3s", "ago"]
+    assert lines[0].split() == ["NAME", "POOL", "STATE", "MODEL", "MEMORY", "UTIL", "FREE", "CPUS", "LIVE", "HEARTBEAT"]
+    assert lines[1].split() == ["ws1", "onprem", "READY", "A100", "-", "0%", "1/2", "30/32", "1", "3s", "ago"]
 
     assert schedctl(fake, "logs", "run-1") == 0
     assert capsys.readouterr().out.splitlines() == [f"line {i}" for i in range(1, 6)]
@@ -564,7 +565,7 @@ def test_cli_tables_and_json(fake: tuple[FakeScheduler, str], capsys: pytest.Cap
 
 
 def test_cli_errors_are_one_line(fake: tuple[FakeScheduler, str], capsys: pytest.CaptureFixture[str]) -> None:
-    assert schedctl(fake, "status", "run-x") == 1
+    assert schedctl(fake, "status", "run-x") == 3
     assert capsys.readouterr().err == "error: run run-x not found\n"
     fake[0].runs["run-1"] = make_run("run-1", types_pb2.RUN_STATE_SUCCEEDED)
     fake[0].runs["run-2"] = make_run("run-2", types_pb2.RUN_STATE_RUNNING)
@@ -572,5 +573,5 @@ def test_cli_errors_are_one_line(fake: tuple[FakeScheduler, str], capsys: pytest
     captured = capsys.readouterr()
     assert captured.err == "error: run run-1 has already ended\n"
     assert captured.out == "run-2: cancelled\n"
-    assert cli.main(["--address", fake[1], "--token", "nope", "agents"]) == 1
+    assert cli.main(["--address", fake[1], "--token", "nope", "agents"]) == 4  # permission: unknown token
     assert "unknown token (the token came from the token argument)" in capsys.readouterr().err
