@@ -73,7 +73,12 @@ class Batcher:
                 await asyncio.sleep(0)  # let the streams read and write between batches
 
     def run_batch(self) -> None:
-        """Run what is queued (up to MAX_BATCH functions) in one transaction, then answer the waiting callers."""
+        """Run what is queued (up to MAX_BATCH functions) in one transaction, then answer the waiting callers.
+
+        A function whose caller has gone (its RPC was cancelled while it waited) is skipped: a Hello must
+        not register a session nobody reads. Anything that ends the transaction early (SQLite rolls the
+        whole of it back on a full disk or an I/O error) or that is not an ordinary error (cancellation,
+        interpreter exit) fails the whole batch like a failed commit; the latter is raised again."""
         batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
         if len(self._queue) < MAX_QUEUED:
             self._room.set()
@@ -81,6 +86,10 @@ class Batcher:
         try:
             with self.store.group():
                 for fn, future in batch:
+                    if future is not None and future.done():
+                        continue
+                    if not self.store.conn.in_transaction:
+                        raise GroupAborted("SQLite rolled the batch's transaction back")
                     try:
                         result = fn()
                     except Exception as exc:  # noqa: BLE001 - handed to the caller, or logged
@@ -91,19 +100,27 @@ class Batcher:
                         continue
                     if future is not None:
                         outcomes.append((future, result, None))
-        except Exception as exc:
+        except BaseException as exc:
             log.exception("group_commit_failed", functions=len(batch))
             self.on_commit_failure()
             for _, future in batch:
                 if future is not None and not future.done():
-                    future.set_exception(exc)
+                    future.set_exception(exc if isinstance(exc, Exception) else GroupAborted(repr(exc)))
+            if not isinstance(exc, Exception):
+                raise
             return
         self.batches += 1
         self.functions += len(batch)
         for future, result, error in outcomes:
             if future.done():  # the caller went away (its RPC was cancelled)
+                if error is not None:
+                    log.warning("batched_call_failed_after_its_caller_left", error=str(error))
                 continue
             if error is not None:
                 future.set_exception(error)
             else:
                 future.set_result(result)
+
+
+class GroupAborted(RuntimeError):
+    """The batch's transaction ended before its functions did: nothing of it was committed."""

@@ -145,11 +145,18 @@ class Engine:
         self._timed_out: set[str] = set()  # attempts stopped at their run's time limit: they end for good
         self.usage: dict[str, Usage] = self._load_usage()
         self.batcher = Batcher(store, on_commit_failure=self._drop_sessions)  # group commit; `run()` it
-        # After a restart every agent the store thinks is ready gets a full timeout to
-        # reconnect before it is declared lost.
+        self._restart_liveness()
+
+    def _restart_liveness(self) -> None:
+        """After a restart (or a failed group commit) every agent the store thinks is ready gets a full
+        timeout, at the cadence a cluster of that size has, to reconnect before it is declared lost."""
+        ready = [row["name"] for row in self.store.all("SELECT name FROM agents WHERE state = 'READY'")]
+        c = self.config
+        timeout = cadence_for(len(ready), c.heartbeat_interval, c.heartbeat_timeout, c.heartbeat_max_rate).timeout
         now = self.clock.monotonic()
-        for row in store.all("SELECT name FROM agents WHERE state = 'READY'"):
-            self.last_seen[row["name"]] = now
+        for name in ready:
+            self.last_seen[name] = now
+            self.timeouts[name] = max(timeout, self.timeouts.get(name, 0.0))
 
     def _load_usage(self) -> dict[str, Usage]:
         """Each user's decayed GPU-seconds, from the attempts that ended within ten half-lives (older ones
@@ -866,7 +873,9 @@ class Engine:
         session.draining = beat.draining
 
     def _drop_sessions(self) -> None:
-        """A group commit failed: every agent reconnects and reconciles with what the store holds."""
+        """A group commit failed: every agent reconnects and reconciles with what the store holds, and
+        liveness starts over from the store (the batch may have declared agents lost, then rolled back)."""
+        self._restart_liveness()
         for session in list(self.sessions.values()):
             session.abort()
         self.sessions.clear()
@@ -1239,18 +1248,24 @@ class Engine:
         served by one pass, not one pass each. The pass runs in a group commit with whatever else is queued.
         The gap is at least as long as the last pass took: a pass over a deep queue (20,000 runs: 0.2-0.3 s)
         holds the event loop, and back-to-back passes would starve the streams and every other call."""
-        took = 0.0
+        took = [0.0]
+
+        def timed_pass() -> None:
+            started = time.perf_counter()
+            try:
+                self.place_once()
+            finally:
+                took[0] = time.perf_counter() - started
+
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), self.config.placement_interval)
-            await asyncio.sleep(max(PASS_GAP, took))
+            await asyncio.sleep(max(PASS_GAP, took[0]))
             self._kick.clear()
-            started = time.perf_counter()
             try:
-                await self.batcher.call(self.place_once)
+                await self.batcher.call(timed_pass)
             except Exception:  # a bug must not stop scheduling for everyone
                 log.exception("placement_failed")
-            took = time.perf_counter() - started
 
     def check_all(self) -> None:
         """The periodic checks: lost agents, hung attempts, gangs that never prepared, time limits, drains."""

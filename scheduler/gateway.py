@@ -57,8 +57,14 @@ class AgentGatewayService(agent_pb2_grpc.AgentGatewayServicer):
         if first is None or first.WhichOneof("msg") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message on Connect must be a Hello")
             return
-        # Batched too: after whatever the agent's previous stream sent, which may still be queued.
-        session = await call(context, self.engine.agent_hello, first.hello, batcher=self.engine.batcher)
+        # Batched too: after whatever the agent's previous stream sent, which may still be queued. Shielded:
+        # if the agent hangs up once its Hello has run, the session it registered is closed, not left open.
+        hello = asyncio.ensure_future(call(context, self.engine.agent_hello, first.hello, batcher=self.engine.batcher))
+        try:
+            session = await asyncio.shield(hello)
+        except asyncio.CancelledError:
+            hello.add_done_callback(self._disconnect_if_registered)
+            raise
         structlog.contextvars.bind_contextvars(agent=session.name)
         reader = asyncio.create_task(self._read(session, request_iterator))
         try:
@@ -70,6 +76,10 @@ class AgentGatewayService(agent_pb2_grpc.AgentGatewayServicer):
         finally:
             reader.cancel()
             self.engine.agent_disconnected(session)
+
+    def _disconnect_if_registered(self, hello: asyncio.Future[AgentSession]) -> None:
+        if not hello.cancelled() and hello.exception() is None:
+            self.engine.agent_disconnected(hello.result())
 
     async def PushLogs(self, request_iterator: Any, context: Any) -> agent_pb2.PushLogsResponse:
         accepted = duplicates = 0

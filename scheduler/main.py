@@ -68,16 +68,33 @@ async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(t) for t in (engine.batcher.run(), engine.placement_loop(), engine.liveness_loop())]
+    batcher = asyncio.create_task(engine.batcher.run(), name="batcher")
+    loops = [
+        asyncio.create_task(engine.placement_loop(), name="placement_loop"),
+        asyncio.create_task(engine.liveness_loop(), name="liveness_loop"),
+    ]
+
+    def died(task: asyncio.Task[None]) -> None:
+        """None of them ever returns: one that does leaves nothing committed or placed, so stop (a supervisor
+        restarts the scheduler; agents reconnect and reconcile) rather than hang every call."""
+        if not task.cancelled():
+            log.critical("scheduler_task_ended", task=task.get_name(), error=repr(task.exception()))
+            stop.set()
+
+    for task in (batcher, *loops):
+        task.add_done_callback(died)
     try:
         await stop.wait()
     finally:
         log.info("stopping")
-        for task in tasks:
+        for task in (batcher, *loops):
+            task.remove_done_callback(died)
+        for task in loops:
             task.cancel()
         for session in list(engine.sessions.values()):
             session.close()
-        await server.stop(grace=1.0)
+        await server.stop(grace=1.0)  # calls in flight still get their batch committed
+        batcher.cancel()
         store.close()
 
 

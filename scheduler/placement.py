@@ -251,18 +251,23 @@ class FitIndex:
     """Per request shape, a heap of the agents that can hold one node of it, best first; kept from one pass
     to the next, so a pass costs work for the agents that changed, not for every agent per queued run.
 
-    A cache and nothing more: `place` answers exactly as `place_gang` over the same views. An entry is
-    tagged with its agent's version; any change to an agent (`sync` with a new snapshot, `update` after a
-    plan takes from it) bumps the version and pushes fresh entries, and stale ones are skipped when popped.
+    A cache and nothing more: `place` answers exactly as `place_gang` over the same views. Entries are
+    tagged with their agent's version. A change to an agent (`sync` with a new snapshot, `update` after a
+    plan takes from it) bumps the version and goes on a change log; each heap catches up on the log when
+    its shape is next asked for (so shapes nobody asks for cost nothing), and stale entries are skipped
+    when popped. A heap, or the log, that grows past a few times the number of agents is dropped and
+    rebuilt on demand.
     """
 
     MAX_SHAPES = 256  # request shapes remembered; the least recently used is forgotten past it
 
     def __init__(self) -> None:
         self._views: dict[str, AgentView] = {}
-        self._version: dict[str, int] = {}
-        self._heaps: dict[tuple[object, ...], tuple[RunRequest, list[tuple[Candidate, int]]]] = {}
-        self._clock = 0
+        self._version: dict[str, int] = {}  # agent -> the tick of its last change (unique across agents)
+        self._tick = 0
+        self._changes: list[str] = []  # agent names, in the order they changed
+        # shape -> (a request of that shape, its heap, how much of the change log the heap has seen)
+        self._heaps: dict[tuple[object, ...], tuple[RunRequest, list[tuple[Candidate, int]], int]] = {}
 
     def sync(self, agents: Iterable[AgentView]) -> None:
         """Take a pass's snapshot: agents that changed or appeared get fresh entries; gone ones are dropped."""
@@ -270,22 +275,23 @@ class FitIndex:
         for view in agents:
             seen.add(view.name)
             old = self._views.get(view.name)
-            if old is view or (old is not None and _same(old, view)):
+            if old is view or old == view:
                 self._views[view.name] = view
                 continue
             self.update(view)
         for name in [n for n in self._views if n not in seen]:
             del self._views[name]
-            self._version[name] = self._version.get(name, 0) + 1
+            del self._version[name]  # its entries are stale: no tick matches a missing agent, or a new one
+        if len(self._changes) > 4 * len(self._views) + 1024:  # cheaper to rebuild a heap than to replay
+            self._changes.clear()
+            self._heaps.clear()
 
     def update(self, view: AgentView) -> None:
         """`view` is what its agent has free now."""
         self._views[view.name] = view
-        version = self._version[view.name] = self._version.get(view.name, 0) + 1
-        for req, heap in self._heaps.values():
-            fit = _fit(view, req)
-            if fit is not None:
-                heapq.heappush(heap, ((fit[0], view.name, fit[1]), version))
+        self._tick += 1
+        self._version[view.name] = self._tick
+        self._changes.append(view.name)
 
     def place(self, req: RunRequest, exclude: Mapping[str, object] | frozenset[str] = frozenset()) -> Placement | None:
         """`place_gang` over the indexed views minus the agents in `exclude`."""
@@ -304,34 +310,26 @@ class FitIndex:
 
     def _heap(self, req: RunRequest) -> list[tuple[Candidate, int]]:
         shape = _fit_shape(req)
-        self._clock += 1
         known = self._heaps.pop(shape, None)  # re-inserted last: dicts keep insertion order, so first is LRU
         if known is None or len(known[1]) > 4 * len(self._views) + 64:  # new, or mostly stale entries
-            heap = []
-            for name, view in self._views.items():
-                fit = _fit(view, req)
-                if fit is not None:
-                    heap.append(((fit[0], name, fit[1]), self._version[name]))
+            heap = self._entries(req, self._views)
             heapq.heapify(heap)
-            known = (req, heap)
-        self._heaps[shape] = known
+        else:
+            req, heap, read = known
+            for entry in self._entries(req, dict.fromkeys(self._changes[read:])):
+                heapq.heappush(heap, entry)
+        self._heaps[shape] = (req, heap, len(self._changes))
         if len(self._heaps) > self.MAX_SHAPES:
             del self._heaps[next(iter(self._heaps))]
-        return known[1]
+        return heap
 
-
-def _same(a: AgentView, b: AgentView) -> bool:
-    return (
-        a.free_gpus == b.free_gpus
-        and a.cpus_free == b.cpus_free
-        and a.memory_free == b.memory_free
-        and a.gpus == b.gpus
-        and a.pool == b.pool
-        and a.labels == b.labels
-        and a.tier == b.tier
-        and a.cpus_total == b.cpus_total
-        and a.memory_total == b.memory_total
-    )
+    def _entries(self, req: RunRequest, names: Iterable[str]) -> list[tuple[Candidate, int]]:
+        out = []
+        for name in names:
+            view = self._views.get(name)
+            if view is not None and (fit := _fit(view, req)) is not None:
+                out.append(((fit[0], name, fit[1]), self._version[name]))
+        return out
 
 
 def _fit_shape(req: RunRequest) -> tuple[object, ...]:

@@ -351,6 +351,8 @@ class Store:
         the next durable commit makes it durable too. For log index rows, whose files are not fsynced.
         Inside `group()` it is a savepoint: rolled back alone, committed with the group."""
         if self._grouped:
+            if not self.conn.in_transaction:  # SQLite rolled the group back (a full disk, an I/O error)
+                raise sqlite3.OperationalError("the group's transaction was rolled back; nothing more runs in it")
             with self._savepoint():
                 yield self.conn
             return
@@ -379,8 +381,9 @@ class Store:
         try:
             yield
         except BaseException:
-            self.conn.execute("ROLLBACK TO tx")
-            self.conn.execute("RELEASE tx")
+            if self.conn.in_transaction:  # else SQLite already undid everything: keep the first error
+                self.conn.execute("ROLLBACK TO tx")
+                self.conn.execute("RELEASE tx")
             raise
         self.conn.execute("RELEASE tx")
 

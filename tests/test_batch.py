@@ -122,3 +122,60 @@ def test_a_full_queue_makes_producers_wait(store: Store, monkeypatch: pytest.Mon
     assert waited
     assert batches >= 2  # MAX_BATCH bounds each transaction
     assert keys(store.path) == {"p0", "p1", "p2", "late"}
+
+
+def test_when_sqlite_rolls_the_whole_batch_back_nothing_after_it_commits_on_its_own(store: Store) -> None:
+    """A full disk or an I/O error makes SQLite undo the whole transaction; a later function must not then
+    run in (and commit) a transaction of its own while its caller is told it failed."""
+    store.conn.execute(
+        "CREATE TRIGGER boom BEFORE INSERT ON meta WHEN NEW.key = 'boom' "
+        "BEGIN SELECT RAISE(ROLLBACK, 'disk full, as SQLite reports it'); END"
+    )
+    dropped = []
+
+    async def go() -> list[object]:
+        batcher = Batcher(store, on_commit_failure=lambda: dropped.append(True))
+        runner = asyncio.create_task(batcher.run())
+        out = await asyncio.gather(
+            batcher.call(lambda: insert(store, "before", 1)),
+            batcher.call(lambda: insert(store, "boom", 2)),
+            batcher.call(lambda: insert(store, "after", 3)),
+            return_exceptions=True,
+        )
+        runner.cancel()
+        return out
+
+    results = asyncio.run(go())
+    assert all(isinstance(r, Exception) for r in results), results
+    assert dropped == [True]
+    assert keys(store.path) == set()
+
+
+def test_a_caller_that_went_away_is_skipped_and_a_cancellation_fails_the_batch_loudly(store: Store) -> None:
+    ran: list[str] = []
+    dropped = []
+
+    async def go() -> tuple[bool, object, object]:
+        batcher = Batcher(store, on_commit_failure=lambda: dropped.append(True))
+        gone = asyncio.ensure_future(batcher.call(lambda: ran.append("gone")))
+        await asyncio.sleep(0)
+        gone.cancel()  # e.g. an agent hung up while its Hello waited for the batch
+        kept = asyncio.ensure_future(batcher.call(lambda: insert(store, "kept", 1)))
+        runner = asyncio.create_task(batcher.run())
+        assert await kept == 1
+
+        def cancelled() -> None:
+            raise asyncio.CancelledError  # not an Exception: must not leave the batch half done
+
+        waiting = asyncio.ensure_future(batcher.call(lambda: insert(store, "undone", 2)))
+        batcher.post(cancelled)
+        await asyncio.wait([runner, waiting], timeout=5)
+        return runner.done(), waiting.exception(), runner.cancelled() or runner.exception()
+
+    runner_done, waiting_error, runner_end = asyncio.run(go())
+    assert ran == []
+    assert runner_done  # the batcher re-raised it: main sees the task end and stops the scheduler
+    assert isinstance(waiting_error, batch.GroupAborted)
+    assert dropped == [True]
+    assert keys(store.path) == {"kept"}
+    assert runner_end

@@ -381,3 +381,20 @@ def test_the_shape_of_a_request_covers_every_field_but_who_and_which_run() -> No
         "priority",
         "time_limit",
     }  # a new field must join _shape (or be named here as not mattering)
+
+
+def test_the_index_stays_small_and_unused_shapes_cost_nothing() -> None:
+    """A shape asked for once must not make every later change cost work (or memory) for it."""
+    base = [agent(f"n{i}", 4) for i in range(50)]
+    index = FitIndex()
+    plan(base, [RunRequest("odd", gpus=1, cpus=3.5)], index=index)  # a one-off shape
+    changes = 0
+    for k in range(400):  # many passes of churn (a third of the agents change each time), with another shape
+        agents = [replace_free(a, (k % 4,)) if i % 3 == k % 3 else a for i, a in enumerate(base)]
+        changes += len(agents) // 3
+        plan(agents, [req(f"r{k}", 2)], index=index)
+    assert changes > 4 * (4 * len(agents) + 1024)
+    sizes = {shape[1]: len(heap) for shape, (_, heap, _) in index._heaps.items()}
+    assert sizes.get(3.5, 0) <= 4 * len(agents) + 64  # (dropped whole when the change log was trimmed)
+    assert len(index._changes) <= 4 * len(agents) + 1024
+    assert all(size <= 4 * len(agents) + 64 + 2 * len(agents) for size in sizes.values())
