@@ -370,7 +370,10 @@ def _pending_reason(agents: list[AgentView], current: Mapping[str, AgentView], r
     if fitting == 0:
         most = max(sum(1 for g in a.gpus if _gpu_fits(g, req)) for a in agents)
         if req.gpus > most:
-            return f"Unsatisfiable: no agent has {req.gpus} suitable GPUs (the most on one agent is {most})"
+            return (
+                f"Unsatisfiable: no agent has {req.gpus} suitable GPUs (the most on one agent is {most}); "
+                f"the biggest machine offers {_offer(agents)}"
+            )
         return "Unsatisfiable: " + "; ".join(f"{a.name}: {r}" for a, r in zip(agents, reasons, strict=True))
     if fitting < req.nodes:
         return f"Unsatisfiable: a gang of {req.nodes} nodes needs {req.nodes} agents that fit; {fitting} connected do"
@@ -381,6 +384,19 @@ def _pending_reason(agents: list[AgentView], current: Mapping[str, AgentView], r
             "(a gang starts whole or not at all)"
         )
     return f"Resources: needs {describe(req)}; waiting for GPUs or CPUs to free up"
+
+
+def _offer(agents: list[AgentView]) -> str:
+    """What the agent with the most GPUs has, for a user to size a request that would fit: "ws-01: 2x A100
+    80 GB + 4x RTX3090 24 GB"."""
+    biggest = max(agents, key=lambda a: (len(a.gpus), a.name))
+    if not biggest.gpus:
+        return f"{biggest.name}: no GPUs"
+    counts: dict[tuple[str, int], int] = {}
+    for g in biggest.gpus:
+        key = (g.model, round(g.memory_bytes / 1024**3))
+        counts[key] = counts.get(key, 0) + 1
+    return f"{biggest.name}: " + " + ".join(f"{n}x {model} {gb} GB" for (model, gb), n in sorted(counts.items()))
 
 
 # --- reservation ---------------------------------------------------------------------------------

@@ -608,11 +608,16 @@ def unordered(reason: str) -> tuple[str, frozenset[str]]:
 def test_why_a_run_waits_is_shown_through_the_client(start: Start) -> None:
     _, client, sim = start([A100_X4, WORKSTATION])
     a100, ws = sim.names
+    offer = f"the biggest machine offers {a100}: 4x A100 80 GB"  # what would fit, for the user to size down
     cases = {
-        "Unsatisfiable: no agent has 1 suitable GPUs (the most on one agent is 0)": dict(gpus=1, gpu_type="H100"),
+        f"Unsatisfiable: no agent has 1 suitable GPUs (the most on one agent is 0); {offer}": dict(
+            gpus=1, gpu_type="H100"
+        ),
         # Per device: the workstation has one A6000, not two, even though it has three GPUs.
-        "Unsatisfiable: no agent has 2 suitable GPUs (the most on one agent is 1)": dict(gpus=2, gpu_type="A6000"),
-        "Unsatisfiable: no agent has 8 suitable GPUs (the most on one agent is 4)": dict(gpus=8),
+        f"Unsatisfiable: no agent has 2 suitable GPUs (the most on one agent is 1); {offer}": dict(
+            gpus=2, gpu_type="A6000"
+        ),
+        f"Unsatisfiable: no agent has 8 suitable GPUs (the most on one agent is 4); {offer}": dict(gpus=8),
         f"Unsatisfiable: {a100}: label rack=b missing; {ws}: label rack=b missing": dict(gpus=1, labels={"rack": "b"}),
         f"Unsatisfiable: {a100}: pool is onprem, not cloud; {ws}: pool is onprem, not cloud": dict(
             gpus=1, pool="cloud"
@@ -624,7 +629,7 @@ def test_why_a_run_waits_is_shown_through_the_client(start: Start) -> None:
     for run_id, want in waiting.items():
         assert unordered(wait_reason(client, run_id, "Unsatisfiable")) == unordered(want)
     assert wait_reason(client, memory, "Unsatisfiable") == (
-        "Unsatisfiable: no agent has 1 suitable GPUs (the most on one agent is 0)"
+        f"Unsatisfiable: no agent has 1 suitable GPUs (the most on one agent is 0); {offer}"
     )
     # The same reasons in a listing, and none once a run is placed.
     listed = {r.id: r.pending_reason for r in client.runs(states="QUEUED", limit=None)}

@@ -126,6 +126,7 @@ def test_queued_runs_carry_their_place_in_the_last_pass_order(tmp_path: Path) ->
     session = hello(engine, gpus=1)
     drain(session)
     first, _ = engine.submit(BOB, job(1), "")
+    engine.clock.advance(1)  # type: ignore[attr-defined]  # submit time orders equals, not the random ids
     low, _ = engine.submit(BOB, job(1), "")
     high, _ = engine.submit(ALICE, job(1, priority=5), "")
     assert engine.run_message(low).queue_position == 0  # no pass has ordered it yet
