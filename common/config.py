@@ -48,6 +48,7 @@ class SchedulerConfig:
     bundle_max_bytes: int = 1024 * 1024 * 1024  # largest code bundle a user may upload (compressed)
     blob_max_bytes: int = 256 * 1024**3  # largest checkpoint or artifact file an agent may upload
     fair_share_half_life: float = 7 * 86400.0  # seconds for a user's past GPU-seconds to count half
+    max_user_priority: int = 100  # the highest priority a user (not an admin) may give a run, at submit or later
     quota_user_gpus: int = 0  # GPUs one user may hold at once (0: no cap)
     quota_users: dict[str, int] = dataclasses.field(default_factory=dict)  # per-user caps that override it
     quota_teams: dict[str, int] = dataclasses.field(default_factory=dict)  # GPUs one team may hold at once

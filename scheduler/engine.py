@@ -255,6 +255,10 @@ class Engine:
             run.queue_position = self.queue_positions.get(run.id, 0)
         return run
 
+    def priority_cap_message(self, priority: int) -> str:
+        cap = self.config.max_user_priority
+        return f"priority {priority} is above {cap}, the most a user may give a run (max_user_priority): ask an admin"
+
     def kick(self) -> None:
         self._kick.set()
 
@@ -270,6 +274,8 @@ class Engine:
             raise precondition(
                 f"code bundle {spec.code_digest} is not in the scheduler's store: upload it first (Client.upload_code)"
             )
+        if spec.priority > self.config.max_user_priority and not who.admin:
+            raise denied(self.priority_cap_message(spec.priority))
         if len(idempotency_key) > 200:
             raise invalid("idempotency_key is longer than 200 characters")
         if idempotency_key:

@@ -111,10 +111,11 @@ def revoke_token(engine: Engine, who: Principal, prefix: str) -> TokenInfo:
 
 
 def set_run_priority(engine: Engine, who: Principal, run_id: str, priority: int) -> types_pb2.Run:
-    """Change a queued or live run's priority. Its owner may lower or keep it; only an admin raises it (else
-    users would outbid each other). The column orders the queue and ranks live runs for preemption; the spec
-    blob (what GetRun shows, what placement's requests read) is rewritten to match and its cached parse
-    dropped. Then placement runs: a queued run may now go first, or preempt, or be preempted."""
+    """Change a queued or live run's priority. Its owner may set any priority up to `max_user_priority` (or
+    lower one an admin gave); only an admin goes above it (else users would outbid each other). The column
+    orders the queue and ranks live runs for preemption; the spec blob (what GetRun shows, what placement's
+    requests read) is rewritten to match and its cached parse dropped. Then placement runs: a queued run may
+    now go first, or preempt, or be preempted."""
     if abs(priority) > MAX_PRIORITY:
         raise invalid(f"priority is {priority}: it must be between -{MAX_PRIORITY} and {MAX_PRIORITY}")
     row = engine.visible_run(who, run_id)
@@ -122,11 +123,8 @@ def set_run_priority(engine: Engine, who: Principal, run_id: str, priority: int)
     if state.terminal:
         raise precondition(f"run {run_id} has already ended ({state.value}); its priority no longer matters")
     old = row["priority"] or 0
-    if priority > old and not who.admin:
-        raise denied(
-            f"only admins raise priority: run {run_id} has priority {old}; you may lower it or keep it, "
-            "or ask an admin to raise it"
-        )
+    if priority > old and priority > engine.config.max_user_priority and not who.admin:
+        raise denied(f"run {run_id} has priority {old}: " + engine.priority_cap_message(priority))
     if priority == old:
         return engine.run_message(run_id)
     spec = types_pb2.RunSpec.FromString(row["spec"])

@@ -162,11 +162,13 @@ def test_revoke_refuses_short_malformed_unknown_and_ambiguous_ids(cluster: Clust
 
 
 def test_set_run_priority_owner_lowers_admin_raises(cluster: Cluster) -> None:
-    run = cluster.submit(cluster.alice, priority=2)
+    fails(lambda: cluster.submit(cluster.alice, priority=101), Code.PERMISSION_DENIED, "max_user_priority")
+    run = cluster.submit(cluster.alice, priority=1)
+    assert cluster.alice("SetRunPriority", run_id=run.id, priority=2).run.spec.priority == 2  # up to the cap
     message = fails(
-        lambda: cluster.alice("SetRunPriority", run_id=run.id, priority=3),
+        lambda: cluster.alice("SetRunPriority", run_id=run.id, priority=101),
         Code.PERMISSION_DENIED,
-        "only admins raise priority",
+        "above 100, the most a user may give a run (max_user_priority): ask an admin",
     )
     assert "priority 2" in message
     lowered = cluster.alice("SetRunPriority", run_id=run.id, priority=-1).run
@@ -179,6 +181,7 @@ def test_set_run_priority_owner_lowers_admin_raises(cluster: Cluster) -> None:
     events = [(e.kind, e.message) for e in cluster.alice("ListRunEvents", run_id=run.id).events]
     assert events == [
         ("submitted", "submitted by alice"),
+        ("priority", "priority 1 -> 2 by alice"),
         ("priority", "priority 2 -> -1 by alice"),
         ("priority", "priority -1 -> 5 by admin"),
     ]

@@ -200,8 +200,9 @@ class SchedulerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetRunPriority(self, request, context):
-        """Change a run's priority (queued or live). Its owner may lower it; raising it is for
-        admins (PERMISSION_DENIED otherwise). FAILED_PRECONDITION on a finished run.
+        """Change a run's priority (queued or live). Its owner may set it up to the scheduler's
+        max_user_priority (or lower one an admin gave); above it is for admins
+        (PERMISSION_DENIED otherwise). FAILED_PRECONDITION on a finished run.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -69,8 +69,9 @@ class SchedulerStub:
     WhoAmI: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.WhoAmIRequest, _scheduler_pb2.WhoAmIResponse]
     """Who the caller's token says they are, and the server's version."""
     SetRunPriority: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.SetRunPriorityRequest, _scheduler_pb2.SetRunPriorityResponse]
-    """Change a run's priority (queued or live). Its owner may lower it; raising it is for
-    admins (PERMISSION_DENIED otherwise). FAILED_PRECONDITION on a finished run.
+    """Change a run's priority (queued or live). Its owner may set it up to the scheduler's
+    max_user_priority (or lower one an admin gave); above it is for admins
+    (PERMISSION_DENIED otherwise). FAILED_PRECONDITION on a finished run.
     """
     ListRunEvents: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListRunEventsRequest, _scheduler_pb2.ListRunEventsResponse]
     """A run's events, oldest first (what `schedctl describe` shows); NOT_FOUND as GetRun."""
@@ -113,8 +114,9 @@ class SchedulerAsyncStub(SchedulerStub):
     WhoAmI: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.WhoAmIRequest, _scheduler_pb2.WhoAmIResponse]  # type: ignore[assignment]
     """Who the caller's token says they are, and the server's version."""
     SetRunPriority: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.SetRunPriorityRequest, _scheduler_pb2.SetRunPriorityResponse]  # type: ignore[assignment]
-    """Change a run's priority (queued or live). Its owner may lower it; raising it is for
-    admins (PERMISSION_DENIED otherwise). FAILED_PRECONDITION on a finished run.
+    """Change a run's priority (queued or live). Its owner may set it up to the scheduler's
+    max_user_priority (or lower one an admin gave); above it is for admins
+    (PERMISSION_DENIED otherwise). FAILED_PRECONDITION on a finished run.
     """
     ListRunEvents: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListRunEventsRequest, _scheduler_pb2.ListRunEventsResponse]  # type: ignore[assignment]
     """A run's events, oldest first (what `schedctl describe` shows); NOT_FOUND as GetRun."""
@@ -232,8 +234,9 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_pb2.SetRunPriorityRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.SetRunPriorityResponse, _abc.Awaitable[_scheduler_pb2.SetRunPriorityResponse]]:
-        """Change a run's priority (queued or live). Its owner may lower it; raising it is for
-        admins (PERMISSION_DENIED otherwise). FAILED_PRECONDITION on a finished run.
+        """Change a run's priority (queued or live). Its owner may set it up to the scheduler's
+        max_user_priority (or lower one an admin gave); above it is for admins
+        (PERMISSION_DENIED otherwise). FAILED_PRECONDITION on a finished run.
         """
 
     @_abc_1.abstractmethod
