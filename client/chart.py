@@ -30,6 +30,22 @@ def _label(value: float) -> str:
     return f"{value:.4g}"
 
 
+def _fraction(value: float, lo: float, hi: float) -> float:
+    """Where `value` lies between `lo` (0) and `hi` (1), for any finite floats: halved first, so that
+    `hi - lo` cannot overflow to infinity (as 1e308 - -1e308 would); 0 when the two are equal."""
+    span = hi / 2 - lo / 2
+    if span == 0:
+        return 0.0
+    return (value / 2 - lo / 2) / span
+
+
+def _between(lo: float, hi: float, fraction: float) -> float:
+    """The value `fraction` of the way from `lo` to `hi`; finite for finite ends (no `hi - lo`), and never
+    outside them."""
+    value = lo * (1 - fraction) + hi * fraction
+    return min(max(value, min(lo, hi)), max(lo, hi))
+
+
 def _sample(points: Sequence[tuple[float, float]], x: float) -> float:
     """y at `x` by linear interpolation between the neighbouring points (sorted by x)."""
     lo, hi = 0, len(points) - 1
@@ -44,13 +60,14 @@ def _sample(points: Sequence[tuple[float, float]], x: float) -> float:
         else:
             hi = mid
     (x0, y0), (x1, y1) = points[lo], points[hi]
-    return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return y0 if x1 == x0 else _between(y0, y1, _fraction(x, x0, x1))
 
 
 def line_chart(points: list[tuple[float, float]], width: int = 60, height: int = 12, title: str = "") -> str:
     """Draw `points` (x, y) as a line of `*` in a `width` x `height` plot area, with axes.
 
-    Points need not be sorted; non-finite ones (NaN, inf: a diverged loss) are left out.
+    Points need not be sorted; non-finite ones (NaN, inf: a diverged loss) are left out, and any finite
+    values draw, up to +-1.8e308 (the arithmetic never computes a span that overflows).
     The y axis shows the max, the min and (when tall enough) the middle; the x axis its
     first and last x. Several points in one column show as their interpolated line, so a
     long run still reads as a curve, and gaps between rows are joined with `:`.
@@ -82,17 +99,16 @@ def line_chart(points: list[tuple[float, float]], width: int = 60, height: int =
     ymin = min(y for _, y in pts)
     ymax = max(y for _, y in pts)
     flat = ymax == ymin
-    span = (ymax - ymin) or 1.0
 
     def row_of(y: float) -> int:  # 0 is the top row
         if flat:
             return height // 2
-        return round((ymax - y) / span * (height - 1))
+        return min(height - 1, max(0, round(_fraction(y, ymax, ymin) * (height - 1))))
 
     grid = [[" "] * width for _ in range(height)]
     previous: int | None = None
     for col in range(width):
-        x = xmin if width == 1 or xmax == xmin else xmin + (xmax - xmin) * col / (width - 1)
+        x = xmin if width == 1 or xmax == xmin else _between(xmin, xmax, col / (width - 1))
         row = row_of(_sample(pts, x))
         if previous is not None and abs(row - previous) > 1:
             step = 1 if row > previous else -1
@@ -107,7 +123,7 @@ def line_chart(points: list[tuple[float, float]], width: int = 60, height: int =
     if flat:
         labels = {height // 2: _label(ymin)}
     elif height >= 5:
-        labels[(height - 1) // 2] = _label(ymax - span * ((height - 1) // 2) / (height - 1))
+        labels[(height - 1) // 2] = _label(_between(ymax, ymin, ((height - 1) // 2) / (height - 1)))
     pad = max(len(text) for text in labels.values())
     for i, row_cells in enumerate(grid):
         lines.append(f"{labels.get(i, '').rjust(pad)} |{''.join(row_cells).rstrip()}")

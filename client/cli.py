@@ -13,7 +13,9 @@ kubectl's grammar (verb, then what), Slurm's meanings (states, pending reasons, 
     completion bash|zsh
 
 Tables by default (columns as wide as their content, times as "12s ago"); `-o json` prints
-exactly one JSON document on stdout for scripts; `-q` prints ids only. Failures print
+exactly one JSON document on stdout for scripts (`logs -f -o json`, a stream, prints JSON Lines:
+one object a line); `-q` prints ids only. `download` has no output format: its `-o` is the
+folder, and it prints the paths it wrote. Failures print
 `error: <message>` (and a `hint:` where a newcomer needs one), never a traceback (set
 SCHEDCTL_DEBUG=1 to see one for an unexpected error). Exit codes: see `gridlab.client.exitcodes`.
 """
@@ -23,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
-import json
 import math
 import os
 import shlex
@@ -45,6 +46,7 @@ from gridlab.client.errors import ClientConfigError, GridlabError
 from gridlab.client.output import (
     ago,
     cut,
+    dumps,
     elapsed,
     format_table,
     human_ago,
@@ -77,6 +79,7 @@ EXIT_USAGE = exitcodes.USAGE
 EXIT_INTERRUPTED = exitcodes.INTERRUPTED
 
 ACTIVE_STATES = ("QUEUED", "STARTING", "RUNNING")
+TOP_FINISHED = 100  # finished runs `top` fetches to fill the screen below the active ones
 # How long `submit` looks for a pending reason that says the run can never be placed.
 _UNPLACEABLE_CHECK_S = 1.5
 _NOT_RANKED_YET = "Priority: waiting for the scheduler's next pass"  # the reason a run has before a pass
@@ -178,11 +181,17 @@ def _print_line(line: types_pb2.LogLine, out: TextIO) -> None:
 
 
 def _final_line(run_id: str, status: RunStatus) -> str:
+    """The line that ends a wait ("run-1 FAILED (exit code 3): ..."): an exit code only when a process
+    exited, and the state said once."""
     line = f"{run_id} {status.state}"
     if status.exit_code is not None:
         line += f" (exit code {status.exit_code})"
-    if status.message:
-        line += f": {status.message}"
+    message = status.message
+    prefix = f"{status.state.lower()}: "
+    if message.lower().startswith(prefix):  # the agent's "cancelled: <reason>" after "CANCELLED"
+        message = message[len(prefix) :]
+    if message:
+        line += f": {message}"
     return line
 
 
@@ -342,7 +351,13 @@ def _submit_sweep(client: Client, args: argparse.Namespace, sweep: Any) -> int:
     try:
         statuses = sweep.wait(timeout=args.timeout)
     except TimeoutError:
-        print(f"error: sweep {sweep.id} has trials still running after {args.timeout or 0:g}s", file=sys.stderr)
+        if _json(args):  # as for one run: the document of where things stand, marked timed out
+            print_json({"sweep": sweep.id, "trials": sweep.trials(), "timed_out": True}, sys.stdout)
+        print(
+            f"error: sweep {sweep.id} has trials still running after {args.timeout or 0:g}s; they keep running"
+            f" (stop them with `schedctl cancel --sweep {sweep.id}`)",
+            file=sys.stderr,
+        )
         return exitcodes.RUN_TIMED_OUT
     except KeyboardInterrupt:
         return _interrupted(sweep.id)
@@ -351,7 +366,7 @@ def _submit_sweep(client: Client, args: argparse.Namespace, sweep: Any) -> int:
     with contextlib.suppress(GridlabError, ValueError, TypeError):
         best = sweep.best() if args.metric else None
     if _json(args):
-        document: dict[str, Any] = {"sweep": sweep.id, "trials": sweep.trials()}
+        document: dict[str, Any] = {"sweep": sweep.id, "trials": sweep.trials(), "timed_out": False}
         if best is not None:
             document["best"] = {"run_id": best[0].id, "value": best[1]}
         print_json(document, sys.stdout)
@@ -653,8 +668,8 @@ def cmd_logs(args: argparse.Namespace, client: Client) -> int:
         print_json(list(lines), sys.stdout)
         return exitcodes.OK
     for line in lines:
-        if as_json:  # following: one JSON object per line, as it comes (a stream has no end to wait for)
-            print(json.dumps(to_dict(line)), flush=True)
+        if as_json:  # following: JSON Lines, one object per line as it comes (a stream has no end to wait for)
+            print(dumps(line), flush=True)
         else:
             _print_line(line, sys.stdout)
     return exitcodes.OK
@@ -764,6 +779,10 @@ def cmd_cancel(args: argparse.Namespace, client: Client) -> int:
     if args.sweep or args.user:
         extra = _only_given(sweep=args.sweep)
         found = client.runs(states=list(ACTIVE_STATES), user=args.user, limit=None, **extra)
+        if args.sweep and found:
+            # A sweep is one user's runs: never another user's that happen to carry the same sweep id.
+            owner = client.sweep(args.sweep).owner
+            found = [run for run in found if run.user == owner]
         targets += [run.id for run in found if run.id not in targets]
         if not found and not args.runs:
             what = f"sweep {args.sweep}" if args.sweep else f"user {args.user}"
@@ -1151,7 +1170,11 @@ def cmd_top(args: argparse.Namespace, client: Client) -> int:
     once = args.once or _json(args)
 
     def snapshot() -> tuple[list[types_pb2.Agent], list[types_pb2.Run]]:
-        return client.agents(pool=args.pool), client.runs(limit=200)
+        # Every queued and running run (all pages: the counts and the GPUs in use must be right on a deep
+        # queue), then only the most recent finished ones, which merely fill the screen.
+        active = client.runs(states=list(ACTIVE_STATES), limit=None)
+        finished = client.runs(states=sorted(TERMINAL_STATES), limit=TOP_FINISHED)
+        return client.agents(pool=args.pool), active + finished
 
     if once:
         agents, runs = snapshot()
@@ -1314,7 +1337,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         choices=("table", "wide", "json"),
         default=argparse.SUPPRESS,
-        help="output format (default: table; json: one JSON document on stdout)",
+        help="output format (default: table; json: one JSON document on stdout; `logs -f`: JSON Lines)",
     )
     group.add_argument(
         "--no-headers", action="store_true", default=argparse.SUPPRESS, help="tables without their header row"
@@ -1470,7 +1493,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help="run id")
 
     p = add("logs", cmd_logs, "print a run's logs (RUN/RANK: one rank's)")
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until the run ends")
+    p.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing new lines until the run ends (with -o json: JSON Lines, one object a line)",
+    )
     p.add_argument("--tail", type=_count_arg, metavar="N", help="only the last N lines (then new ones, with -f)")
     p.add_argument("--rank", type=int, help="only this global rank (-1: the agent's own lines)")
     p.add_argument("--attempt", type=_positive_int, help="only this attempt number")
@@ -1487,7 +1515,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", help="recorded with the run")
     p.add_argument("runs", nargs="*", metavar="RUN", help="run id")
 
-    p = add("priority", cmd_priority, "set a run's priority (higher is placed first; above yours: admins)")
+    help_ = "set a run's priority (higher is placed first; above the users' cap, 100 by default: admins)"
+    p = add("priority", cmd_priority, help_)
     p.add_argument("run", metavar="RUN", help="run id")
     p.add_argument("priority", type=int, metavar="N", help="the new priority")
 
@@ -1502,13 +1531,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("artifacts", cmd_artifacts, "list a run's checkpoints and artifacts")
     p.add_argument("run", metavar="RUN", help="run id")
 
-    help_ = "fetch a run's artifacts or a checkpoint into a folder (resumes an interrupted download)"
+    help_ = "fetch a run's artifacts or a checkpoint into a folder; prints the paths written (resumes)"
     p = add("download", cmd_download, help_, parents=(connection_only,))
     p.add_argument("--checkpoint", metavar="NAME", help="a checkpoint's name, or 'latest' (what a retry resumes from)")
     p.add_argument(
         "--artifact", action="append", metavar="PATH", help="an artifact's path (repeatable); default: all of them"
     )
-    p.add_argument("-o", "--dest", default=".", metavar="DIR", help="the folder to write into (default: .)")
+    p.add_argument(
+        "-o", "--dest", default=".", metavar="DIR", help="the folder to write into (default: .); not an output format"
+    )
     p.add_argument("run", metavar="RUN", help="run id")
     p.add_argument("path", nargs="?", metavar="PATH", help="an artifact's path (as `schedctl artifacts` lists it)")
 
@@ -1583,7 +1614,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.parser.error(f"RUN/RANK names rank {args.run[1]} but --rank says {args.rank}")
     elif args.func is cmd_metrics and args.chart and args.follow:
         args.parser.error("--chart draws what is there now; drop -f (or watch it with `watch schedctl metrics ...`)")
+    if _quiet(args) and args.func in NO_IDS:
+        args.parser.error(f"-q prints ids only, and `{NO_IDS[args.func]}` shows no ids: leave -q out (or use -o json)")
     return args
+
+
+# Commands whose output has no ids, so `-q` (ids only) has nothing to print: a usage error, not silence.
+NO_IDS: dict[Callable[..., int], str] = {cmd_logs: "logs", cmd_metrics: "metrics", cmd_top: "top"}
 
 
 def _check_submit(args: argparse.Namespace) -> None:
@@ -1618,14 +1655,16 @@ def explain(exc: BaseException, args: argparse.Namespace | None = None) -> str:
     """The message for an error, with a hint where a newcomer needs one (what to run next)."""
     text = str(exc)
     code = exc.code if isinstance(exc, GridlabError) else None
+    # The SDK's own messages may already say how to start a scheduler: say it once.
+    told_start = "gridlab-scheduler" in text
     if isinstance(exc, ClientConfigError):
         if text.startswith("no scheduler address"):
-            return f"{text}\nhint: no scheduler yet? {START_HINT}"
+            return text if told_start else f"{text}\nhint: no scheduler yet? {START_HINT}"
         if text.startswith("no token"):
             return f"{text}\nhint: {TOKEN_HINT}"
         return text
     if code == grpc.StatusCode.UNAVAILABLE:
-        return f"{text}\nhint: {START_HINT}"
+        return text if told_start else f"{text}\nhint: {START_HINT}"
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return f"{text}\nhint: {TOKEN_HINT}"
     if code == grpc.StatusCode.UNIMPLEMENTED:

@@ -205,7 +205,9 @@ def zsh_script(parser: argparse.ArgumentParser, prog: str = "schedctl") -> str:
 }}
 
 {fn}() {{
-    local path="" word i skip=0 pending=""
+    # No local may take a special name: path would empty $PATH (fpath, cdpath, manpath alike), and
+    # status, argv, options, commands and functions are zsh's own too.
+    local cmdpath="" word i skip=0 pending=""
     local -a children opts valued choices global_opts global_valued global_choices
     {fn}_level ""
     global_opts=("${{opts[@]}}") global_valued=("${{valued[@]}}") global_choices=("${{choices[@]}}")
@@ -213,16 +215,16 @@ def zsh_script(parser: argparse.ArgumentParser, prog: str = "schedctl") -> str:
         word="${{words[i]}}"
         if (( skip )); then skip=0; continue; fi
         [[ "$word" == "--" ]] && {{ _files; return; }}
-        {fn}_level "$path"
+        {fn}_level "$cmdpath"
         if [[ "$word" == -* ]]; then
             if [[ "$word" != *=* ]] && (( ${{valued[(Ie)$word]}} || ${{global_valued[(Ie)$word]}} )); then
                 skip=1; pending="$word"
             fi
             continue
         fi
-        (( ${{children[(I)${{word}}:*]}} )) && path="${{path:+$path }}$word"
+        (( ${{children[(I)${{word}}:*]}} )) && cmdpath="${{cmdpath:+$cmdpath }}$word"
     done
-    {fn}_level "$path"
+    {fn}_level "$cmdpath"
     if (( skip )); then
         local entry
         for entry in "${{choices[@]}}" "${{global_choices[@]}}"; do
@@ -237,7 +239,7 @@ def zsh_script(parser: argparse.ArgumentParser, prog: str = "schedctl") -> str:
     if [[ "${{words[CURRENT]}}" == -* ]]; then
         local -a all
         all=("${{opts[@]}}")
-        [[ -n "$path" ]] && all+=("${{global_opts[@]}}")
+        [[ -n "$cmdpath" ]] && all+=("${{global_opts[@]}}")
         _describe -t options 'option' all
     elif (( ${{#children}} )); then
         _describe -t commands 'command' children

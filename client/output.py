@@ -2,12 +2,14 @@
 
 Kept apart from the commands so that the formats (which scripts and eyes depend on) are
 tested on their own and every command renders the same way: tables with columns as wide
-as their content, `-o json` as exactly one JSON document on stdout.
+as their content, `-o json` as exactly one JSON document on stdout (`logs -f -o json`, a stream,
+prints JSON Lines: one document per line).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
@@ -123,16 +125,27 @@ def to_dict(message: Message) -> dict[str, Any]:
 
 
 def jsonable(value: Any) -> Any:
-    """Messages (also inside lists and dicts) as plain data, so json.dumps takes anything a command shows."""
+    """Messages (also inside lists and dicts) as plain data, so json.dumps takes anything a command shows.
+
+    NaN and infinities become None (JSON null): JSON has no such numbers, and `NaN`/`Infinity` break strict
+    parsers (jq, JavaScript). Messages follow protobuf's JSON mapping, which writes them as strings.
+    """
     if isinstance(value, Message):
         return to_dict(value)
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
+
+
+def dumps(value: Any, *, indent: int | None = None) -> str:
+    """`value` as strict JSON text: never NaN or Infinity (see `jsonable`)."""
+    return json.dumps(jsonable(value), indent=indent, sort_keys=False, allow_nan=False)
 
 
 def print_json(value: Any, out: TextIO) -> None:
     """`value` as one indented JSON document (the only thing a `-o json` command prints on stdout)."""
-    print(json.dumps(jsonable(value), indent=2, sort_keys=False), file=out, flush=True)
+    print(dumps(value, indent=2), file=out, flush=True)

@@ -6,7 +6,9 @@
     "A100"                    1 node, 1 A100
     "8"   /  "2x4"            8 GPUs of any model  /  2 nodes x 4 GPUs of any model
 
-MEM counts the way GPUs are sold: "40G" and "40GB" are 40 * 10**9 bytes, so a card sold as 40 GB (or an
+Counts are ASCII digits; MEM needs its unit ("A100-40" is refused: write "A100-40G"), and a model is never
+empty, never starts with "-" or "x" and never ends with "-" (so "x4", "2x-4" and "A100-" are mistakes, not
+models). MEM counts the way GPUs are sold: "40G" and "40GB" are 40 * 10**9 bytes, so a card sold as 40 GB (or an
 H100 "80GB", which has 79.6 GiB) qualifies; "40GiB" is 40 * 2**30.
 """
 
@@ -16,8 +18,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-_COUNT = re.compile(r"^(\d+)\s*[xX]\s*")
-_MEMORY = re.compile(r"^(.*?)\s*-\s*(\d+(?:\.\d*)?|\.\d+)\s*(G|GB|GiB)$", re.IGNORECASE)
+# [0-9], not \d: \d (and str.isdigit) also take other scripts' digits, which int() would then read.
+_COUNT = re.compile(r"^([0-9]+)\s*[xX]\s*")
+_NUMBER = re.compile(r"[0-9]+")
+_MEMORY = re.compile(r"^(.*?)\s*-\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(G|GB|GiB)$", re.IGNORECASE)
+# A memory with its unit left out ("A100-40") or another unit ("A100-40M"): refused, never read as a model.
+_MEMORY_LIKE = re.compile(r"-\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-z]*)$", re.IGNORECASE)
+_MEMORY_UNITS = {"", "k", "kb", "kib", "m", "mb", "mib", "t", "tb", "tib"}
 _FORMS = "NODESxGPUSxMODEL[-MEM] with parts optional from the left, e.g. '2x4xA100-40G', '4xA100', 'A100' or '8'"
 MAX_COUNT = 1 << 20
 
@@ -62,6 +69,11 @@ def parse_resources(text: str) -> Resources:
     if not isinstance(text, str):
         raise TypeError(f"resources must be a string like '2x4xA100-40G', got {type(text).__name__} {text!r}")
     rest = text.strip()
+    odd = next((ch for ch in rest if not (ch.isascii() and ch.isprintable())), None)
+    if odd is not None:
+        raise ValueError(
+            f"resources {text!r}: {odd!r} is not a plain ASCII character (counts are written with 0-9); write {_FORMS}"
+        )
     counts: list[int] = []
     while len(counts) < 2 and (match := _COUNT.match(rest)):
         counts.append(int(match.group(1)))
@@ -74,11 +86,11 @@ def parse_resources(text: str) -> Resources:
         if not counts:
             raise bad("it is empty")
         raise bad(f"it ends with 'x' where the GPU model should be (e.g. '{text.strip()}A100')")
-    if len(counts) == 2 and (rest.isdigit() or _COUNT.match(rest)):
+    if len(counts) == 2 and (_NUMBER.fullmatch(rest) or _COUNT.match(rest)):
         raise bad("it has three numbers; at most NODESxGPUS come before the model")
     model: str | None = None
     memory: int | None = None
-    if rest.isdigit():  # the last part is a number: the GPU count
+    if _NUMBER.fullmatch(rest):  # the last part is a number: the GPU count
         counts.append(int(rest))
     else:
         model, memory = _model_and_memory(rest, bad)
@@ -102,12 +114,26 @@ def _model_and_memory(rest: str, bad: Callable[[str], ValueError]) -> tuple[str,
     if match:
         model, number, unit = match.group(1), match.group(2), match.group(3).lower()
         scale = 1 << 30 if unit == "gib" else 10**9
-        memory = int(number) * scale if number.isdigit() else int(float(number) * scale)
+        memory = int(number) * scale if _NUMBER.fullmatch(number) else int(float(number) * scale)
         if memory <= 0:
             raise bad("the GPU memory must be more than 0")
+    elif rest.startswith("-"):
+        raise bad(f"{rest!r} starts with '-': counts cannot be negative, and a GPU model does not start with '-'")
+    elif found := _MEMORY_LIKE.search(rest):
+        number, unit = found.group(1), found.group(2)
+        if unit.lower() in _MEMORY_UNITS:
+            said = f"{number}{unit}"
+            why = "has no unit" if not unit else f"is in {unit}, not G, GB or GiB"
+            raise bad(f"the GPU memory {said!r} {why}: write {number}G (GB, as GPUs are sold) or {number}GiB")
     model = model.strip()
     if not model:
         raise bad("the GPU model is missing before the memory (e.g. 'A100-40G')")
+    if model[0] in "xX":
+        raise bad(f"the GPU model {model!r} starts with {model[0]!r}: a count is missing before it (e.g. '1x4')")
+    if model[0] == "-":
+        raise bad(f"the GPU model {model!r} starts with '-'")
+    if model.endswith("-"):
+        raise bad(f"the GPU model {model!r} ends with '-': the memory is missing after it (e.g. 'A100-40G')")
     if "," in model:
         raise bad(f"one GPU model only, got {model!r} (pass gpu_type=[...] for a choice of models)")
     return model, memory

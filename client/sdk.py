@@ -600,7 +600,7 @@ class RunStatus:
         state: "QUEUED", "STARTING", "RUNNING", "SUCCEEDED", "FAILED" or "CANCELLED".
         pending_reason: Why a queued run is not placed yet ("" otherwise).
         exit_code: The last attempt's exit code once the run has finished and a process
-            ran; None before that (and for a run cancelled before it started).
+            exited; None before that, and for a cancelled run whose process was stopped (or never started).
         message: The final reason, in words.
         attempts: How many placements the run has had so far.
     """
@@ -624,8 +624,11 @@ class RunStatus:
     def from_proto(cls, run: types_pb2.Run) -> RunStatus:
         state = state_word(run.state)
         exit_code: int | None = None
+        # A cancelled run has an exit code only when its last process exited by itself before the cancel
+        # landed; an attempt that was stopped (CANCELLED, PREEMPTED, ...) never set one.
+        exited = (types_pb2.ATTEMPT_STATE_SUCCEEDED, types_pb2.ATTEMPT_STATE_FAILED)
         if state in ("SUCCEEDED", "FAILED") or (
-            state == "CANCELLED" and run.attempts and run.attempts[-1].HasField("started_at")
+            state == "CANCELLED" and run.attempts and run.attempts[-1].state in exited
         ):
             exit_code = run.exit_code
         return cls(
@@ -1865,7 +1868,8 @@ class Client:
         return self._unary(self._stub.WhoAmI, scheduler_pb2.WhoAmIRequest())
 
     def set_priority(self, run_id: str, priority: int) -> RunStatus:
-        """Change a run's priority, queued or running. Its owner may lower it; only an admin may raise it.
+        """Change a run's priority, queued or running. Its owner may set any priority up to the scheduler's
+        `max_user_priority` (100 by default; so a run they lowered can go back up); above it, only an admin.
 
         Example:
             >>> client.set_priority(run.id, -10).state
@@ -1879,7 +1883,7 @@ class Client:
             The run's `RunStatus` after the change.
 
         Raises:
-            PermissionDenied: A user tried to raise their run's priority.
+            PermissionDenied: A user asked for a priority above `max_user_priority`.
             FailedPrecondition: The run has already finished.
             NotFound: No such run, or another user's.
         """

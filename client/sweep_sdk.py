@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -30,6 +32,15 @@ SWEEP_PREFIX = "swp"
 # A trial's submit that cannot reach the scheduler is tried again this many times, with the same
 # idempotency key, so a retry never makes a second run.
 SUBMIT_TRIES = 4
+# Runs that ended this way are not ranked by `Sweep.best`: their last value is no result.
+UNRANKED_STATES = frozenset({"FAILED", "CANCELLED"})
+# The scheduler's limits on a trial (scheduler/validate.py `_check_sweep`, scheduler/engine.py `submit`),
+# checked for every trial before the first is submitted, so a refused trial never leaves a sweep half-queued.
+MAX_PARAMS = 64
+MAX_PARAM_KEY = 100
+MAX_PARAM_VALUE = 1000
+MAX_IDEMPOTENCY_KEY = 200
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class Sweep:
@@ -46,7 +57,13 @@ class Sweep:
     """
 
     def __init__(
-        self, client: Client, sweep_id: str, *, metric: str | None = None, maximize: bool | None = None
+        self,
+        client: Client,
+        sweep_id: str,
+        *,
+        metric: str | None = None,
+        maximize: bool | None = None,
+        owner: str | None = None,
     ) -> None:
         if not isinstance(sweep_id, str) or not sweep_id:
             raise TypeError(f"sweep_id must be a sweep's id like 'swp-...', got {sweep_id!r}")
@@ -54,21 +71,46 @@ class Sweep:
         self._id = sweep_id
         self._metric = metric
         self._maximize = maximize
+        self._owner = owner
 
     @property
     def id(self) -> str:
         """The sweep's id ("swp-..."), the `SweepTrial.name` its runs share."""
         return self._id
 
-    def _records(self) -> list[types_pb2.Run]:
-        """The sweep's runs as the scheduler has them, by trial index."""
+    @property
+    def owner(self) -> str:
+        """The user whose runs make up the sweep: the submitter, or else the user of its trial 0.
+
+        A sweep's runs are always one user's; should runs of another user carry the same sweep id (an admin
+        sees every user's), they are not part of this sweep.
+
+        Raises:
+            NotFound: No run of the caller's belongs to this sweep.
+        """
+        if self._owner is None:
+            self._owner = owner_of(self._fetch())
+        return self._owner
+
+    def _fetch(self) -> list[types_pb2.Run]:
+        """Every run the caller may see that carries this sweep's id, of any user."""
         found = [r for r in self._client.runs(sweep=self._id, limit=None) if r.spec.sweep.name == self._id]
         if not found:
             raise NotFound(
                 f"no sweep {self._id!r}: no run of yours belongs to it (`schedctl runs` lists your runs; "
                 "another user's are hidden)"
             )
-        return sorted(found, key=lambda r: (r.spec.sweep.index, r.id))
+        return found
+
+    def _records(self) -> list[types_pb2.Run]:
+        """The sweep's runs as the scheduler has them, by trial index: only its owner's."""
+        found = self._fetch()
+        if self._owner is None:
+            self._owner = owner_of(found)
+        mine = [r for r in found if r.user == self._owner]
+        if not mine:
+            raise NotFound(f"no sweep {self._id!r} of user {self._owner!r}: no run of theirs belongs to it")
+        return sorted(mine, key=lambda r: (r.spec.sweep.index, r.id))
 
     def runs(self) -> list[Run]:
         """The sweep's runs, by trial index.
@@ -141,7 +183,10 @@ class Sweep:
         """The run whose last logged value of `metric` is the best, with that value.
 
         Each run's value is the last one it logged (in `GRIDLAB_METRICS_FILE`, every attempt's records in
-        order); runs that never logged the metric are left out, and a tie goes to the lower trial index.
+        order). Left out: runs that never logged the metric, runs whose last value is not a finite number
+        (NaN or infinity: the run diverged; an earlier finite value does not count), and FAILED or CANCELLED
+        runs (their last value is no result). Queued, running and succeeded runs are ranked; a tie goes to
+        the lower trial index.
 
         Example:
             >>> run, loss = sweep.best()                     # the metric given at submit
@@ -177,6 +222,8 @@ class Sweep:
                 maximize = bool(trial.maximize) if trial is not None else False
         best: tuple[types_pb2.Run, float] | None = None
         for record in records:
+            if state_word(record.state) in UNRANKED_STATES:
+                continue
             value = last_value(self._client.metrics(record.id), name)
             if value is None:
                 continue
@@ -217,21 +264,34 @@ class Sweep:
         return hash(self._id)
 
 
+def owner_of(records: list[types_pb2.Run]) -> str:
+    """The user a sweep belongs to: the user of its trial 0 (the lowest index), the earliest created on a tie."""
+    first = min(records, key=lambda r: (r.spec.sweep.index, r.created_at.seconds, r.created_at.nanos, r.id))
+    return first.user
+
+
 def last_value(records: Any, metric: str) -> float | None:
-    """The last finite number logged for `metric` in metrics records (dicts), or None."""
+    """The last value logged for `metric` in metrics records (dicts), or None when it was never logged as a
+    number, or when that last value is NaN or infinite (a diverged run; an earlier finite value does not count)."""
     value: float | None = None
     for record in records:
         got = record.get(metric)
-        if isinstance(got, int | float) and not isinstance(got, bool) and math.isfinite(got):
+        if isinstance(got, int | float) and not isinstance(got, bool):
             value = float(got)
+    if value is None or not math.isfinite(value):
+        return None
     return value
 
 
-def sweep_id_for(idempotency_key: str | None) -> str:
-    """A new sweep id, or, for a submit with an idempotency key, the same id every time for that key."""
+def sweep_id_for(idempotency_key: str | None, user: str = "") -> str:
+    """A new sweep id, or, for a submit with an idempotency key, the same id every time for that user and key.
+
+    The scheduler scopes idempotency keys per user, so the id hashes both: two users' sweeps with one key differ.
+    """
     if idempotency_key is None:
         return new_id(SWEEP_PREFIX)
-    return f"{SWEEP_PREFIX}-k{hashlib.sha256(idempotency_key.encode()).hexdigest()[:21]}"
+    digest = hashlib.sha256(json.dumps([user, idempotency_key]).encode()).hexdigest()
+    return f"{SWEEP_PREFIX}-k{digest[:21]}"
 
 
 def submit_sweep(
@@ -253,6 +313,8 @@ def submit_sweep(
 
     Raises:
         SweepError: A bad expression or option (a ValueError), e.g. an unbounded distribution under grid.
+        ValueError: A trial over the scheduler's limits (a value over 1000 characters, more than 64 parameters,
+            an idempotency key too long for '/trial-k'); every trial is checked before the first is submitted.
         GridlabError: A trial was refused; the message names it and the trials already queued.
     """
     if not isinstance(params, Mapping):
@@ -267,9 +329,11 @@ def submit_sweep(
     if not isinstance(maximize, bool):
         raise TypeError(f"maximize must be True or False, got {maximize!r}")
     points = sweeps.expand(params, strategy=strategy, trials=trials, seed=seed)
-    sweep_id = sweep_id_for(idempotency_key)
+    owner = client.whoami().user if idempotency_key is not None else None
+    sweep_id = sweep_id_for(idempotency_key, owner or "")
     key_base = idempotency_key if idempotency_key is not None else sweep_id
     base = spec.name or "sweep"
+    specs: list[types_pb2.RunSpec] = []
     for k, values in enumerate(points):
         trial = types_pb2.RunSpec()
         trial.CopyFrom(spec)
@@ -286,6 +350,9 @@ def submit_sweep(
                 maximize=maximize,
             )
         )
+        check_trial(trial.sweep, f"{key_base}/trial-{k}", len(points))
+        specs.append(trial)
+    for k, trial in enumerate(specs):
         try:
             # A scheduler that is down at the first trial is reported at once; later, a retry with the same
             # key cannot queue a trial twice.
@@ -298,7 +365,37 @@ def submit_sweep(
                     ", or submit again with the same idempotency_key to queue the rest)" if idempotency_key else ")"
                 )
             raise type(err)(message, err.code) from None
-    return Sweep(client, sweep_id, metric=(metric or "").strip() or None, maximize=maximize)
+    return Sweep(client, sweep_id, metric=(metric or "").strip() or None, maximize=maximize, owner=owner)
+
+
+def check_trial(trial: types_pb2.SweepTrial, key: str, size: int) -> None:
+    """Refuse a trial the scheduler would refuse, before any trial is submitted.
+
+    Raises:
+        ValueError: A parameter name, a value or the trial's idempotency key is over the scheduler's limits.
+    """
+    where = f"sweep trial {trial.index} of {size}"
+    if len(trial.params) > MAX_PARAMS:
+        raise ValueError(f"{where}: {len(trial.params)} parameters; the scheduler takes at most {MAX_PARAMS}")
+    for name, value in trial.params.items():
+        if len(name) > MAX_PARAM_KEY or not _IDENTIFIER.fullmatch(name):
+            raise ValueError(
+                f"{where}: parameter name {name[:50]!r} must be an identifier ([A-Za-z_][A-Za-z0-9_]*) "
+                f"of at most {MAX_PARAM_KEY} characters"
+            )
+        if len(value) > MAX_PARAM_VALUE:
+            raise ValueError(
+                f"{where}: {name}={value[:40]!r}... is {len(value)} characters; the scheduler takes values of at "
+                f"most {MAX_PARAM_VALUE}"
+            )
+        if "\0" in value:
+            raise ValueError(f"{where}: {name}={value[:40]!r} contains a NUL character")
+    if len(key) > MAX_IDEMPOTENCY_KEY:
+        raise ValueError(
+            f"{where}: its idempotency key {key[:40]!r}... is {len(key)} characters (the sweep's key plus "
+            f"'/trial-{trial.index}'); the scheduler takes at most {MAX_IDEMPOTENCY_KEY}: use a shorter "
+            "idempotency_key"
+        )
 
 
 def _submit_trial(client: Client, spec: types_pb2.RunSpec, key: str, *, tries: int) -> None:

@@ -58,3 +58,33 @@ def test_flat_single_and_empty_series() -> None:
 def test_too_small_is_a_value_error(width: int, height: int) -> None:
     with pytest.raises(ValueError, match="width >= 8 and height >= 2"):
         line_chart([(0, 1)], width=width, height=height)
+
+
+def _plot_rows(text: str) -> list[str]:
+    return [line.split("|", 1)[1] for line in text.splitlines() if "|" in line]
+
+
+def test_huge_values_do_not_overflow_the_span() -> None:
+    # 1e308 - -1e308 is inf in floats: the chart must still draw, for y and for x alike.
+    text = line_chart([(0, 1e308), (1, -1e308), (2, 1e308)], width=9, height=5)
+    rows = _plot_rows(text)
+    assert rows[0] == "*       *"
+    assert rows[-1] == "    *"
+    assert text.splitlines()[0].lstrip().startswith("1e+308 |")
+    across = line_chart([(-1.7e308, 0.0), (1.7e308, 1.0)], width=8, height=2)
+    assert _plot_rows(across) == ["    ****", "****"]
+    assert across.splitlines()[-1].split() == ["-1.7e+308", "1.7e+308"]
+    top = line_chart([(0, 1.7976931348623157e308), (1, 0.0)], width=8, height=3)
+    assert _plot_rows(top)[0].startswith("*")
+
+
+def test_negative_values_and_a_constant_series() -> None:
+    rows = _plot_rows(line_chart([(0, -1.0), (1, -3.0)], width=8, height=3))
+    assert rows == ["**", "  ****", "      **"]
+    assert _plot_rows(line_chart([(0, -2.0), (5, -2.0), (9, -2.0)], width=8, height=3)) == ["", "********", ""]
+
+
+def test_non_finite_x_and_y_are_left_out() -> None:
+    points = [(math.inf, 1.0), (-math.inf, 2.0), (math.nan, 3.0), (0, 1.0), (1, math.nan), (2, -math.inf), (3, 0.0)]
+    assert line_chart(points, width=8, height=3) == line_chart([(0, 1.0), (3, 0.0)], width=8, height=3)
+    assert line_chart([(math.inf, math.inf)], width=8, height=3, title="x") == "x\n(no data)"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +76,40 @@ def test_unknown_shell() -> None:
     with pytest.raises(ValueError, match="bash or zsh"):
         completion.script("fish", cli.build_parser())
     assert cli.main(["completion", "fish"]) == 2
+
+
+ZSH_DRIVER = r"""
+compadd() { print -r -- "compadd: ${@:2}"; }
+_describe() { local n=$4; print -r -- "describe $3: ${(P)n}"; }
+_files() { print -r -- "files PATH=$PATH"; }
+compdef() { :; }
+source "$1"
+t() { words=("${@}"); CURRENT=${#words}; _schedctl; }
+t schedctl ""
+t schedctl runs --state ""
+t schedctl submit -- ""
+t schedctl logs ""
+"""
+
+
+def test_zsh_completion_keeps_path_and_completes(tmp_path: Path) -> None:
+    if shutil.which("zsh") is None:
+        pytest.skip("no zsh to run it with")
+    script = completion.zsh_script(cli.build_parser())
+    specials = {"path", "fpath", "cdpath", "manpath", "status", "argv", "options", "commands", "functions"}
+    declared = re.findall(r"^\s*local(?: -a)? (.*)$", script, re.MULTILINE)
+    names = {word.split("=")[0] for line in declared for word in line.split()}
+    assert "cmdpath" in names
+    assert not names & specials
+    (tmp_path / "_schedctl").write_text(script)
+    (tmp_path / "drive.zsh").write_text(ZSH_DRIVER)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = subprocess.run(
+        ["zsh", "-f", str(tmp_path / "drive.zsh"), str(tmp_path / "_schedctl")],
+        capture_output=True, text=True, check=True, env=env, timeout=30,
+    ).stdout.splitlines()  # fmt: skip
+    assert out[0].startswith("describe command: submit:queue a command")
+    assert out[1].startswith("compadd: ")
+    assert "QUEUED" in out[1]
+    assert out[2] == "files PATH=/usr/bin:/bin"  # a local `path` would have emptied it
+    assert out[3] == "files PATH=/usr/bin:/bin"

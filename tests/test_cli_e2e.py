@@ -271,6 +271,76 @@ def test_sweep_submit_list_wait_and_cancel(env: dict[str, str]) -> None:
     assert_error(proc, exitcodes.USAGE, "x")
 
 
+def test_a_sweep_wait_that_times_out_prints_its_json_document(env: dict[str, str]) -> None:
+    argv = ["submit", "--sweep", "s=[60,61]", "--wait", "--timeout", "0.5", "--", "sleep", "{s}"]
+    data = as_json(env, *argv, code=exitcodes.RUN_TIMED_OUT)
+    try:
+        assert data["timed_out"] is True
+        assert data["sweep"].startswith("swp-")
+        assert sorted(t["params"]["s"] for t in data["trials"]) == ["60", "61"]
+    finally:
+        ok(env, "cancel", "--sweep", data["sweep"], "--grace", "0")
+    for trial in data["trials"]:
+        assert schedctl(env, "wait", trial["run_id"], "--timeout", "30").returncode == exitcodes.RUN_CANCELLED
+
+
+def test_cancel_sweep_cancels_only_the_sweeps_owners_runs(
+    cluster: LocalCluster, env: dict[str, str], bob: dict[str, str]
+) -> None:
+    from gridlab.client import Client
+
+    mine = as_json(env, "submit", "--sweep", "s=[60,61]", "--", "sleep", "{s}")["sweep"]
+    with Client(cluster.address, bob["GRIDLAB_TOKEN"]) as client:
+        forged = client.submit(["sleep", "60"]).id  # then the same sweep id on a run of bob's
+        spec = client.get_run(forged).spec
+        spec.sweep.name, spec.sweep.index, spec.sweep.size = mine, 0, 2
+        client.cancel(forged)
+        stray = client._submit_spec(spec, "").id
+        try:
+            cancelled = ok(env, "cancel", "--sweep", mine, "--grace", "0", "-q").split()
+            assert len(cancelled) == 2
+            assert stray not in cancelled
+            assert client.status(stray).state in ("QUEUED", "STARTING", "RUNNING")
+        finally:
+            client.cancel(stray, grace=0)
+            client.wait(stray, timeout=30)
+            client.wait(forged, timeout=30)
+    for run_id in cancelled:
+        assert schedctl(env, "wait", run_id, "--timeout", "30").returncode == exitcodes.RUN_CANCELLED
+
+
+def test_a_cancelled_running_run_reads_once(env: dict[str, str]) -> None:
+    run_id = ok(env, "submit", "-q", "--", "sleep", "60").strip()
+    deadline = time.monotonic() + 30
+    while as_json(env, "describe", run_id)["state"] != "RUN_STATE_RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    ok(env, "cancel", run_id, "--grace", "0", "--reason", "enough")
+    proc = schedctl(env, "wait", run_id, "--timeout", "30")
+    assert proc.returncode == exitcodes.RUN_CANCELLED
+    assert proc.stdout.strip() == f"{run_id} CANCELLED: enough"
+
+
+def test_metrics_json_is_strict_when_a_run_logged_nan(env: dict[str, str]) -> None:
+    job = (
+        "import json, os\n"
+        "with open(os.environ['GRIDLAB_METRICS_FILE'], 'a') as f:\n"
+        "    for i, v in enumerate([1.0, float('nan'), float('inf'), -2.5]):\n"
+        "        f.write(json.dumps({'step': i, 'loss': v}) + '\\n')\n"
+    )
+    run_id = ok(env, "submit", "-q", "--wait", "--", sys.executable, "-c", job).split()[0]
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} in -o json output")
+
+    for argv in (["metrics", run_id], ["metrics", run_id, "--chart", "loss"]):
+        proc = schedctl(env, "-o", "json", *argv)
+        assert proc.returncode == 0, proc.stderr
+        data = json.loads(proc.stdout, parse_constant=refuse)
+        values = [r["loss"] for r in data] if isinstance(data, list) else [p[1] for p in data["points"]]
+        assert values == [1.0, None, None, -2.5]
+    assert ok(env, "metrics", run_id, "--chart", "loss", "--width", "20", "--height", "4")
+
+
 # --- the cluster ------------------------------------------------------------------------------
 
 
@@ -377,10 +447,13 @@ def test_errors_a_newcomer_meets_read_well(env: dict[str, str]) -> None:
     down = {**env, "GRIDLAB_ADDRESS": "127.0.0.1:1"}
     proc = schedctl(down, "runs")
     assert_error(proc, exitcodes.UNREACHABLE, "127.0.0.1:1", "gridlab-scheduler --state-dir")
+    assert proc.stderr.count("gridlab-scheduler") == 1  # the hint said once, not by the SDK and again as hint:
     no_token = {k: v for k, v in env.items() if k != "GRIDLAB_TOKEN"}
     assert_error(schedctl(no_token, "runs"), exitcodes.ERROR, "no token", "admin.token")
     no_address = {k: v for k, v in env.items() if k != "GRIDLAB_ADDRESS"}
-    assert_error(schedctl(no_address, "runs"), exitcodes.ERROR, "no scheduler address", "gridlab-scheduler")
+    proc = schedctl(no_address, "runs")
+    assert_error(proc, exitcodes.ERROR, "no scheduler address", "gridlab-scheduler")
+    assert proc.stderr.count("gridlab-scheduler") == 1
     bad_token = {**env, "GRIDLAB_TOKEN": "glt_not-a-token"}
     assert_error(schedctl(bad_token, "runs"), exitcodes.PERMISSION_DENIED)
     assert_error(schedctl(env, "wait", "run-nope"), exitcodes.NOT_FOUND, "run-nope")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from pathlib import Path
 
 import grpc
@@ -312,3 +314,98 @@ def test_every_command_is_in_the_readme() -> None:
     for name in commands:
         pattern = rf"(^schedctl {name}\b|`schedctl {name}\b|`{name}\b|alias: {name}\b)"
         assert re.search(pattern, readme, re.MULTILINE), f"README's schedctl reference lacks {name}"
+
+
+# --- review fixes: strict JSON, -q, the final line, hints said once, top on a deep queue ---------------
+
+
+def test_json_output_has_no_nan_or_infinity(capsys: pytest.CaptureFixture[str]) -> None:
+    from gridlab.client.output import print_json
+
+    print_json([{"step": 1, "loss": float("nan")}, {"loss": float("inf"), "acc": [-float("inf"), 0.5]}], sys.stdout)
+    out = capsys.readouterr().out
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} in JSON output")
+
+    assert json.loads(out, parse_constant=refuse) == [{"step": 1, "loss": None}, {"loss": None, "acc": [None, 0.5]}]
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["-q", "metrics", "run-1"], "metrics"),
+        (["metrics", "run-1", "-q"], "metrics"),
+        (["-q", "top", "--once"], "top"),
+        (["logs", "-q", "run-1"], "logs"),
+    ],
+)
+def test_quiet_is_a_usage_error_where_there_are_no_ids(
+    argv: list[str], command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(argv) == exitcodes.USAGE
+    assert f"-q prints ids only, and `{command}` shows no ids" in capsys.readouterr().err
+
+
+def test_help_documents_json_lines_for_logs_follow_and_the_download_folder(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["logs", "--help"]) == 0
+    assert "JSON Lines" in " ".join(capsys.readouterr().out.split())
+    assert cli.main(["download", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "prints the paths written" in text
+    assert "not an output format" in text
+
+
+def _cancelled(attempt_state: int, message: str, exit_code: int = 0) -> types_pb2.Run:
+    run = types_pb2.Run(id="run-1", state=types_pb2.RUN_STATE_CANCELLED, message=message, exit_code=exit_code)
+    attempt = run.attempts.add(state=attempt_state, exit_code=exit_code)
+    attempt.started_at.seconds = 1
+    return run
+
+
+def test_a_cancelled_running_run_reads_once_without_an_exit_code() -> None:
+    from gridlab.client.sdk import RunStatus
+
+    stopped = RunStatus.from_proto(_cancelled(types_pb2.ATTEMPT_STATE_CANCELLED, "cancelled: cancelled by alice"))
+    assert stopped.exit_code is None
+    assert cli._final_line("run-1", stopped) == "run-1 CANCELLED: cancelled by alice"
+    # A process that exited by itself before the cancel landed keeps its code.
+    exited = RunStatus.from_proto(_cancelled(types_pb2.ATTEMPT_STATE_FAILED, "cancelled on request", 3))
+    assert cli._final_line("run-1", exited) == "run-1 CANCELLED (exit code 3): cancelled on request"
+
+
+def test_the_start_hint_is_said_once() -> None:
+    from gridlab.client import sdk
+
+    told = Unavailable(f"cannot reach the scheduler at h:1. {sdk._START_HINT}")
+    assert cli.explain(told).count("gridlab-scheduler") == 1
+    assert "hint:" not in cli.explain(told)
+    assert cli.explain(Unavailable("cannot reach scheduler at h:1")).count("gridlab-scheduler") == 1
+    config = ClientConfigError(f"no scheduler address: pass --address. {sdk._START_HINT}")
+    assert cli.explain(config).count("gridlab-scheduler") == 1
+
+
+class _DeepQueue:
+    """A scheduler with 300 queued runs and 5 finished ones, newest first, serving `runs` like ListRuns."""
+
+    address = "fake:1"
+
+    def __init__(self) -> None:
+        finished = [types_pb2.Run(id=f"run-f{i}", state=types_pb2.RUN_STATE_SUCCEEDED, user="u") for i in range(5)]
+        queued = [types_pb2.Run(id=f"run-q{i}", state=types_pb2.RUN_STATE_QUEUED, user="u") for i in range(300)]
+        self.all = finished + queued
+
+    def agents(self, pool: str | None = None) -> list[types_pb2.Agent]:
+        return []
+
+    def runs(self, *, states: list[str] | None = None, limit: int | None = 100, **_: object) -> list[types_pb2.Run]:
+        from gridlab.client.sdk import state_word
+
+        found = [r for r in self.all if not states or state_word(r.state) in states]
+        return found if limit is None else found[:limit]
+
+
+def test_top_counts_every_queued_run_of_a_deep_queue(capsys: pytest.CaptureFixture[str]) -> None:
+    args = cli.parse_args(["top", "--once"])
+    assert cli.cmd_top(args, _DeepQueue()) == exitcodes.OK  # type: ignore[arg-type]
+    assert "queued 300" in capsys.readouterr().out

@@ -71,6 +71,16 @@ def test_parse_resources_reads_the_compact_forms(text: str, want: Resources) -> 
         ("-40G", "GPU model is missing"),
         ("A100-0G", "memory must be more than 0"),
         ("A100,H100", "one GPU model only"),
+        ("A100-40", "the GPU memory '40' has no unit: write 40G"),
+        ("4xA100 - 80", "the GPU memory '80' has no unit: write 80G"),
+        ("A100-40M", "'40M' is in M, not G, GB or GiB: write 40G"),
+        ("A100-", "ends with '-'"),
+        ("x4", "starts with 'x': a count is missing"),
+        ("2x-4", "'-4' starts with '-': counts cannot be negative"),
+        ("-2x4", "'-2x4' starts with '-'"),
+        ("\u0664xA100", "not a plain ASCII character"),
+        ("2x\u0664", "not a plain ASCII character"),
+        ("A100-\u0664\u0660G", "not a plain ASCII character"),
     ],
 )
 def test_parse_resources_errors_show_the_forms(text: str, match: str) -> None:
@@ -196,9 +206,10 @@ def test_whoami_priority_events_tokens_and_run_filters(cluster: LocalCluster, ad
         run = alice.submit(["true"], resources="8xA100", pool="onprem", priority=5)  # stays queued
         try:
             assert alice.set_priority(run.id, 1).state == "QUEUED"
+            assert alice.set_priority(run.id, 10).state == "QUEUED"  # back up, to the users' cap (100) at most
             with pytest.raises(PermissionDenied):
-                alice.set_priority(run.id, 10)
-            assert admin.get_run(run.id).spec.priority == 1
+                alice.set_priority(run.id, 101)
+            assert admin.get_run(run.id).spec.priority == 10
             assert [e.kind for e in admin.events(run.id)][0] == "submitted"
             assert [r.id for r in alice.runs(me=True)] == [run.id]
             assert run.id not in {r.id for r in admin.runs(me=True, limit=None)}

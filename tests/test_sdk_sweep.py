@@ -12,6 +12,7 @@ import pytest
 
 from gridlab.client import Client, NotFound, Sweep, SweepError
 from gridlab.client.localcluster import LocalCluster
+from gridlab.v1 import types_pb2
 
 PY = sys.executable
 
@@ -105,3 +106,71 @@ def test_sweep_usage_errors_submit_nothing(client: Client) -> None:
     assert len(client.runs(limit=None)) == before
     with pytest.raises(NotFound, match="no sweep 'swp-nope'"):
         client.sweep("swp-nope").runs()
+
+
+def test_two_users_with_one_key_get_two_sweeps_and_an_admin_never_mixes_them(
+    cluster: LocalCluster, client: Client
+) -> None:
+    tokens = {user: client.create_token(user) for user in ("swalice", "swbob")}
+    command = [PY, "-c", "import time; time.sleep(60)", "{lr}"]
+    with Client(cluster.address, tokens["swalice"]) as alice, Client(cluster.address, tokens["swbob"]) as bob:
+        mine = alice.submit(command, sweep={"lr": "[1,2,3]"}, idempotency_key="same", cpus=0.1, priority=-5)
+        theirs = bob.submit(command, sweep={"lr": "[7,8]"}, idempotency_key="same", cpus=0.1, priority=-5)
+        try:
+            assert mine.id != theirs.id  # the scheduler scopes keys per user: so does the sweep id
+            assert alice.submit(command, sweep={"lr": "[1,2,3]"}, idempotency_key="same", cpus=0.1).id == mine.id
+            assert [t["params"]["lr"] for t in client.sweep(mine.id).trials()] == ["1", "2", "3"]
+            assert [t["params"]["lr"] for t in client.sweep(theirs.id).trials()] == ["7", "8"]
+            # Even a forged collision (bob's run carrying alice's sweep id) stays out of alice's sweep.
+            spec = bob.runs(sweep=theirs.id, limit=None)[0].spec
+            spec.sweep.name = mine.id
+            spec.sweep.index = 0
+            stray = bob._submit_spec(spec, "")
+            assert client.sweep(mine.id).owner == "swalice"
+            assert {t["run_id"] for t in client.sweep(mine.id).trials()} == {r.id for r in mine.runs()}
+            assert len(client.sweep(mine.id).cancel()) == 3
+            assert bob.get_run(stray.id).state != types_pb2.RUN_STATE_CANCELLED
+            bob.cancel(stray.id)
+            bob.wait(stray.id, timeout=60)
+        finally:
+            mine.cancel()
+            theirs.cancel()
+            mine.wait(timeout=60)
+            theirs.wait(timeout=60)
+
+
+def test_best_takes_the_last_value_and_skips_diverged_failed_and_cancelled_runs(client: Client) -> None:
+    # Each trial logs the losses in its argument ("none": nothing); "fail" makes it exit 1 after logging.
+    code = (
+        "import json, os, sys\n"
+        "values, fail = sys.argv[1].split(':'), sys.argv[2] == 'fail'\n"
+        "with open(os.environ['GRIDLAB_METRICS_FILE'], 'a') as f:\n"
+        "    for i, x in enumerate(values):\n"
+        "        if x != 'none':\n"
+        "            f.write(json.dumps({'step': i, 'loss': float(x)}) + '\\n')\n"
+        "sys.exit(1 if fail else 0)\n"
+    )
+    sweep = client.submit(
+        [PY, "-c", code, "{v}", "{f}"],
+        sweep={"v": "['0.5:0.3', '0.9:0.01:nan', '0.9:0.02:inf', 'none', '0.4']", "f": "['ok', 'fail']"},
+        metric="loss",
+        cpus=0.1,
+    )
+    sweep.wait(timeout=120)
+    by_params = {(t["params"]["v"], t["params"]["f"]): t for t in sweep.trials()}
+    best = sweep.best()
+    assert best is not None
+    # 0.01 and 0.02 were logged before the runs diverged; the failed 0.3 and 0.4 do not count.
+    assert (best[0].id, best[1]) == (by_params[("0.5:0.3", "ok")]["run_id"], pytest.approx(0.3))
+    highest = sweep.best(maximize=True)
+    assert highest is not None
+    assert (highest[0].id, highest[1]) == (by_params[("0.4", "ok")]["run_id"], pytest.approx(0.4))
+
+
+def test_a_trial_over_the_schedulers_limits_is_refused_before_any_is_submitted(client: Client) -> None:
+    before = len(client.runs(limit=None))
+    with pytest.raises(ValueError, match=r"trial 1 of 2: v='xxx.*1200 characters.*at most 1000"):
+        client.submit(["true", "{v}"], sweep={"v": "['a', '" + "x" * 1200 + "']"}, cpus=0.1)
+    with pytest.raises(ValueError, match=r"trial 10 of 11: its idempotency key .*201 characters.*at most 200"):
+        client.submit(["true", "{v}"], sweep={"v": "range(11)"}, idempotency_key="k" * 192, cpus=0.1)
+    assert len(client.runs(limit=None)) == before
