@@ -24,7 +24,7 @@ import grpc
 import structlog
 
 from gridlab.common import transfer
-from gridlab.common.bundle import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, BundleError, safe_extract
+from gridlab.common.bundle import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, DEFAULT_MAX_RATIO, BundleError, safe_extract
 from gridlab.common.requirements import normalize_requirements
 from gridlab.v1 import artifacts_pb2_grpc
 
@@ -134,7 +134,7 @@ async def cached_bundle(
         return final
 
 
-def _extract_into(archive: Path, work_dir: Path, max_bytes: int, max_files: int) -> None:
+def _extract_into(archive: Path, work_dir: Path, max_bytes: int, max_files: int, max_ratio: float) -> None:
     """Extract beside `work_dir`, then take its place: `safe_extract` wants a folder that does not exist."""
     if work_dir.exists():
         if any(work_dir.iterdir()):
@@ -144,7 +144,7 @@ def _extract_into(archive: Path, work_dir: Path, max_bytes: int, max_files: int)
     staging = Path(tempfile.mkdtemp(prefix=f".{work_dir.name}.", dir=work_dir.parent))
     target = staging / "bundle"
     try:
-        safe_extract(archive, target, max_bytes=max_bytes, max_files=max_files)
+        safe_extract(archive, target, max_bytes=max_bytes, max_files=max_files, max_ratio=max_ratio)
         os.rename(target, work_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -178,17 +178,19 @@ async def fetch_bundle(
     workdir: str = "",
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_files: int = DEFAULT_MAX_FILES,
+    max_ratio: float = DEFAULT_MAX_RATIO,
 ) -> Path:
     """Put bundle `digest` into `work_dir` (absent or empty) and return the folder the ranks start in.
 
     Raises:
         BundleFetchError: `.permanent` for a malformed digest, a bundle the store lacks, a
-            refused archive (the message names the member and rule) or a bad workdir; not
+            refused archive (the message names the member and rule, or the compression ratio of
+            a zip bomb) or a bad workdir; not
             permanent when the scheduler could not be reached.
     """
     archive = await cached_bundle(stub, metadata, digest, cache_dir)
     try:
-        await asyncio.to_thread(_extract_into, archive, work_dir, max_bytes, max_files)
+        await asyncio.to_thread(_extract_into, archive, work_dir, max_bytes, max_files, max_ratio)
     except BundleError as e:
         raise BundleFetchError(f"code bundle {digest} refused: {e}", permanent=True) from e
     return start_dir(work_dir, workdir)

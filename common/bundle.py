@@ -22,6 +22,7 @@ import tarfile
 import tempfile
 import zlib
 from pathlib import Path, PureWindowsPath
+from typing import BinaryIO
 
 from pathspec import GitIgnoreSpec
 
@@ -29,6 +30,11 @@ MiB = 1024 * 1024
 DEFAULT_MAX_BYTES = 1024 * MiB  # content (uncompressed) a bundle may hold, on both ends
 DEFAULT_WARN_BYTES = 50 * MiB
 DEFAULT_MAX_FILES = 100_000  # members (files, folders, links) an extracted bundle may hold
+# A zip bomb is told by its compression ratio: past RATIO_FLOOR decompressed bytes, the stream may be
+# at most DEFAULT_MAX_RATIO times the compressed bytes read so far. Source code and data rarely pass 10:1;
+# a file of zeros gzips at about 1000:1.
+DEFAULT_MAX_RATIO = 100
+RATIO_FLOOR = 10 * MiB
 IGNORE_FILES = (".gitignore", ".gridlabignore")  # later files win, as later lines do
 ALWAYS_SKIPPED = ".git"
 
@@ -276,14 +282,26 @@ class _BoundedReader:
     member, so a gzip'd header of gigabytes would be a bomb no per-member check could stop.
     """
 
-    def __init__(self, source: gzip.GzipFile, extractor: _Extractor) -> None:
+    def __init__(self, source: gzip.GzipFile, raw: BinaryIO, extractor: _Extractor, max_ratio: float) -> None:
         self._source = source
+        self._raw = raw
         self._extractor = extractor
+        self._max_ratio = max_ratio
         self.read_total = 0
 
     def read(self, size: int = -1, /) -> bytes:
         data = self._source.read(size if size >= 0 else _CHUNK)
         self.read_total += len(data)
+        if self.read_total > RATIO_FLOOR:
+            # Measured on the bytes actually inflated, against the compressed bytes consumed so far (gzip reads
+            # ahead a little, which only errs towards allowing): no header or gzip trailer is trusted.
+            compressed = max(1, self._raw.tell())
+            if self.read_total > self._max_ratio * compressed:
+                raise BundleError(
+                    f"refused bundle: {_human(compressed)} of it decompress to more than {_human(self.read_total)}, "
+                    f"over {self._max_ratio:g} times its compressed size (max_ratio; a zip bomb). Bundle code, "
+                    "not data: exclude large compressible files with .gridlabignore"
+                )
         allowance = self._extractor.allowance()
         if self.read_total > allowance:
             last = self._extractor.last
@@ -466,6 +484,7 @@ def safe_extract(
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_files: int = DEFAULT_MAX_FILES,
+    max_ratio: float = DEFAULT_MAX_RATIO,
 ) -> None:
     """Extract a possibly hostile .tar.gz into `dest`, which must not exist yet (its parent must).
 
@@ -473,7 +492,9 @@ def safe_extract(
     member passed, so a refused bundle leaves nothing behind. Refused: absolute paths, `..`,
     links whose target resolves outside, writing through a link, device files, FIFOs and
     other special members, sparse files, duplicates, more than `max_files` members, more
-    than `max_bytes` of file data (counted as written), oversized headers. File modes become
+    than `max_bytes` of file data (counted as written), oversized headers, and zip bombs: past
+    the first 10 MiB, a stream that inflates to more than `max_ratio` times the compressed bytes
+    read so far (counted while inflating, never taken from a header). File modes become
     0o644, or 0o755 when any exec bit is set; owners and times are not restored.
 
     Raises:
@@ -487,7 +508,7 @@ def safe_extract(
         extractor = _Extractor(tmp, max_bytes, max_files)
         try:
             with open(archive_path, "rb") as raw, gzip.GzipFile(filename="", mode="rb", fileobj=raw) as gz:
-                reader = _BoundedReader(gz, extractor)
+                reader = _BoundedReader(gz, raw, extractor, max_ratio)
                 with tarfile.open(fileobj=reader, mode="r|") as tar:
                     for member in tar:
                         extractor.extract(tar, member)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from gridlab.common.timeutil import from_duration, ts
 from gridlab.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2
@@ -38,6 +39,97 @@ async def call(
     except ApiError as exc:
         await context.abort(exc.code, exc.message)
         raise  # unreachable: abort raises
+
+
+class _Undecodable:
+    """What a request that does not parse becomes, so the handler can refuse it (see DecodeGuard)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except DecodeError as exc:
+            return _Undecodable(str(exc))
+
+    return decode
+
+
+async def _refuse_undecodable(context: grpc.aio.ServicerContext, bad: _Undecodable) -> None:
+    await context.abort(
+        grpc.StatusCode.INVALID_ARGUMENT, f"the request does not parse ({bad.error}): send the message the .proto names"
+    )
+
+
+async def _checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, _Undecodable):
+            await _refuse_undecodable(context, request)
+        yield request
+
+
+class DecodeGuard(grpc.aio.ServerInterceptor):
+    """Bytes that are not the method's message get INVALID_ARGUMENT, not UNKNOWN.
+
+    grpc.aio turns a request deserializer's exception into UNKNOWN ("Unexpected DecodeError"), before any
+    servicer runs. This interceptor (after AuthInterceptor, which passes the deserializer on) decodes
+    tolerantly, and refuses an undecodable message in the handler: a unary request at once, a streamed one
+    when the servicer reaches it, so the messages before it are handled as sent.
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        kw = {
+            "request_deserializer": _tolerant(handler.request_deserializer),
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if isinstance(request, _Undecodable):
+                    await _refuse_undecodable(context, request)
+                return await inner_uu(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, **kw)
+        if handler.stream_unary:
+            inner_su = handler.stream_unary
+
+            async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+                return await inner_su(_checked(requests, context), context)
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary, **kw)
+        if handler.unary_stream:
+            inner_us = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                if isinstance(request, _Undecodable):
+                    await _refuse_undecodable(context, request)
+                async for item in inner_us(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, **kw)
+        inner_ss = handler.stream_stream
+
+        async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async for item in inner_ss(_checked(requests, context), context):
+                yield item
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, **kw)
 
 
 def _single_line_responses(batches: list[types_pb2.LogLine]) -> Iterator[scheduler_pb2.StreamLogsResponse]:

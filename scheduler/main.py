@@ -24,7 +24,7 @@ from gridlab.common.config import ConfigError, SchedulerConfig, load
 from gridlab.common.grpcopts import SERVER_OPTIONS
 from gridlab.v1 import agent_pb2_grpc, artifacts_pb2_grpc, scheduler_pb2_grpc
 
-from .api import SchedulerService
+from .api import DecodeGuard, SchedulerService
 from .artifacts_api import ArtifactsService
 from .auth import AuthInterceptor
 from .engine import Engine
@@ -42,7 +42,7 @@ async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> N
     store = Store(state_dir / "scheduler.db")
     engine = Engine(store, config)
     engine.bootstrap_tokens(state_dir)
-    server = grpc.aio.server(interceptors=[AuthInterceptor(engine.lookup_token)], options=SERVER_OPTIONS)
+    server = grpc.aio.server(interceptors=[AuthInterceptor(engine.lookup_token), DecodeGuard()], options=SERVER_OPTIONS)
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(engine), server)
     agent_pb2_grpc.add_AgentGatewayServicer_to_server(AgentGatewayService(engine), server)
     artifacts_pb2_grpc.add_ArtifactsServicer_to_server(ArtifactsService(engine), server)

@@ -179,6 +179,35 @@ def test_hostile_bundles_are_refused_and_nothing_is_written_outside(tmp_path: Pa
     assert sorted(p.name for p in (tmp_path / "agent").iterdir()) == ["cache"]  # no work dir, no staging
 
 
+def test_a_zip_bomb_is_refused_as_permanent_and_leaves_nothing(tmp_path: Path) -> None:
+    """200 MiB of zeros in about 200 KB: refused by its compression ratio after about 10 MiB, not 1 GiB."""
+    info = tarfile.TarInfo("zeros.bin")
+    info.size = 200 * 1024 * 1024
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=9) as tar:
+        tar.addfile(info, io.BufferedReader(_Zeros(info.size)))
+    store = FakeArtifacts()
+    digest = store.put(buf.getvalue())
+    with pytest.raises(BundleFetchError, match="zip bomb") as caught:
+        fetch(store, digest, tmp_path / "agent")
+    assert caught.value.permanent
+    assert sorted(p.name for p in (tmp_path / "agent").iterdir()) == ["cache"]
+
+
+class _Zeros(io.RawIOBase):
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        n = min(len(buf), self.left)
+        buf[:n] = bytes(n)
+        self.left -= n
+        return n
+
+
 # --- requirements.txt -----------------------------------------------------------------------
 
 

@@ -455,6 +455,54 @@ def test_compressible_bomb_is_stopped_at_the_cap(tmp_path: Path) -> None:
     assert_refused(tmp_path, archive, r"member 'zeros.bin': extracted data exceeds the 1048576-byte cap", max_bytes=MiB)
 
 
+def zero_bomb(path: Path, size: int, *, lie: bool = False) -> Path:
+    """A .tar.gz of one file of `size` zeros (about 1000:1); `lie`: its ustar header claims 10 bytes and a
+    pax record the real size, so no header field the extractor might trust tells the truth."""
+    info = member("zeros.bin", size=10 if lie else size)
+    if lie:
+        info.pax_headers = {"size": str(size)}
+    with gzip.open(path, "wb", compresslevel=9) as gz:
+        gz.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        zeros = Zeros(size)
+        while chunk := zeros.read(4 * MiB):
+            gz.write(chunk)
+        gz.write(bytes(-size % 512 + 1024))
+    return path
+
+
+def test_zip_bomb_is_refused_by_its_compression_ratio_long_before_the_size_cap(tmp_path: Path) -> None:
+    """200 MiB of zeros from a few hundred KB: under the 1 GiB default cap, but a 1000:1 stream is a bomb."""
+    archive = zero_bomb(tmp_path / "evil.tar.gz", 200 * MiB)
+    assert archive.stat().st_size < MiB
+    assert_refused(tmp_path, archive, r"over 100 times its compressed size \(max_ratio; a zip bomb\)")
+
+
+def test_zip_bomb_whose_headers_lie_is_still_measured_while_inflating(tmp_path: Path) -> None:
+    archive = zero_bomb(tmp_path / "evil.tar.gz", 100 * MiB, lie=True)
+    assert_refused(tmp_path, archive, r"max_ratio; a zip bomb")
+
+
+def test_the_ratio_is_only_checked_past_a_floor_and_can_be_raised(tmp_path: Path) -> None:
+    """Small compressible bundles (an empty checkpoint, a padded file) are fine; the ratio is a parameter."""
+    small = zero_bomb(tmp_path / "small.tar.gz", 8 * MiB)
+    safe_extract(small, tmp_path / "small")
+    assert (tmp_path / "small" / "zeros.bin").stat().st_size == 8 * MiB
+    big = zero_bomb(tmp_path / "big.tar.gz", 30 * MiB)
+    assert_refused(tmp_path, big, "max_ratio")
+    safe_extract(big, tmp_path / "big", max_ratio=5000)
+    assert (tmp_path / "big" / "zeros.bin").stat().st_size == 30 * MiB
+
+
+def test_an_ordinary_compressible_bundle_passes_the_ratio(tmp_path: Path) -> None:
+    """Source-like text (about 5:1 to 20:1) well past the floor extracts."""
+    lines = b"".join(f"def f_{i}(x):\n    return x * {i} + {i % 7}  # comment {i}\n".encode() for i in range(400_000))
+    assert len(lines) > 20 * MiB
+    archive = build(tmp_path / "code.tar.gz", (member("big_module.py"), lines))
+    assert len(lines) / archive.stat().st_size < 100
+    safe_extract(archive, tmp_path / "ok")
+    assert (tmp_path / "ok" / "big_module.py").read_bytes() == lines
+
+
 def test_member_whose_header_lies_about_its_size_is_stopped_at_the_cap(tmp_path: Path) -> None:
     """The ustar size field says 10 bytes; a pax record says, and the data is, 50 MiB."""
     liar = member("liar.bin", size=10)
