@@ -983,9 +983,11 @@ def cmd_download(args: argparse.Namespace, client: Client) -> int:
 
 
 def cmd_token_create(args: argparse.Namespace, client: Client) -> int:
-    token = client.create_token(args.user, args.role, team=args.team)
+    token = client.create_token(args.user, args.role, team=args.team, ttl=args.ttl)
     if _json(args):
-        print_json({"user": args.user, "role": args.role, "team": args.team or "", "token": token}, sys.stdout)
+        doc = {"user": args.user, "role": args.role, "team": args.team or "", "token": token}
+        doc["expires_at"] = None if args.ttl is None else time.time() + args.ttl
+        print_json(doc, sys.stdout)
     else:
         print(token)
         if sys.stderr.isatty():
@@ -1003,6 +1005,9 @@ def _token_dict(info: Any) -> dict[str, Any]:
     created = _token_field(info, "created_at")
     if hasattr(created, "seconds"):
         created = timeutil.from_ts(created)
+    expires = _token_field(info, "expires_at")
+    if hasattr(expires, "seconds"):
+        expires = timeutil.from_ts(expires) if expires.seconds or expires.nanos else None
     return {
         "id": info.id,
         "user": info.user,
@@ -1010,7 +1015,20 @@ def _token_dict(info: Any) -> dict[str, Any]:
         "team": info.team or "",
         "created_at": created,
         "revoked": bool(info.revoked),
+        "expires_at": expires,
     }
+
+
+def _expires(info: Any, now: float) -> str:
+    """EXPIRES: "never", "in 6d23h", or "expired 2h ago"."""
+    expires = _token_field(info, "expires_at")
+    if hasattr(expires, "seconds"):
+        expires = timeutil.from_ts(expires) if expires.seconds or expires.nanos else None
+    if not isinstance(expires, int | float) or not expires:
+        return "never"
+    if expires <= now:
+        return "expired " + human_ago(now - expires)
+    return "in " + human_duration(expires - now)
 
 
 def _created(info: Any, now: float) -> str:
@@ -1037,8 +1055,11 @@ def cmd_tokens_list(args: argparse.Namespace, client: Client) -> int:
             print(info.id)
     else:
         now = time.time()
-        rows = [[t.id, t.user, t.role, t.team or "-", _created(t, now), "yes" if t.revoked else "no"] for t in infos]
-        _table(args, ["ID", "USER", "ROLE", "TEAM", "CREATED", "REVOKED"], rows)
+        rows = [
+            [t.id, t.user, t.role, t.team or "-", _created(t, now), _expires(t, now), "yes" if t.revoked else "no"]
+            for t in infos
+        ]
+        _table(args, ["ID", "USER", "ROLE", "TEAM", "CREATED", "EXPIRES", "REVOKED"], rows)
     return exitcodes.OK
 
 
@@ -1584,6 +1605,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--user", required=True, help="who the token acts as")
     t.add_argument("--role", choices=("user", "admin", "agent"), default="user", help="default: user")
     t.add_argument("--team", help="the user's team, for team quotas")
+    t.add_argument(
+        "--ttl",
+        type=_duration_arg,
+        metavar="DURATION",
+        help="how long the token works (3600, 12h, 30d); default: until revoked",
+    )
     t = add("list", cmd_tokens_list, "list tokens (ids, never secrets)", where=tokens_sub)
     t.add_argument("--all", action="store_true", help="revoked ones too")
     t = add("revoke", cmd_tokens_revoke, "revoke tokens by id (or a prefix of 8+ characters of one)", where=tokens_sub)

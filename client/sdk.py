@@ -1788,30 +1788,47 @@ class Client:
         """
         return self._set_agent_state(name, scheduler_pb2.AGENT_ACTION_UNCORDON)
 
-    def create_token(self, user: str, role: str = "user", *, team: str | None = None) -> str:
+    def create_token(
+        self,
+        user: str,
+        role: str = "user",
+        *,
+        team: str | None = None,
+        ttl: float | timedelta | str | None = None,
+    ) -> str:
         """Create a bearer token for a user (admins only). It is shown only this once.
 
         Example:
             >>> client.create_token("alice")
             'glt_...'
+            >>> client.create_token("ci", ttl="7d")  # stops working in a week
+            'glt_...'
 
         Args:
             user: Who the token acts as.
             role: "user", "admin" or "agent".
-            team: The user's team, for team quotas.
+            team: The user's team, for team quotas (and team visibility, when the scheduler shares runs).
+            ttl: How long the token works: seconds, a timedelta or a string ("12h", "30d"; see
+                `parse_duration`). None: until it is revoked.
 
         Returns:
             The new token.
 
         Raises:
             PermissionDenied: The caller is not an admin.
-            InvalidArgument: An unknown role or an empty user.
+            InvalidArgument: An unknown role, an empty user, or a ttl the scheduler refuses.
+            ValueError: A ttl that is not a duration, or is zero or negative.
         """
         _check("user", user, str, "a string")
         _check("role", role, str, "a string")
         if team is not None:
             _check("team", team, str, "a string")
         request = scheduler_pb2.CreateTokenRequest(user=user, role=role, team=team or "")
+        if ttl is not None:
+            seconds = parse_duration(ttl, "ttl")
+            if seconds <= 0:
+                raise ValueError(f"ttl must be more than 0 seconds (None: no expiry), got {ttl!r}")
+            request.ttl.CopyFrom(timeutil.duration(seconds))
         return str(self._unary(self._stub.CreateToken, request).token)
 
     def tokens(self) -> list[scheduler_pb2.TokenInfo]:
@@ -1822,7 +1839,8 @@ class Client:
             [('3f9a1c2b7d0e', 'admin', 'admin', False), ...]
 
         Returns:
-            A list of `gridlab.v1.TokenInfo` messages (id, user, role, team, created_at, revoked).
+            A list of `gridlab.v1.TokenInfo` messages (id, user, role, team, created_at, revoked,
+            expires_at: unset when it never expires).
 
         Raises:
             PermissionDenied: The caller is not an admin.

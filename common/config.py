@@ -49,6 +49,9 @@ class SchedulerConfig:
     blob_max_bytes: int = 256 * 1024**3  # largest checkpoint or artifact file an agent may upload
     fair_share_half_life: float = 7 * 86400.0  # seconds for a user's past GPU-seconds to count half
     max_user_priority: int = 100  # the highest priority a user (not an admin) may give a run, at submit or later
+    share_runs_with_team: bool = False  # users may also read (not cancel or reprioritize) their team's runs
+    max_queued_runs_per_user: int = 10_000  # queued runs one user may have; SubmitRun past it: RESOURCE_EXHAUSTED
+    max_submits_per_second_per_user: float = 50.0  # one user's SubmitRun rate (burst: as many); 0 disables
     quota_user_gpus: int = 0  # GPUs one user may hold at once (0: no cap)
     quota_users: dict[str, int] = dataclasses.field(default_factory=dict)  # per-user caps that override it
     quota_teams: dict[str, int] = dataclasses.field(default_factory=dict)  # GPUs one team may hold at once

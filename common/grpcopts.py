@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's default; large files travel in chunks
+# One message, each way, on every channel and the server: gRPC's default receive limit, kept (files travel
+# in chunks of at most 1 MiB, log pushes and StreamLogs replies in batches of about 1 MiB). Set for sending
+# too, so an oversized request fails RESOURCE_EXHAUSTED at its sender, not after crossing the network; and
+# a peer's oversized message is refused RESOURCE_EXHAUSTED before any handler (or its memory) sees it.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+_MESSAGE_LIMITS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
 
 # Keepalive finds dead TCP connections; the application heartbeat decides liveness.
 AGENT_CHANNEL_OPTIONS = [
@@ -10,7 +18,7 @@ AGENT_CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    *_MESSAGE_LIMITS,
 ]
 
 # schedctl and the SDK hold streams open that may carry nothing for hours (WatchRuns,
@@ -25,7 +33,7 @@ CLIENT_CHANNEL_OPTIONS = [
     # The channel retries a lost connection on its own schedule; capped so that a stream
     # resumes within seconds of a scheduler restart rather than gRPC's default two minutes.
     ("grpc.max_reconnect_backoff_ms", 5_000),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    *_MESSAGE_LIMITS,
 ]
 
 SERVER_OPTIONS = [
@@ -36,6 +44,6 @@ SERVER_OPTIONS = [
     # silently ignored and leaves gRPC's default of five minutes.)
     ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    *_MESSAGE_LIMITS,
     ("grpc.so_reuseport", 0),
 ]

@@ -237,7 +237,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                 )
             elif who.admin:
                 rows = engine.store.all("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT 1000", (after,))
-            else:
+            else:  # unnamed: the caller's own runs, as ListRuns (teammates' runs are watched by id)
                 rows = engine.store.all(
                     "SELECT e.* FROM events e JOIN runs r ON r.id = e.run_id "
                     "WHERE e.id > ? AND r.user = ? ORDER BY e.id LIMIT 1000",
@@ -308,9 +308,10 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         return await call(context, set_state)
 
     async def CreateToken(self, request: Any, context: Any) -> scheduler_pb2.CreateTokenResponse:
+        ttl = from_duration(request.ttl) if request.HasField("ttl") else None
         token = await call(
             context,
-            lambda: self.engine.create_token(request.user, request.role or "user", request.team),
+            lambda: self.engine.create_token(request.user, request.role or "user", request.team, ttl),
         )
         return scheduler_pb2.CreateTokenResponse(token=token, token_id=runadmin.token_id(token))
 

@@ -16,33 +16,73 @@ import grpc
 import structlog
 
 from gridlab.common import auth
+from gridlab.v1 import agent_pb2, artifacts_pb2, scheduler_pb2
 
 ADMIN, USER, AGENT = "admin", "user", "agent"
 ROLES = (ADMIN, USER, AGENT)
+_PEOPLE = frozenset({ADMIN, USER})
 
-# Which roles may call each service; the per-method exceptions follow.
-SERVICE_ROLES = {
-    "gridlab.v1.Scheduler": frozenset({ADMIN, USER}),
-    "gridlab.v1.AgentGateway": frozenset({AGENT}),
-    # Per call, artifacts.py narrows who may move which blob (users: bundles and their runs' blobs).
-    "gridlab.v1.Artifacts": frozenset({ADMIN, USER, AGENT}),
-}
-METHOD_ROLES = {
+# Every RPC of every service, with the roles that may call it: the one table the interceptor enforces
+# (a method missing here is refused to everyone, and `check_table` fails at import). The servicers then
+# narrow per call what a role may touch: users only runs they may see (`Engine.visible_run`, their own
+# and, with share_runs_with_team, their team's read-only), agents only their own attempts.
+METHOD_ROLES: dict[str, frozenset[str]] = {
+    # People: the SDK and schedctl.
+    "/gridlab.v1.Scheduler/SubmitRun": _PEOPLE,
+    "/gridlab.v1.Scheduler/GetRun": _PEOPLE,
+    "/gridlab.v1.Scheduler/ListRuns": _PEOPLE,
+    "/gridlab.v1.Scheduler/CancelRun": _PEOPLE,
+    "/gridlab.v1.Scheduler/WatchRuns": _PEOPLE,
+    "/gridlab.v1.Scheduler/StreamLogs": _PEOPLE,
+    "/gridlab.v1.Scheduler/ListAgents": _PEOPLE,
+    "/gridlab.v1.Scheduler/SetAgentState": frozenset({ADMIN}),
     "/gridlab.v1.Scheduler/CreateToken": frozenset({ADMIN}),
     "/gridlab.v1.Scheduler/ListTokens": frozenset({ADMIN}),
     "/gridlab.v1.Scheduler/RevokeToken": frozenset({ADMIN}),
-    "/gridlab.v1.Scheduler/SetAgentState": frozenset({ADMIN}),
+    "/gridlab.v1.Scheduler/WhoAmI": _PEOPLE,
+    "/gridlab.v1.Scheduler/SetRunPriority": _PEOPLE,
+    "/gridlab.v1.Scheduler/ListRunEvents": _PEOPLE,
+    # Agents: the control stream and log uploads, about their own attempts (ABORTED otherwise).
+    "/gridlab.v1.AgentGateway/Connect": frozenset({AGENT}),
+    "/gridlab.v1.AgentGateway/PushLogs": frozenset({AGENT}),
+    # Blobs: users upload bundles and read their runs' blobs; agents upload and record checkpoints and
+    # artifacts of their attempts and fetch what an assignment names (artifacts.may_upload, may_download).
+    "/gridlab.v1.Artifacts/StatBlob": frozenset({ADMIN, USER, AGENT}),
+    "/gridlab.v1.Artifacts/UploadBlob": frozenset({ADMIN, USER, AGENT}),
+    "/gridlab.v1.Artifacts/DownloadBlob": frozenset({ADMIN, USER, AGENT}),
     "/gridlab.v1.Artifacts/RecordCheckpoint": frozenset({AGENT}),
     "/gridlab.v1.Artifacts/RecordArtifacts": frozenset({AGENT}),
-    "/gridlab.v1.Artifacts/ListArtifacts": frozenset({ADMIN, USER}),
+    "/gridlab.v1.Artifacts/ListArtifacts": _PEOPLE,
 }
 
 
+def rpc_methods() -> list[str]:
+    """Every RPC the scheduler serves, as `/package.Service/Method`, from the generated descriptors."""
+    names: list[str] = []
+    for module in (scheduler_pb2, agent_pb2, artifacts_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            names.extend(f"/{service.full_name}/{m.name}" for m in service.methods)
+    return names
+
+
+def check_table() -> None:
+    """Fail loudly when the table and the protos disagree: a new RPC must say who may call it."""
+    served = set(rpc_methods())
+    missing, stale = sorted(served - set(METHOD_ROLES)), sorted(set(METHOD_ROLES) - served)
+    if missing or stale:
+        raise RuntimeError(f"scheduler/auth.py METHOD_ROLES: no entry for {missing}; entries for no RPC: {stale}")
+
+
+check_table()
+
+
 def allowed_roles(method: str) -> frozenset[str]:
-    if method in METHOD_ROLES:
-        return METHOD_ROLES[method]
-    service = method.strip("/").split("/")[0]
-    return SERVICE_ROLES.get(service, frozenset())
+    """The roles that may call `method`; none for a method the table does not name."""
+    return METHOD_ROLES.get(method, frozenset())
+
+
+class TokenRefused(Exception):
+    """A known token that may no longer be used (expired): the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +165,8 @@ def _with_principal(handler: grpc.RpcMethodHandler, who: Principal) -> Any:
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Checks every call's bearer token against `lookup` and the role table."""
+    """Checks every call's bearer token against `lookup` (None: unknown or revoked; it raises TokenRefused
+    for an expired one) and the role table."""
 
     def __init__(self, lookup: Callable[[str], Principal | None]) -> None:
         self._lookup = lookup
@@ -146,7 +187,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 grpc.StatusCode.UNAUTHENTICATED,
                 "no token: send 'authorization: Bearer <token>' (set GRIDLAB_TOKEN)",
             )
-        who = self._lookup(token)
+        try:
+            who = self._lookup(token)
+        except TokenRefused as exc:
+            return _abort_handler(handler, grpc.StatusCode.UNAUTHENTICATED, str(exc))
         if who is None:
             return _abort_handler(
                 handler,

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import grpc
@@ -28,11 +30,11 @@ from gridlab.common.timeutil import Clock, duration, ts
 from gridlab.v1 import agent_pb2, types_pb2
 
 from . import agentadmin, artifacts, placement, queue, snapshot
-from .auth import ADMIN, AGENT, ROLES, Principal
+from .auth import ADMIN, AGENT, ROLES, Principal, TokenRefused
 from .batch import Batcher
 from .cadence import Cadence, cadence_for, needs_telling, timeout_after_change
 from .convert import run_pb
-from .errors import ApiError, denied, invalid, not_found, precondition
+from .errors import ApiError, denied, exhausted, invalid, not_found, precondition
 from .gang import GangTracker, gang_end
 from .queue import Quotas, Usage
 from .state import (
@@ -54,6 +56,7 @@ _LIVE_SQL = "(" + ",".join(f"'{s.value}'" for s in LIVE_ATTEMPT_STATES) + ")"
 # A node of an attempt that still holds its share of the agent (GPUs, CPUs, memory).
 _HELD_SQL = f"n.state IN {_LIVE_SQL}"
 PASS_GAP = 0.005  # seconds the placement loop lets changes gather before a pass
+MAX_TOKEN_TTL = 10 * 366 * 86400.0  # seconds: a longer-lived token is better made with no expiry
 ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 - a file name
 AGENT_TOKEN_FILE = "agent.token"  # noqa: S105 - a file name
 
@@ -130,7 +133,8 @@ class Engine:
         self.events_changed = Notifier()
         self.logs_changed = Notifier()
         self._kick = asyncio.Event()
-        self._token_cache: dict[str, Principal] = {}
+        self._token_cache: dict[str, tuple[Principal, float | None]] = {}  # token hash -> who, expires_at
+        self._submit_buckets: dict[str, tuple[float, float]] = {}  # user -> (tokens left, monotonic time)
         # attempt id -> run, number, its agents, the global ranks each agent's node runs (_ranks_of)
         self._attempt_owner: dict[str, tuple[str, int, frozenset[str], dict[str, range]]] = {}
         self.watchdog = Watchdog()
@@ -189,28 +193,43 @@ class Engine:
             tokens.write_secret(path, token)
             log.info("token_created", role=role, path=str(path))
 
-    def create_token(self, user: str, role: str, team: str = "") -> str:
+    def create_token(self, user: str, role: str, team: str = "", ttl: float | None = None) -> str:
+        """A new token's secret (returned once; only its SHA-256 is stored). With `ttl` seconds it expires."""
         if role not in ROLES:
             raise invalid(f"role {role!r} is not one of {', '.join(ROLES)}")
         if not user or len(user) > 128 or not user.isprintable():
             raise invalid("user must be 1 to 128 printable characters")
+        if len(team) > 128 or not team.isprintable():
+            raise invalid("team must be at most 128 printable characters")
+        if ttl is not None and not 0 < ttl <= MAX_TOKEN_TTL:
+            raise invalid(f"ttl is {ttl:g}s: give more than 0 and at most {MAX_TOKEN_TTL:g}s (or none: no expiry)")
         token = tokens.new_token()
+        now = self.clock.time()
         with self.store.transaction() as conn:
             conn.execute(
-                "INSERT INTO tokens (hash, user, role, team, created_at) VALUES (?, ?, ?, ?, ?)",
-                (tokens.hash_token(token), user, role, team, self.clock.time()),
+                "INSERT INTO tokens (hash, user, role, team, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (tokens.hash_token(token), user, role, team, now, None if ttl is None else now + ttl),
             )
         return token
 
     def lookup_token(self, token: str) -> Principal | None:
+        """Who `token` is, or None (unknown or revoked); TokenRefused once it has expired. The stored hash is
+        compared in constant time after the (indexed) lookup, and the cache keeps the expiry with the principal,
+        so a cached token expires on time too."""
         digest = tokens.hash_token(token)
-        if digest in self._token_cache:
-            return self._token_cache[digest]
-        row = self.store.one("SELECT user, role, team FROM tokens WHERE hash = ? AND revoked = 0", (digest,))
-        if row is None:
-            return None
-        who = Principal(row["user"], row["role"], row["team"] or "")
-        self._token_cache[digest] = who
+        cached = self._token_cache.get(digest)
+        if cached is None:
+            row = self.store.one(
+                "SELECT hash, user, role, team, expires_at FROM tokens WHERE hash = ? AND revoked = 0", (digest,)
+            )
+            if row is None or not hmac.compare_digest(row["hash"], digest):
+                return None
+            cached = (Principal(row["user"], row["role"], row["team"] or ""), row["expires_at"])
+            self._token_cache[digest] = cached
+        who, expires_at = cached
+        if expires_at is not None and self.clock.time() >= expires_at:
+            when = datetime.fromtimestamp(expires_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            raise TokenRefused(f"token expired at {when}; ask an admin for a new one")
         return who
 
     def forget_token(self, digest: str) -> None:
@@ -236,13 +255,28 @@ class Engine:
     def _run_row(self, run_id: str) -> sqlite3.Row | None:
         return self.store.one("SELECT * FROM runs WHERE id = ?", (run_id,))
 
+    def may_read(self, who: Principal, run: sqlite3.Row) -> bool:
+        """The one rule for reading a run (its record, events, logs, metrics, checkpoints, artifacts): an admin,
+        its owner, or, with share_runs_with_team, a user of the team it was submitted under."""
+        if who.admin or run["user"] == who.user:
+            return True
+        return self.config.share_runs_with_team and bool(who.team) and run["team"] == who.team
+
     def visible_run(self, who: Principal, run_id: str) -> sqlite3.Row:
-        """The run, if `who` may see it. Another user's run is NOT_FOUND, not hidden-but-there."""
+        """The run, if `who` may read it (`may_read`). One they may not is NOT_FOUND, not hidden-but-there."""
         if not run_id:
             raise invalid("run_id is empty")
         row = self._run_row(run_id)
-        if row is None or (not who.admin and row["user"] != who.user):
+        if row is None or not self.may_read(who, row):
             raise not_found(f"no run {run_id!r}")
+        return row
+
+    def owned_run(self, who: Principal, run_id: str, doing: str) -> sqlite3.Row:
+        """The run, if `who` may change it (cancel, reprioritize): its owner or an admin. A teammate who may
+        read it is told why not (PERMISSION_DENIED); anyone else gets NOT_FOUND, as from `visible_run`."""
+        row = self.visible_run(who, run_id)
+        if not who.admin and row["user"] != who.user:
+            raise denied(f"run {run_id} is {row['user']}'s: only its owner or an admin may {doing} it")
         return row
 
     def run_message(self, run_id: str) -> types_pb2.Run:
@@ -285,6 +319,8 @@ class Engine:
             )
             if row is not None:
                 return str(row["id"]), True
+        if not who.admin:
+            self._check_submit_limits(who.user)
         run_id = new_id("run")
         now = self.clock.time()
         with self.store.transaction() as conn:
@@ -313,6 +349,33 @@ class Engine:
         self.kick()
         return run_id, False
 
+    def _check_submit_limits(self, user: str) -> None:
+        """RESOURCE_EXHAUSTED past a user's queued-runs cap or submit rate (admins are exempt: they clean up
+        and migrate in bulk). The count is one indexed COUNT (runs_user_state); the rate a token bucket kept
+        in memory, refilled at max_submits_per_second_per_user up to as many (at least 1), spent only by a run
+        queued."""
+        cap = self.config.max_queued_runs_per_user
+        if cap > 0:
+            row = self.store.one("SELECT COUNT(*) FROM runs WHERE user = ? AND state = 'QUEUED'", (user,))
+            queued = int(row[0]) if row is not None else 0
+            if queued >= cap:
+                raise exhausted(
+                    f"you have {queued} queued runs, the most a user may have (max_queued_runs_per_user): "
+                    "wait for some to start, or cancel some"
+                )
+        rate = self.config.max_submits_per_second_per_user
+        if rate > 0:
+            burst = max(1.0, rate)
+            now = self.clock.monotonic()
+            left, then = self._submit_buckets.get(user, (burst, now))
+            left = min(burst, left + (now - then) * rate)
+            if left < 1.0 - 1e-9:  # (a refill of exactly one token may land a hair below it)
+                raise exhausted(
+                    f"more than {rate:g} submits per second, the most a user may send "
+                    f"(max_submits_per_second_per_user): retry in {(1.0 - left) / rate:.2f}s"
+                )
+            self._submit_buckets[user] = (max(0.0, left - 1.0), now)
+
     def list_runs(
         self,
         who: Principal,
@@ -330,11 +393,14 @@ class Engine:
             raise invalid(f"limit is {limit}: it must be 0 (default 100) or more")
         limit = min(limit or 100, 1000)
         where, params = [], []
-        if user and user != who.user and not who.admin:
-            raise denied("only an admin may list another user's runs")
         if user or not who.admin:
             where.append("user = ?")
             params.append(user or who.user)
+        if user and user != who.user and not who.admin:
+            if not (self.config.share_runs_with_team and who.team):
+                raise denied("only an admin may list another user's runs")
+            where.append("team = ?")  # a teammate's runs submitted under this team (`may_read`)
+            params.append(who.team)
         state_list = list(states)
         if state_list:
             where.append("state IN (" + ",".join("?" * len(state_list)) + ")")
@@ -357,7 +423,7 @@ class Engine:
         return runs, (rows[-1]["id"] if more else "")
 
     def cancel(self, who: Principal, run_id: str, grace: float | None, reason: str) -> None:
-        row = self.visible_run(who, run_id)
+        row = self.owned_run(who, run_id, "cancel")
         state = RunState(row["state"])
         if state.terminal:
             raise precondition(f"run {run_id} has already ended ({state.value}); nothing to cancel")

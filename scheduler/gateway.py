@@ -21,6 +21,28 @@ from .engine import AgentSession, Engine
 from .errors import ApiError
 
 log = structlog.get_logger("gridlab.scheduler.gateway")
+STREAM_WINDOW_BYTES = 8 * 1024 * 1024  # one Connect stream's messages read but not yet handled, at most
+
+
+class _Window:
+    """Bounds the memory one agent stream holds in the group-commit queue: the reader waits once its
+    messages waiting there pass `limit` bytes (one message always goes, however big: gRPC caps its size).
+    Without it only the batcher's global count bounds them, so one agent could hold thousands of them."""
+
+    def __init__(self, limit: int = STREAM_WINDOW_BYTES) -> None:
+        self.limit = limit
+        self.held = 0
+        self._room = asyncio.Event()
+
+    async def take(self, size: int) -> None:
+        while self.held and self.held + size > self.limit:
+            self._room.clear()
+            await self._room.wait()
+        self.held += size
+
+    def give(self, size: int) -> None:
+        self.held -= size
+        self._room.set()
 
 
 class AgentGatewayService(agent_pb2_grpc.AgentGatewayServicer):
@@ -28,17 +50,21 @@ class AgentGatewayService(agent_pb2_grpc.AgentGatewayServicer):
         self.engine = engine
 
     async def _read(self, session: AgentSession, requests: AsyncIterator[agent_pb2.AgentMessage]) -> None:
+        window = _Window()
         try:
             async for msg in requests:  # handled in the next group commit, in the order they came
-                await self.engine.batcher.post_when_room(functools.partial(self._handle, session, msg))
+                size = msg.ByteSize()
+                await window.take(size)
+                await self.engine.batcher.post_when_room(functools.partial(self._handle, session, msg, window, size))
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
         finally:
             session.close()
 
-    def _handle(self, session: AgentSession, msg: agent_pb2.AgentMessage) -> None:
+    def _handle(self, session: AgentSession, msg: agent_pb2.AgentMessage, window: _Window, size: int) -> None:
         """One message from an agent. A bad message is logged and skipped: it must not
         cost the agent its stream (and every run on the machine its liveness)."""
+        window.give(size)
         kind = msg.WhichOneof("msg")
         try:
             if kind == "heartbeat":
@@ -82,6 +108,8 @@ class AgentGatewayService(agent_pb2_grpc.AgentGatewayServicer):
             self.engine.agent_disconnected(hello.result())
 
     async def PushLogs(self, request_iterator: Any, context: Any) -> agent_pb2.PushLogsResponse:
+        """Each message is stored before the next is read, so a call holds one message (at most
+        grpcopts.MAX_MESSAGE_BYTES) and its parsed lines at a time; HTTP/2 flow control holds the agent back."""
         accepted = duplicates = 0
         async for request in request_iterator:
             a, d = await call(context, self.engine.push_logs, request.agent_name, request.lines)

@@ -66,6 +66,8 @@ def _token_info(row: sqlite3.Row, *, revoked: bool | None = None) -> TokenInfo:
     )
     if row["created_at"] is not None:
         info.created_at.CopyFrom(ts(row["created_at"]))
+    if row["expires_at"] is not None:
+        info.expires_at.CopyFrom(ts(row["expires_at"]))
     return info
 
 
@@ -77,7 +79,9 @@ def _require_admin(who: Principal, what: str) -> None:
 def list_tokens(engine: Engine, who: Principal) -> list[TokenInfo]:
     """Every token, revoked ones too, oldest first (never a secret: it is not stored)."""
     _require_admin(who, "list tokens")
-    rows = engine.store.all("SELECT hash, user, role, team, created_at, revoked FROM tokens ORDER BY created_at, hash")
+    rows = engine.store.all(
+        "SELECT hash, user, role, team, created_at, revoked, expires_at FROM tokens ORDER BY created_at, hash"
+    )
     return [_token_info(r) for r in rows]
 
 
@@ -94,7 +98,8 @@ def revoke_token(engine: Engine, who: Principal, prefix: str) -> TokenInfo:
     if len(wanted) > 64 or not _HEX.match(wanted):
         raise invalid(f"token_id {prefix[:80]!r} is not a token id: {TOKEN_ID_CHARS} hex digits, as ListTokens shows")
     rows = engine.store.all(
-        "SELECT hash, user, role, team, created_at, revoked FROM tokens WHERE substr(hash, 1, ?) = ? LIMIT 2",
+        "SELECT hash, user, role, team, created_at, revoked, expires_at FROM tokens "
+        "WHERE substr(hash, 1, ?) = ? LIMIT 2",
         (len(wanted), wanted),
     )
     if not rows:
@@ -118,7 +123,7 @@ def set_run_priority(engine: Engine, who: Principal, run_id: str, priority: int)
     now go first, or preempt, or be preempted."""
     if abs(priority) > MAX_PRIORITY:
         raise invalid(f"priority is {priority}: it must be between -{MAX_PRIORITY} and {MAX_PRIORITY}")
-    row = engine.visible_run(who, run_id)
+    row = engine.owned_run(who, run_id, "change the priority of")
     state = RunState(row["state"])
     if state.terminal:
         raise precondition(f"run {run_id} has already ended ({state.value}); its priority no longer matters")
@@ -144,7 +149,7 @@ def set_run_priority(engine: Engine, who: Principal, run_id: str, priority: int)
 
 
 def list_run_events(engine: Engine, who: Principal, run_id: str) -> list[types_pb2.RunEvent]:
-    """A run's events, oldest first; another user's run is NOT_FOUND, as for GetRun."""
+    """A run's events, oldest first; a run the caller may not read is NOT_FOUND, as for GetRun."""
     engine.visible_run(who, run_id)
     rows = engine.store.all("SELECT * FROM events WHERE run_id = ? ORDER BY id", (run_id,))
     return [event_pb(r) for r in rows]

@@ -26,7 +26,7 @@ from gridlab.v1 import types_pb2
 if TYPE_CHECKING:
     from .logstore import LogStore
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 def _migrate_1(db: sqlite_utils.Database) -> None:
@@ -286,6 +286,13 @@ def _migrate_8(db: sqlite_utils.Database) -> None:
     db.conn.executemany("UPDATE runs SET sweep = ?, pool = ? WHERE id = ?", updates)
 
 
+def _migrate_9(db: sqlite_utils.Database) -> None:
+    # Tokens may expire (CreateToken's ttl; NULL: never). SubmitRun counts a user's queued runs against
+    # max_queued_runs_per_user: by index, not by scanning every run the user ever submitted.
+    db.conn.execute("ALTER TABLE tokens ADD COLUMN expires_at REAL")
+    db.conn.execute("CREATE INDEX runs_user_state ON runs (user, state)")
+
+
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     1: _migrate_1,
     2: _migrate_2,
@@ -295,6 +302,7 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     6: _migrate_6,
     7: _migrate_7,
     8: _migrate_8,
+    9: _migrate_9,
 }
 
 

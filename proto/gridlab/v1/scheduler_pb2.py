@@ -27,15 +27,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from gridlab.v1 import types_pb2 as gridlab_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agridlab/v1/scheduler.proto\x12\ngridlab.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16gridlab/v1/types.proto\"N\n\x10SubmitRunRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.gridlab.v1.RunSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"B\n\x11SubmitRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.gridlab.v1.Run\x12\x0f\n\x07\x65xisted\x18\x02 \x01(\x08\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\".\n\x0eGetRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.gridlab.v1.Run\"\x85\x01\n\x0fListRunsRequest\x12$\n\x06states\x18\x01 \x03(\x0e\x32\x14.gridlab.v1.RunState\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\r\n\x05sweep\x18\x05 \x01(\t\x12\x0c\n\x04pool\x18\x06 \x01(\t\"J\n\x10ListRunsResponse\x12\x1d\n\x04runs\x18\x01 \x03(\x0b\x32\x0f.gridlab.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\\\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12(\n\x05grace\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x03 \x01(\t\"1\n\x11\x43\x61ncelRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.gridlab.v1.Run\";\n\x10WatchRunsRequest\x12\x0f\n\x07run_ids\x18\x01 \x03(\t\x12\x16\n\x0e\x61\x66ter_event_id\x18\x02 \x01(\x03\"\x92\x01\n\x11StreamLogsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x14\n\x0c\x61\x66ter_cursor\x18\x03 \x01(\x03\x12\x16\n\x0e\x61ttempt_number\x18\x04 \x01(\x05\x12\x0c\n\x04rank\x18\x05 \x01(\x05\x12\x10\n\x08has_rank\x18\x06 \x01(\x08\x12\x0f\n\x07\x62\x61tched\x18\x07 \x01(\x08\"8\n\x12StreamLogsResponse\x12\"\n\x05lines\x18\x01 \x03(\x0b\x32\x13.gridlab.v1.LogLine\"!\n\x11ListAgentsRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"7\n\x12ListAgentsResponse\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.gridlab.v1.Agent\"\x8a\x01\n\x14SetAgentStateRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x17.gridlab.v1.AgentAction\x12+\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x04 \x01(\t\"g\n\x15SetAgentStateResponse\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.gridlab.v1.Agent\x12,\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\x12\x43reateTokenRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04team\x18\x03 \x01(\t\"6\n\x13\x43reateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\t\"\x82\x01\n\tTokenInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0c\n\x04team\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07revoked\x18\x06 \x01(\x08\"\x13\n\x11ListTokensRequest\";\n\x12ListTokensResponse\x12%\n\x06tokens\x18\x01 \x03(\x0b\x32\x15.gridlab.v1.TokenInfo\"&\n\x12RevokeTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\";\n\x13RevokeTokenResponse\x12$\n\x05token\x18\x01 \x01(\x0b\x32\x15.gridlab.v1.TokenInfo\"\x0f\n\rWhoAmIRequest\"R\n\x0eWhoAmIResponse\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04team\x18\x03 \x01(\t\x12\x16\n\x0eserver_version\x18\x04 \x01(\t\"9\n\x15SetRunPriorityRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08priority\x18\x02 \x01(\x05\"6\n\x16SetRunPriorityResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.gridlab.v1.Run\"&\n\x14ListRunEventsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"=\n\x15ListRunEventsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.gridlab.v1.RunEvent*w\n\x0b\x41gentAction\x12\x1c\n\x18\x41GENT_ACTION_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41GENT_ACTION_CORDON\x10\x01\x12\x16\n\x12\x41GENT_ACTION_DRAIN\x10\x02\x12\x19\n\x15\x41GENT_ACTION_UNCORDON\x10\x03\x32\xb9\x08\n\tScheduler\x12H\n\tSubmitRun\x12\x1c.gridlab.v1.SubmitRunRequest\x1a\x1d.gridlab.v1.SubmitRunResponse\x12?\n\x06GetRun\x12\x19.gridlab.v1.GetRunRequest\x1a\x1a.gridlab.v1.GetRunResponse\x12\x45\n\x08ListRuns\x12\x1b.gridlab.v1.ListRunsRequest\x1a\x1c.gridlab.v1.ListRunsResponse\x12H\n\tCancelRun\x12\x1c.gridlab.v1.CancelRunRequest\x1a\x1d.gridlab.v1.CancelRunResponse\x12\x41\n\tWatchRuns\x12\x1c.gridlab.v1.WatchRunsRequest\x1a\x14.gridlab.v1.RunEvent0\x01\x12M\n\nStreamLogs\x12\x1d.gridlab.v1.StreamLogsRequest\x1a\x1e.gridlab.v1.StreamLogsResponse0\x01\x12K\n\nListAgents\x12\x1d.gridlab.v1.ListAgentsRequest\x1a\x1e.gridlab.v1.ListAgentsResponse\x12T\n\rSetAgentState\x12 .gridlab.v1.SetAgentStateRequest\x1a!.gridlab.v1.SetAgentStateResponse\x12N\n\x0b\x43reateToken\x12\x1e.gridlab.v1.CreateTokenRequest\x1a\x1f.gridlab.v1.CreateTokenResponse\x12K\n\nListTokens\x12\x1d.gridlab.v1.ListTokensRequest\x1a\x1e.gridlab.v1.ListTokensResponse\x12N\n\x0bRevokeToken\x12\x1e.gridlab.v1.RevokeTokenRequest\x1a\x1f.gridlab.v1.RevokeTokenResponse\x12?\n\x06WhoAmI\x12\x19.gridlab.v1.WhoAmIRequest\x1a\x1a.gridlab.v1.WhoAmIResponse\x12W\n\x0eSetRunPriority\x12!.gridlab.v1.SetRunPriorityRequest\x1a\".gridlab.v1.SetRunPriorityResponse\x12T\n\rListRunEvents\x12 .gridlab.v1.ListRunEventsRequest\x1a!.gridlab.v1.ListRunEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agridlab/v1/scheduler.proto\x12\ngridlab.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16gridlab/v1/types.proto\"N\n\x10SubmitRunRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.gridlab.v1.RunSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"B\n\x11SubmitRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.gridlab.v1.Run\x12\x0f\n\x07\x65xisted\x18\x02 \x01(\x08\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\".\n\x0eGetRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.gridlab.v1.Run\"\x85\x01\n\x0fListRunsRequest\x12$\n\x06states\x18\x01 \x03(\x0e\x32\x14.gridlab.v1.RunState\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\r\n\x05sweep\x18\x05 \x01(\t\x12\x0c\n\x04pool\x18\x06 \x01(\t\"J\n\x10ListRunsResponse\x12\x1d\n\x04runs\x18\x01 \x03(\x0b\x32\x0f.gridlab.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\\\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12(\n\x05grace\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x03 \x01(\t\"1\n\x11\x43\x61ncelRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.gridlab.v1.Run\";\n\x10WatchRunsRequest\x12\x0f\n\x07run_ids\x18\x01 \x03(\t\x12\x16\n\x0e\x61\x66ter_event_id\x18\x02 \x01(\x03\"\x92\x01\n\x11StreamLogsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x14\n\x0c\x61\x66ter_cursor\x18\x03 \x01(\x03\x12\x16\n\x0e\x61ttempt_number\x18\x04 \x01(\x05\x12\x0c\n\x04rank\x18\x05 \x01(\x05\x12\x10\n\x08has_rank\x18\x06 \x01(\x08\x12\x0f\n\x07\x62\x61tched\x18\x07 \x01(\x08\"8\n\x12StreamLogsResponse\x12\"\n\x05lines\x18\x01 \x03(\x0b\x32\x13.gridlab.v1.LogLine\"!\n\x11ListAgentsRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"7\n\x12ListAgentsResponse\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.gridlab.v1.Agent\"\x8a\x01\n\x14SetAgentStateRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x17.gridlab.v1.AgentAction\x12+\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x04 \x01(\t\"g\n\x15SetAgentStateResponse\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.gridlab.v1.Agent\x12,\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"f\n\x12\x43reateTokenRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04team\x18\x03 \x01(\t\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"6\n\x13\x43reateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\t\"\xb2\x01\n\tTokenInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0c\n\x04team\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07revoked\x18\x06 \x01(\x08\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x13\n\x11ListTokensRequest\";\n\x12ListTokensResponse\x12%\n\x06tokens\x18\x01 \x03(\x0b\x32\x15.gridlab.v1.TokenInfo\"&\n\x12RevokeTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\";\n\x13RevokeTokenResponse\x12$\n\x05token\x18\x01 \x01(\x0b\x32\x15.gridlab.v1.TokenInfo\"\x0f\n\rWhoAmIRequest\"R\n\x0eWhoAmIResponse\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04team\x18\x03 \x01(\t\x12\x16\n\x0eserver_version\x18\x04 \x01(\t\"9\n\x15SetRunPriorityRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08priority\x18\x02 \x01(\x05\"6\n\x16SetRunPriorityResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.gridlab.v1.Run\"&\n\x14ListRunEventsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"=\n\x15ListRunEventsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.gridlab.v1.RunEvent*w\n\x0b\x41gentAction\x12\x1c\n\x18\x41GENT_ACTION_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41GENT_ACTION_CORDON\x10\x01\x12\x16\n\x12\x41GENT_ACTION_DRAIN\x10\x02\x12\x19\n\x15\x41GENT_ACTION_UNCORDON\x10\x03\x32\xb9\x08\n\tScheduler\x12H\n\tSubmitRun\x12\x1c.gridlab.v1.SubmitRunRequest\x1a\x1d.gridlab.v1.SubmitRunResponse\x12?\n\x06GetRun\x12\x19.gridlab.v1.GetRunRequest\x1a\x1a.gridlab.v1.GetRunResponse\x12\x45\n\x08ListRuns\x12\x1b.gridlab.v1.ListRunsRequest\x1a\x1c.gridlab.v1.ListRunsResponse\x12H\n\tCancelRun\x12\x1c.gridlab.v1.CancelRunRequest\x1a\x1d.gridlab.v1.CancelRunResponse\x12\x41\n\tWatchRuns\x12\x1c.gridlab.v1.WatchRunsRequest\x1a\x14.gridlab.v1.RunEvent0\x01\x12M\n\nStreamLogs\x12\x1d.gridlab.v1.StreamLogsRequest\x1a\x1e.gridlab.v1.StreamLogsResponse0\x01\x12K\n\nListAgents\x12\x1d.gridlab.v1.ListAgentsRequest\x1a\x1e.gridlab.v1.ListAgentsResponse\x12T\n\rSetAgentState\x12 .gridlab.v1.SetAgentStateRequest\x1a!.gridlab.v1.SetAgentStateResponse\x12N\n\x0b\x43reateToken\x12\x1e.gridlab.v1.CreateTokenRequest\x1a\x1f.gridlab.v1.CreateTokenResponse\x12K\n\nListTokens\x12\x1d.gridlab.v1.ListTokensRequest\x1a\x1e.gridlab.v1.ListTokensResponse\x12N\n\x0bRevokeToken\x12\x1e.gridlab.v1.RevokeTokenRequest\x1a\x1f.gridlab.v1.RevokeTokenResponse\x12?\n\x06WhoAmI\x12\x19.gridlab.v1.WhoAmIRequest\x1a\x1a.gridlab.v1.WhoAmIResponse\x12W\n\x0eSetRunPriority\x12!.gridlab.v1.SetRunPriorityRequest\x1a\".gridlab.v1.SetRunPriorityResponse\x12T\n\rListRunEvents\x12 .gridlab.v1.ListRunEventsRequest\x1a!.gridlab.v1.ListRunEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gridlab.v1.scheduler_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AGENTACTION']._serialized_start=2078
-  _globals['_AGENTACTION']._serialized_end=2197
+  _globals['_AGENTACTION']._serialized_start=2166
+  _globals['_AGENTACTION']._serialized_end=2285
   _globals['_SUBMITRUNREQUEST']._serialized_start=131
   _globals['_SUBMITRUNREQUEST']._serialized_end=209
   _globals['_SUBMITRUNRESPONSE']._serialized_start=211
@@ -67,31 +67,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SETAGENTSTATERESPONSE']._serialized_start=1218
   _globals['_SETAGENTSTATERESPONSE']._serialized_end=1321
   _globals['_CREATETOKENREQUEST']._serialized_start=1323
-  _globals['_CREATETOKENREQUEST']._serialized_end=1385
-  _globals['_CREATETOKENRESPONSE']._serialized_start=1387
-  _globals['_CREATETOKENRESPONSE']._serialized_end=1441
-  _globals['_TOKENINFO']._serialized_start=1444
-  _globals['_TOKENINFO']._serialized_end=1574
-  _globals['_LISTTOKENSREQUEST']._serialized_start=1576
-  _globals['_LISTTOKENSREQUEST']._serialized_end=1595
-  _globals['_LISTTOKENSRESPONSE']._serialized_start=1597
-  _globals['_LISTTOKENSRESPONSE']._serialized_end=1656
-  _globals['_REVOKETOKENREQUEST']._serialized_start=1658
-  _globals['_REVOKETOKENREQUEST']._serialized_end=1696
-  _globals['_REVOKETOKENRESPONSE']._serialized_start=1698
-  _globals['_REVOKETOKENRESPONSE']._serialized_end=1757
-  _globals['_WHOAMIREQUEST']._serialized_start=1759
-  _globals['_WHOAMIREQUEST']._serialized_end=1774
-  _globals['_WHOAMIRESPONSE']._serialized_start=1776
-  _globals['_WHOAMIRESPONSE']._serialized_end=1858
-  _globals['_SETRUNPRIORITYREQUEST']._serialized_start=1860
-  _globals['_SETRUNPRIORITYREQUEST']._serialized_end=1917
-  _globals['_SETRUNPRIORITYRESPONSE']._serialized_start=1919
-  _globals['_SETRUNPRIORITYRESPONSE']._serialized_end=1973
-  _globals['_LISTRUNEVENTSREQUEST']._serialized_start=1975
-  _globals['_LISTRUNEVENTSREQUEST']._serialized_end=2013
-  _globals['_LISTRUNEVENTSRESPONSE']._serialized_start=2015
-  _globals['_LISTRUNEVENTSRESPONSE']._serialized_end=2076
-  _globals['_SCHEDULER']._serialized_start=2200
-  _globals['_SCHEDULER']._serialized_end=3281
+  _globals['_CREATETOKENREQUEST']._serialized_end=1425
+  _globals['_CREATETOKENRESPONSE']._serialized_start=1427
+  _globals['_CREATETOKENRESPONSE']._serialized_end=1481
+  _globals['_TOKENINFO']._serialized_start=1484
+  _globals['_TOKENINFO']._serialized_end=1662
+  _globals['_LISTTOKENSREQUEST']._serialized_start=1664
+  _globals['_LISTTOKENSREQUEST']._serialized_end=1683
+  _globals['_LISTTOKENSRESPONSE']._serialized_start=1685
+  _globals['_LISTTOKENSRESPONSE']._serialized_end=1744
+  _globals['_REVOKETOKENREQUEST']._serialized_start=1746
+  _globals['_REVOKETOKENREQUEST']._serialized_end=1784
+  _globals['_REVOKETOKENRESPONSE']._serialized_start=1786
+  _globals['_REVOKETOKENRESPONSE']._serialized_end=1845
+  _globals['_WHOAMIREQUEST']._serialized_start=1847
+  _globals['_WHOAMIREQUEST']._serialized_end=1862
+  _globals['_WHOAMIRESPONSE']._serialized_start=1864
+  _globals['_WHOAMIRESPONSE']._serialized_end=1946
+  _globals['_SETRUNPRIORITYREQUEST']._serialized_start=1948
+  _globals['_SETRUNPRIORITYREQUEST']._serialized_end=2005
+  _globals['_SETRUNPRIORITYRESPONSE']._serialized_start=2007
+  _globals['_SETRUNPRIORITYRESPONSE']._serialized_end=2061
+  _globals['_LISTRUNEVENTSREQUEST']._serialized_start=2063
+  _globals['_LISTRUNEVENTSREQUEST']._serialized_end=2101
+  _globals['_LISTRUNEVENTSRESPONSE']._serialized_start=2103
+  _globals['_LISTRUNEVENTSRESPONSE']._serialized_end=2164
+  _globals['_SCHEDULER']._serialized_start=2288
+  _globals['_SCHEDULER']._serialized_end=3369
 # @@protoc_insertion_point(module_scope)

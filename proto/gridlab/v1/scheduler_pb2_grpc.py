@@ -171,7 +171,8 @@ class SchedulerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateToken(self, request, context):
-        """Admin only: create a token for a user (returned once, stored hashed).
+        """Admin only: create a token for a user (returned once, stored hashed); with `ttl` it expires,
+        and calls with it then fail UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -59,7 +59,9 @@ class SchedulerStub:
     reconnects. NOT_FOUND for an unknown agent; INVALID_ARGUMENT for a bad action or deadline.
     """
     CreateToken: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.CreateTokenRequest, _scheduler_pb2.CreateTokenResponse]
-    """Admin only: create a token for a user (returned once, stored hashed)."""
+    """Admin only: create a token for a user (returned once, stored hashed); with `ttl` it expires,
+    and calls with it then fail UNAUTHENTICATED.
+    """
     ListTokens: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListTokensRequest, _scheduler_pb2.ListTokensResponse]
     """Admin only: every token (never the secret: its id, owner, role, team, creation, revocation)."""
     RevokeToken: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.RevokeTokenRequest, _scheduler_pb2.RevokeTokenResponse]
@@ -104,7 +106,9 @@ class SchedulerAsyncStub(SchedulerStub):
     reconnects. NOT_FOUND for an unknown agent; INVALID_ARGUMENT for a bad action or deadline.
     """
     CreateToken: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.CreateTokenRequest, _scheduler_pb2.CreateTokenResponse]  # type: ignore[assignment]
-    """Admin only: create a token for a user (returned once, stored hashed)."""
+    """Admin only: create a token for a user (returned once, stored hashed); with `ttl` it expires,
+    and calls with it then fail UNAUTHENTICATED.
+    """
     ListTokens: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListTokensRequest, _scheduler_pb2.ListTokensResponse]  # type: ignore[assignment]
     """Admin only: every token (never the secret: its id, owner, role, team, creation, revocation)."""
     RevokeToken: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.RevokeTokenRequest, _scheduler_pb2.RevokeTokenResponse]  # type: ignore[assignment]
@@ -200,7 +204,9 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_pb2.CreateTokenRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.CreateTokenResponse, _abc.Awaitable[_scheduler_pb2.CreateTokenResponse]]:
-        """Admin only: create a token for a user (returned once, stored hashed)."""
+        """Admin only: create a token for a user (returned once, stored hashed); with `ttl` it expires,
+        and calls with it then fail UNAUTHENTICATED.
+        """
 
     @_abc_1.abstractmethod
     def ListTokens(
