@@ -34,7 +34,7 @@ from gridlab.agent.inventory import InventoryCollector
 from gridlab.agent.launcher import Attempt, LaunchSettings
 from gridlab.agent.logship import LogShipper, status_code
 from gridlab.agent.reaper import reap_orphans
-from gridlab.common import auth
+from gridlab.common import auth, tls
 from gridlab.common.config import AgentConfig
 from gridlab.common.grpcopts import AGENT_CHANNEL_OPTIONS
 from gridlab.common.timeutil import from_duration
@@ -79,6 +79,8 @@ class Agent:
         self.version = version
         self.drain_timeout = drain_timeout
         self._metadata = auth.metadata(token)
+        # Read now: a bad certificate file is a configuration error at start, not a failing reconnect loop.
+        self._credentials = tls.channel_credentials(config.tls_ca, config.tls_cert, config.tls_key)
         self.inventory = inventory or InventoryCollector(
             agent_name=config.name, state_dir=config.state_dir, address=config.address
         )
@@ -132,7 +134,10 @@ class Agent:
 
     async def run(self) -> int:
         """Serve until stopped (EXIT_OK) or refused by the scheduler (EXIT_REFUSED)."""
-        channel = grpc.aio.insecure_channel(self.config.scheduler, options=AGENT_CHANNEL_OPTIONS)
+        if self._credentials is None:
+            channel = grpc.aio.insecure_channel(self.config.scheduler, options=AGENT_CHANNEL_OPTIONS)
+        else:
+            channel = grpc.aio.secure_channel(self.config.scheduler, self._credentials, options=AGENT_CHANNEL_OPTIONS)
         # The generated stub's overloads cannot tell an aio channel apart; it is the async stub.
         self._stub = cast("agent_pb2_grpc.AgentGatewayAsyncStub", agent_pb2_grpc.AgentGatewayStub(channel))
         self.launch.artifacts = cast("artifacts_pb2_grpc.ArtifactsAsyncStub", artifacts_pb2_grpc.ArtifactsStub(channel))
@@ -203,6 +208,7 @@ class Agent:
                     )
                     return EXIT_REFUSED
                 reason = _describe(exc, code)
+                reason = tls.explain_failure(reason, address=self.config.scheduler, ca=self.config.tls_ca) or reason
             finally:
                 self._call = None
             if self._session_welcomed:  # it worked for a while: start the backoff over

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="F", help="TOML config file")
     p.add_argument("--scheduler", metavar="HOST:PORT", help="scheduler address")
     p.add_argument("--token-file", metavar="F", help="file holding the agent's join token")
+    p.add_argument("--tls-ca", metavar="F", help="PEM CA bundle that signed the scheduler's certificate (turns TLS on)")
+    p.add_argument("--tls-cert", metavar="F", help="PEM client certificate naming this agent (mTLS)")
+    p.add_argument("--tls-key", metavar="F", help="PEM private key of --tls-cert")
     p.add_argument("--name", metavar="N", help="this agent's unique name (default: hostname)")
     p.add_argument("--pool", metavar="P", help="pool to join (default: onprem)")
     p.add_argument("--state-dir", metavar="D", help="where attempts' files live")
@@ -72,6 +75,9 @@ def load_config(args: argparse.Namespace) -> tuple[AgentConfig, str]:
         overrides={
             "scheduler": args.scheduler,
             "token_file": args.token_file,
+            "tls_ca": args.tls_ca,
+            "tls_cert": args.tls_cert,
+            "tls_key": args.tls_key,
             "name": args.name,
             "pool": args.pool,
             "state_dir": args.state_dir,

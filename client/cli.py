@@ -2,7 +2,7 @@
 
 kubectl's grammar (verb, then what), Slurm's meanings (states, pending reasons, priorities):
 
-    schedctl [--address HOST:PORT] [--token T] [-o table|wide|json] [--no-headers] [-q] COMMAND ...
+    schedctl [--address HOST:PORT] [--token T] [--tls-ca FILE] [-o table|wide|json] [--no-headers] [-q] COMMAND ...
 
     submit [RESOURCES] [--sweep NAME=EXPR ...] [--wait|--follow] -- CMD ...
     runs [--me] [--user U] [--state S ...] [--sweep ID] [--pool P]      queue [--pool P]
@@ -1109,7 +1109,12 @@ def cmd_version(args: argparse.Namespace) -> int:
     """The client's version always; the server's when it can be reached (exit 0 either way)."""
     document: dict[str, Any] = {"client": client_version(), "server": None, "address": None, "error": None}
     try:
-        with Client(getattr(args, "address", None), getattr(args, "token", None), timeout=5) as client:
+        with Client(
+            getattr(args, "address", None),
+            getattr(args, "token", None),
+            timeout=5,
+            tls_ca=getattr(args, "tls_ca", None),
+        ) as client:
             document["address"] = client.address
             document["server"] = _whoami_dict(client.whoami())["server_version"] or None
     except GridlabError as exc:
@@ -1347,6 +1352,13 @@ def build_parser() -> argparse.ArgumentParser:
             "--token",
             default=argparse.SUPPRESS,
             help=f"bearer token (default: ${TOKEN_ENV}, then the config file; prefer those, a flag shows in `ps`)",
+        )
+        group.add_argument(
+            "--tls-ca",
+            default=argparse.SUPPRESS,
+            metavar="FILE",
+            help="PEM CA bundle that signed the scheduler's certificate: connect with TLS "
+            "(default: $GRIDLAB_TLS_CA, then tls_ca in the config file; none: plaintext)",
         )
         return parent, group
 
@@ -1720,7 +1732,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.offline:
             return int(args.func(args))
-        with Client(getattr(args, "address", None), getattr(args, "token", None)) as client:
+        with Client(
+            getattr(args, "address", None), getattr(args, "token", None), tls_ca=getattr(args, "tls_ca", None)
+        ) as client:
             return int(args.func(args, client))
     except GridlabError as exc:
         print(f"error: {explain(exc, args)}", file=sys.stderr)

@@ -7,6 +7,9 @@ tests; handy for trying gridlab on a laptop.
         cluster.start_agent("ws1", fake_gpus="2xA100:80")
         run = cluster.client().submit(["python", "train.py"])
 
+With `tls=TLSFiles(...)` the scheduler serves TLS, and with its `client_ca` agents connect
+to a port of their own with the certificate `start_agent(..., tls_cert=, tls_key=)` gives.
+
 Daemons are started as `python -m gridlab.scheduler.main` / `gridlab.agent.main`, so this
 module imports neither (the client never depends on the daemons' code).
 """
@@ -18,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -25,7 +29,19 @@ import grpc
 
 from gridlab.client.sdk import Client
 from gridlab.common import auth
+from gridlab.common.tls import channel_credentials
 from gridlab.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files for a TLS cluster: the CA that signed `cert` (what clients and agents verify
+    with), the scheduler's certificate and key, and optionally the CA of agents' certificates."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
 
 
 class LocalCluster:
@@ -36,6 +52,7 @@ class LocalCluster:
         heartbeat_interval: float = 0.5,
         heartbeat_timeout: float = 5.0,
         python: str = sys.executable,
+        tls: TLSFiles | None = None,
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -48,6 +65,8 @@ class LocalCluster:
         self.scheduler: subprocess.Popen[bytes] | None = None
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.address = ""
+        self.agent_address = ""  # agent_listen's, with tls.client_ca; else agents use `address`
+        self.tls = tls
 
     # ------------------------------------------------------------ scheduler
 
@@ -64,6 +83,13 @@ class LocalCluster:
         addr_file = self.scheduler_dir / "scheduler.addr"
         addr_file.unlink(missing_ok=True)
         self.scheduler_dir.mkdir(parents=True, exist_ok=True)
+        tls_args: list[str] = []
+        if self.tls is not None:
+            tls_args = ["--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key)]
+            if self.tls.client_ca is not None:
+                # Same port after a restart: agents keep the address they were given.
+                agent_port = int(self.agent_address.rsplit(":", 1)[1]) if self.agent_address else 0
+                tls_args += ["--tls-client-ca", str(self.tls.client_ca), "--agent-listen", f"127.0.0.1:{agent_port}"]
         log = (self.logs / "scheduler.log").open("ab")
         self.scheduler = subprocess.Popen(
             [
@@ -80,6 +106,7 @@ class LocalCluster:
                 str(self.heartbeat_timeout),
                 "--log-format",
                 "json",
+                *tls_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -95,6 +122,8 @@ class LocalCluster:
                 raise TimeoutError("scheduler did not start listening")
             time.sleep(0.02)
         self.address = addr_file.read_text().strip()
+        agent_addr_file = self.scheduler_dir / "scheduler.agent_addr"
+        self.agent_address = agent_addr_file.read_text().strip() if agent_addr_file.exists() else ""
         return self.address
 
     def kill_scheduler(self, sig: int = signal.SIGKILL) -> None:
@@ -118,8 +147,13 @@ class LocalCluster:
         env: dict[str, str] | None = None,
         wait: bool = True,
         timeout: float = 30.0,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Start an agent daemon and (by default) wait until the scheduler lists it READY."""
+        """Start an agent daemon and (by default) wait until the scheduler lists it READY.
+
+        In a TLS cluster it verifies the scheduler with `tls.ca`, presents `tls_cert` and
+        `tls_key` when given, and connects to `agent_address` when the scheduler has one."""
         child_env = dict(os.environ)
         child_env.pop("GRIDLAB_FAKE_GPUS", None)
         if fake_gpus is not None:
@@ -131,7 +165,7 @@ class LocalCluster:
             "-m",
             "gridlab.agent.main",
             "--scheduler",
-            self.address,
+            self.agent_address or self.address,
             "--token-file",
             str(self.agent_token_file),
             "--name",
@@ -143,6 +177,10 @@ class LocalCluster:
         ]
         if pool:
             args += ["--pool", pool]
+        if self.tls is not None:
+            args += ["--tls-ca", str(self.tls.ca)]
+        if tls_cert is not None and tls_key is not None:
+            args += ["--tls-cert", str(tls_cert), "--tls-key", str(tls_key)]
         log = (self.logs / f"agent-{name}.log").open("ab")
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=child_env)
         log.close()
@@ -171,7 +209,7 @@ class LocalCluster:
         proc.wait(timeout=90)
 
     def list_agents(self) -> list[types_pb2.Agent]:
-        with grpc.insecure_channel(self.address) as channel:
+        with self._channel() as channel:
             stub = scheduler_pb2_grpc.SchedulerStub(channel)
             reply = stub.ListAgents(
                 scheduler_pb2.ListAgentsRequest(), metadata=auth.metadata(self.admin_token), timeout=5
@@ -180,9 +218,15 @@ class LocalCluster:
 
     # ------------------------------------------------------------ lifecycle
 
-    def client(self) -> Client:
-        """An SDK client for the admin token."""
-        return Client(self.address, self.admin_token)
+    def _channel(self) -> grpc.Channel:
+        credentials = None if self.tls is None else channel_credentials(str(self.tls.ca))
+        if credentials is None:
+            return grpc.insecure_channel(self.address)
+        return grpc.secure_channel(self.address, credentials)
+
+    def client(self, token: str | None = None) -> Client:
+        """An SDK client for `token` (default: the admin token), with the cluster's CA when TLS is on."""
+        return Client(self.address, token or self.admin_token, tls_ca=None if self.tls is None else str(self.tls.ca))
 
     def close(self) -> None:
         """Stop every daemon: SIGTERM, then SIGKILL after a few seconds."""

@@ -48,7 +48,8 @@ from gridlab.client.errors import (
     from_rpc_error,
 )
 from gridlab.client.resources import Resources, parse_resources
-from gridlab.common import auth, grpcopts, timeutil
+from gridlab.common import auth, grpcopts, timeutil, tls
+from gridlab.common.config import ConfigError
 from gridlab.v1 import artifacts_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, types_pb2
 
 if TYPE_CHECKING:
@@ -63,7 +64,8 @@ T = TypeVar("T")
 
 ADDRESS_ENV = "GRIDLAB_ADDRESS"
 TOKEN_ENV = "GRIDLAB_TOKEN"  # noqa: S105 - a variable name, not a secret
-CONFIG_KEYS = ("address", "token", "token_file")
+TLS_CA_ENV = "GRIDLAB_TLS_CA"
+CONFIG_KEYS = ("address", "token", "token_file", "tls_ca")
 # Where `gridlab-scheduler` keeps its state (and admin.token) without --state-dir; named in messages.
 _DEFAULT_SCHEDULER_STATE = "~/.local/share/gridlab/scheduler"
 _START_HINT = (
@@ -106,6 +108,8 @@ class Settings:
     token: str = dataclasses.field(repr=False)
     address_source: str
     token_source: str
+    tls_ca: str = ""  # the CA bundle that signed the scheduler's certificate; "" for plaintext
+    tls_ca_source: str = ""
 
 
 def _read_config(path: Path) -> dict[str, str]:
@@ -134,13 +138,16 @@ def resolve_settings(
     address: str | None = None,
     token: str | None = None,
     *,
+    tls_ca: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Find the scheduler address and token: arguments, then `GRIDLAB_ADDRESS` /
-    `GRIDLAB_TOKEN`, then the config file (keys `address`, `token`, `token_file`).
+    `GRIDLAB_TOKEN`, then the config file (keys `address`, `token`, `token_file`); and the
+    same way the CA bundle for TLS (`GRIDLAB_TLS_CA`, key `tls_ca`; none: plaintext).
 
     Each value is resolved on its own, and the file is read only when a value is still
-    missing, so a broken file never gets in the way of explicit settings.
+    missing, so a broken file never gets in the way of explicit settings (with an explicit
+    address and token, only a valid file lends its `tls_ca`).
 
     Example:
         >>> resolve_settings("head:7070", "glt_...").address
@@ -149,6 +156,8 @@ def resolve_settings(
     Args:
         address: `host:port` of the scheduler; empty or None means "look further".
         token: A bearer token; empty or None means "look further".
+        tls_ca: A PEM CA bundle file to verify the scheduler with; empty or None means
+            "look further".
         environ: The environment to read; `os.environ` by default.
 
     Returns:
@@ -169,9 +178,22 @@ def resolve_settings(
     elif environ.get(TOKEN_ENV, "").strip():
         found["token"] = (environ[TOKEN_ENV].strip(), f"${TOKEN_ENV}")
 
+    if tls_ca:
+        found["tls_ca"] = (tls_ca.strip(), "the tls_ca argument")
+    elif environ.get(TLS_CA_ENV, "").strip():
+        found["tls_ca"] = (environ[TLS_CA_ENV].strip(), f"${TLS_CA_ENV}")
+
     path = config_path(environ)
-    if len(found) < 2:
-        data = _read_config(path)
+    if "address" not in found or "token" not in found or "tls_ca" not in found:
+        try:
+            data = _read_config(path)
+        except ClientConfigError:
+            if "address" not in found or "token" not in found:
+                raise
+            data = {}
+        if "tls_ca" not in found and data.get("tls_ca", "").strip():
+            ca_file = Path(data["tls_ca"].strip()).expanduser()
+            found["tls_ca"] = (str(ca_file if ca_file.is_absolute() else path.parent / ca_file), f"tls_ca in {path}")
         if "address" not in found and data.get("address", "").strip():
             found["address"] = (data["address"].strip(), f"address in {path}")
         if "token" not in found and data.get("token", "").strip():
@@ -204,6 +226,8 @@ def resolve_settings(
         token=found["token"][0],
         address_source=found["address"][1],
         token_source=found["token"][1],
+        tls_ca=found.get("tls_ca", ("", ""))[0],
+        tls_ca_source=found.get("tls_ca", ("", ""))[1],
     )
 
 
@@ -935,12 +959,22 @@ class Client:
         token: Bearer token; else `GRIDLAB_TOKEN`, else the config file's `token` or
             `token_file`.
         timeout: Deadline in seconds for every unary call (streams have none).
+        tls_ca: PEM CA bundle that signed the scheduler's certificate, which turns TLS on;
+            else `GRIDLAB_TLS_CA`, else the config file's `tls_ca`; none: plaintext.
 
     Raises:
-        ClientConfigError: No address or token was found, or the config file is invalid.
+        ClientConfigError: No address or token was found, the config file is invalid, or
+            the CA bundle cannot be read.
     """
 
-    def __init__(self, address: str | None = None, token: str | None = None, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 10.0,
+        tls_ca: str | os.PathLike[str] | None = None,
+    ) -> None:
         if address is not None:
             _check("address", address, str, "a 'host:port' string")
         if token is not None:
@@ -948,11 +982,18 @@ class Client:
         _check("timeout", timeout, (int, float), "a number of seconds")
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
-        self._settings = resolve_settings(address, token)
+        self._settings = resolve_settings(address, token, tls_ca=None if tls_ca is None else os.fspath(tls_ca))
         self.address = self._settings.address
         self.timeout = float(timeout)
-        self._metadata = auth.metadata(self._settings.token)
-        self._channel = grpc.insecure_channel(self.address, options=grpcopts.CLIENT_CHANNEL_OPTIONS)
+        self._metadata = auth.metadata(self._settings.token)  # explicit: call credentials need TLS
+        try:
+            credentials = tls.channel_credentials(self._settings.tls_ca)
+        except ConfigError as exc:
+            raise ClientConfigError(f"{exc} (tls_ca from {self._settings.tls_ca_source})") from None
+        if credentials is None:
+            self._channel = grpc.insecure_channel(self.address, options=grpcopts.CLIENT_CHANNEL_OPTIONS)
+        else:
+            self._channel = grpc.secure_channel(self.address, credentials, options=grpcopts.CLIENT_CHANNEL_OPTIONS)
         self._stub = scheduler_pb2_grpc.SchedulerStub(self._channel)
 
     # -- plumbing
@@ -964,6 +1005,11 @@ class Client:
         elif isinstance(error, Unavailable):
             details_fn = getattr(err, "details", None)
             details = (details_fn() if callable(details_fn) else None) or ""
+            settings = self._settings
+            if hint := tls.explain_failure(
+                details, address=self.address, ca=settings.tls_ca, ca_source=settings.tls_ca_source
+            ):
+                return Unavailable(f"{hint} (the address came from {settings.address_source})")
             error = Unavailable(
                 f"cannot reach the scheduler at {self.address} (from {self._settings.address_source})"
                 + (f": {details}" if details else "")

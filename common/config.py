@@ -38,6 +38,10 @@ class SchedulerConfig:
     """Keys of `gridlab-scheduler`'s TOML file (env: GRIDLAB_SCHEDULER_<KEY>)."""
 
     listen: str = "127.0.0.1:7070"
+    agent_listen: str = ""  # a second HOST:PORT for agents; with tls_client_ca it requires their certificates
+    tls_cert: str = ""  # PEM certificate chain: with tls_key, every port serves TLS (else plaintext)
+    tls_key: str = ""  # PEM private key of tls_cert
+    tls_client_ca: str = ""  # PEM CA bundle: agents must present a certificate from it naming them (mTLS)
     state_dir: str = dataclasses.field(default_factory=lambda: default_state_dir("scheduler"))
     heartbeat_interval: float = 5.0  # seconds between agent heartbeats
     heartbeat_timeout: float = 30.0  # an agent silent this long is lost
@@ -65,6 +69,9 @@ class AgentConfig:
     """Keys of `gridlab-agent`'s TOML file (env: GRIDLAB_AGENT_<KEY>)."""
 
     scheduler: str = "127.0.0.1:7070"
+    tls_ca: str = ""  # PEM CA bundle that signed the scheduler's certificate: set, the agent speaks TLS
+    tls_cert: str = ""  # PEM client certificate naming this agent (CN or DNS/URI SAN), for mTLS
+    tls_key: str = ""  # PEM private key of tls_cert
     token_file: str = ""  # file holding the join token; else GRIDLAB_AGENT_TOKEN
     token: str = ""
     name: str = dataclasses.field(default_factory=socket.gethostname)

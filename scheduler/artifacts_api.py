@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from gridlab.common import tls
 from gridlab.common.transfer import Pipeline, read_ahead
 from gridlab.v1 import artifacts_pb2, artifacts_pb2_grpc
 
@@ -52,12 +53,21 @@ class ArtifactsService(artifacts_pb2_grpc.ArtifactsServicer):
         self.store = engine.store
         self.blobs = blobs or BlobStore(engine.store, engine.config)
 
+    def _check_peer(self, context: Any, who: auth.Principal, agent_name: str | None) -> None:
+        """With mTLS (tls_client_ca), an agent token counts only with a certificate naming `agent_name`
+        (None: any certificate from that CA, for calls that name no agent)."""
+        if who.role != AGENT or not self.engine.config.tls_client_ca:
+            return
+        if refusal := tls.agent_peer_refusal(context.auth_context(), agent_name):
+            raise ApiError(*refusal)
+
     async def StatBlob(self, request: Any, context: Any) -> artifacts_pb2.StatBlobResponse:
+        await call(context, self._check_peer, context, auth.current(), None)
         complete, size = await call(context, self.blobs.stat, request.digest)
         return artifacts_pb2.StatBlobResponse(complete=complete, size=size)
 
     async def UploadBlob(self, request_iterator: Any, context: Any) -> artifacts_pb2.UploadBlobResponse:
-        return await _status(context, self._upload(auth.current(), request_iterator))
+        return await _status(context, self._upload(auth.current(), request_iterator, context))
 
     def _existing(self, plan: UploadPlan) -> artifacts_pb2.UploadBlobResponse | None:
         size = blob_size(self.store, plan.digest)
@@ -66,12 +76,13 @@ class ArtifactsService(artifacts_pb2_grpc.ArtifactsServicer):
         return artifacts_pb2.UploadBlobResponse(digest=plan.digest, size=size, existed=True)
 
     async def _upload(
-        self, who: auth.Principal, requests: AsyncIterator[artifacts_pb2.UploadBlobRequest]
+        self, who: auth.Principal, requests: AsyncIterator[artifacts_pb2.UploadBlobRequest], context: Any
     ) -> artifacts_pb2.UploadBlobResponse:
         first = await anext(requests, None)
         if first is None or first.WhichOneof("msg") != "header":
             raise invalid("the first UploadBlob message must be a BlobHeader")
         header = first.header
+        self._check_peer(context, who, header.agent_name)
         may_upload(who, header.purpose)
         plan = self.blobs.plan_upload(header)
         if who.role == AGENT:
@@ -113,6 +124,7 @@ class ArtifactsService(artifacts_pb2_grpc.ArtifactsServicer):
         who = auth.current()
 
         def check() -> tuple[Any, int]:
+            self._check_peer(context, who, None)
             run = None if who.role == AGENT else self.engine.visible_run(who, request.run_id)
             may_download(self.store, who, run, request.digest)
             return self.blobs.open_download(request.digest, request.offset)
@@ -127,10 +139,12 @@ class ArtifactsService(artifacts_pb2_grpc.ArtifactsServicer):
             yield artifacts_pb2.DownloadBlobResponse(size=size)  # an empty blob, or from its end
 
     async def RecordCheckpoint(self, request: Any, context: Any) -> artifacts_pb2.RecordCheckpointResponse:
+        await call(context, self._check_peer, context, auth.current(), request.agent_name)
         checkpoint_id = await call(context, record_checkpoint, self.store, request, self.engine.clock.time())
         return artifacts_pb2.RecordCheckpointResponse(checkpoint_id=checkpoint_id)
 
     async def RecordArtifacts(self, request: Any, context: Any) -> artifacts_pb2.RecordArtifactsResponse:
+        await call(context, self._check_peer, context, auth.current(), request.agent_name)
         await call(context, record_artifacts, self.store, request, self.engine.clock.time())
         return artifacts_pb2.RecordArtifactsResponse()
 

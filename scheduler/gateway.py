@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 import structlog
 
+from gridlab.common import tls
 from gridlab.v1 import agent_pb2, agent_pb2_grpc
 
 from .api import call
@@ -83,6 +84,9 @@ class AgentGatewayService(agent_pb2_grpc.AgentGatewayServicer):
         if first is None or first.WhichOneof("msg") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message on Connect must be a Hello")
             return
+        if refusal := self._peer_refusal(context)(first.hello.name):
+            await context.abort(*refusal)
+            return
         # Batched too: after whatever the agent's previous stream sent, which may still be queued. Shielded:
         # if the agent hangs up once its Hello has run, the session it registered is closed, not left open.
         hello = asyncio.ensure_future(call(context, self.engine.agent_hello, first.hello, batcher=self.engine.batcher))
@@ -107,11 +111,20 @@ class AgentGatewayService(agent_pb2_grpc.AgentGatewayServicer):
         if not hello.cancelled() and hello.exception() is None:
             self.engine.agent_disconnected(hello.result())
 
+    def _peer_refusal(self, context: Any) -> Callable[[str], tuple[grpc.StatusCode, str] | None]:
+        """With mTLS (tls_client_ca), why this call's certificate may not speak for an agent name."""
+        if not self.engine.config.tls_client_ca:
+            return lambda _name: None
+        return functools.partial(tls.agent_peer_refusal, context.auth_context())
+
     async def PushLogs(self, request_iterator: Any, context: Any) -> agent_pb2.PushLogsResponse:
         """Each message is stored before the next is read, so a call holds one message (at most
         grpcopts.MAX_MESSAGE_BYTES) and its parsed lines at a time; HTTP/2 flow control holds the agent back."""
         accepted = duplicates = 0
+        refusal_for = self._peer_refusal(context)
         async for request in request_iterator:
+            if refusal := refusal_for(request.agent_name):
+                await context.abort(*refusal)
             a, d = await call(context, self.engine.push_logs, request.agent_name, request.lines)
             accepted += a
             duplicates += d

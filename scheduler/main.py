@@ -1,10 +1,11 @@
 """`gridlab-scheduler`: start the central daemon.
 
     gridlab-scheduler [--config F] [--state-dir D] [--listen HOST:PORT]
+                      [--tls-cert F --tls-key F [--tls-client-ca F --agent-listen HOST:PORT]]
 
 On first start it writes an admin token and an agent join token (0600 files) into the
 state directory and logs where. The bound address is written to `scheduler.addr` there,
-which is how tools find a server started on port 0.
+which is how tools find a server started on port 0 (and `scheduler.agent_addr`, agent_listen's).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import grpc
 import structlog
 
-from gridlab.common import logs
+from gridlab.common import logs, tls
 from gridlab.common.config import ConfigError, SchedulerConfig, load
 from gridlab.common.grpcopts import SERVER_OPTIONS
 from gridlab.v1 import agent_pb2_grpc, artifacts_pb2_grpc, scheduler_pb2_grpc
@@ -33,10 +34,25 @@ from .store import Store
 
 log = structlog.get_logger("gridlab.scheduler")
 ADDRESS_FILE = "scheduler.addr"
+AGENT_ADDRESS_FILE = "scheduler.agent_addr"  # the bound agent_listen address, when there is one
+
+
+def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    """The port bound at `address` (TLS with `credentials`), 0 if it could not be."""
+    try:
+        if credentials is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, credentials)
+    except RuntimeError:
+        return 0
 
 
 async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> None:
     """Run the scheduler until `stop` is set (or SIGTERM / SIGINT)."""
+    # Read first: a bad certificate file stops the start before anything is opened.
+    creds, agent_creds = tls.server_credentials(
+        config.tls_cert, config.tls_key, config.tls_client_ca, agent_listen=config.agent_listen
+    )
     state_dir = Path(config.state_dir).expanduser()
     state_dir.mkdir(parents=True, exist_ok=True)
     store = Store(state_dir / "scheduler.db")
@@ -46,13 +62,14 @@ async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> N
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(engine), server)
     agent_pb2_grpc.add_AgentGatewayServicer_to_server(AgentGatewayService(engine), server)
     artifacts_pb2_grpc.add_ArtifactsServicer_to_server(ArtifactsService(engine), server)
-    try:
-        port = server.add_insecure_port(config.listen)
-    except RuntimeError:
-        port = 0
-    if port == 0:
-        store.close()
-        raise ConfigError(f"cannot listen on {config.listen}: is the port in use or the host wrong?")
+    binds = [(config.listen, creds)] + ([(config.agent_listen, agent_creds)] if config.agent_listen else [])
+    ports = [_bind(server, address, credentials) for address, credentials in binds]
+    for (address, _), bound in zip(binds, ports, strict=True):
+        if bound == 0:
+            store.close()
+            hint = " (or are tls_cert and tls_key not a certificate and its key?)" if creds is not None else ""
+            raise ConfigError(f"cannot listen on {address}: is the port in use or the host wrong?{hint}")
+    port = ports[0]
     await server.start()
     # Long-lived state is built by now: keep the collector from walking it again and again (full collections
     # of a scheduler holding thousands of agents took hundreds of ms), and collect young objects less often.
@@ -61,8 +78,17 @@ async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> N
     gc.set_threshold(50_000, 20, 20)
     host = config.listen.rsplit(":", 1)[0]
     address = f"{host}:{port}"
+    agent_address = ""
+    if config.agent_listen:
+        agent_address = f"{config.agent_listen.rsplit(':', 1)[0]}:{ports[1]}"
+        (state_dir / AGENT_ADDRESS_FILE).write_text(agent_address + "\n")
+    else:
+        (state_dir / AGENT_ADDRESS_FILE).unlink(missing_ok=True)
     (state_dir / ADDRESS_FILE).write_text(address + "\n")
-    log.info("listening", address=address, state_dir=str(state_dir))
+    security = "mtls for agents" if config.tls_client_ca else "tls" if creds is not None else "plaintext"
+    log.info(
+        "listening", address=address, agent_address=agent_address or None, security=security, state_dir=str(state_dir)
+    )
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -103,6 +129,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", help="TOML file (keys: see README 'Scheduler configuration')")
     p.add_argument("--state-dir", help="where the SQLite file and tokens live")
     p.add_argument("--listen", help="HOST:PORT to serve on (port 0 picks a free one)")
+    p.add_argument("--agent-listen", help="a second HOST:PORT for agents (required with --tls-client-ca)")
+    p.add_argument("--tls-cert", help="PEM certificate chain; with --tls-key the scheduler serves TLS")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument("--tls-client-ca", help="PEM CA bundle agents' client certificates must come from (mTLS)")
     p.add_argument("--heartbeat-interval", type=float, help="seconds between agent heartbeats")
     p.add_argument("--heartbeat-timeout", type=float, help="seconds of silence before an agent is lost")
     p.add_argument("--log-format", choices=["auto", "json", "console"])
@@ -120,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
             overrides={
                 "state_dir": args.state_dir,
                 "listen": args.listen,
+                "agent_listen": args.agent_listen,
+                "tls_cert": args.tls_cert,
+                "tls_key": args.tls_key,
+                "tls_client_ca": args.tls_client_ca,
                 "heartbeat_interval": args.heartbeat_interval,
                 "heartbeat_timeout": args.heartbeat_timeout,
                 "log_format": args.log_format,
