@@ -57,8 +57,8 @@ class AgentGatewayService(agent_pb2_grpc.AgentGatewayServicer):
                 size = msg.ByteSize()
                 await window.take(size)
                 await self.engine.batcher.post_when_room(functools.partial(self._handle, session, msg, window, size))
-        except (asyncio.CancelledError, grpc.aio.AioRpcError):
-            pass
+        except (asyncio.CancelledError, grpc.aio.AioRpcError, grpc.aio.AbortError):  # AbortError: a message
+            pass  # that did not parse (api.DecodeGuard aborted the call)
         finally:
             session.close()
 
