@@ -511,8 +511,10 @@ def test_shutdown_waits_for_attempts_assigned_while_stopping(tmp_path: Path) -> 
         await until(lambda: agent._stopping, what="stopping")
         gw.send(assign=assignment("late", "print('never')"))  # preempted at once, ends in 2 s
         assert await asyncio.wait_for(run, 10) == EXIT_OK
-        assert gw.updates("first")[-1] == S.ATTEMPT_STATE_PREEMPTED
-        assert gw.updates("late")[-1] == S.ATTEMPT_STATE_PREEMPTED  # awaited, reported, then bye
+        # Written before the agent said bye; the fake server's reader (another task here) may lag behind.
+        for attempt_id in ("first", "late"):  # "late": awaited, reported, then bye
+            await until(lambda a=attempt_id: gw.updates(a)[-1:] == [S.ATTEMPT_STATE_PREEMPTED], what=attempt_id)
+        await until(lambda: ("closed", None) in gw.events, what="bye after the last updates")
         await server.stop(None)
 
     arun(go())
