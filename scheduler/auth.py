@@ -7,7 +7,9 @@ make it, and runs the handler with the principal in a context variable, so servi
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +21,7 @@ from gridlab.common import auth
 from gridlab.v1 import agent_pb2, artifacts_pb2, scheduler_pb2
 
 ADMIN, USER, AGENT = "admin", "user", "agent"
+REVALIDATE_EVERY = 5.0  # seconds between checks that a long call's token is still valid
 ROLES = (ADMIN, USER, AGENT)
 _PEOPLE = frozenset({ADMIN, USER})
 
@@ -124,8 +127,36 @@ def _abort_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, messag
     return grpc.stream_stream_rpc_method_handler(abort_stream, **kw)
 
 
-def _with_principal(handler: grpc.RpcMethodHandler, who: Principal) -> Any:
-    """The same handler, run with `who` bound as the current principal and in logs."""
+class _Revalidate:
+    """Ends a long call (a followed log, a watch, an upload, an agent's stream) once its token is revoked or
+    expires: the token is checked again every REVALIDATE_EVERY seconds (a cached lookup), and the call's
+    task is cancelled and answered UNAUTHENTICATED. Without it a revoked token kept streaming for days."""
+
+    def __init__(self, refusal: Callable[[], str | None]) -> None:
+        self._refusal = refusal
+        self._task = asyncio.current_task()
+        self._timer = asyncio.get_running_loop().call_later(REVALIDATE_EVERY, self._check)
+        self.refused: str | None = None
+
+    def _check(self) -> None:
+        self.refused = self._refusal()
+        if self.refused is not None and self._task is not None:
+            self._task.cancel()
+        else:
+            self._timer = asyncio.get_running_loop().call_later(REVALIDATE_EVERY, self._check)
+
+    def stop(self) -> None:
+        self._timer.cancel()
+
+    async def ended(self, context: Any) -> None:
+        """After a cancellation: answer UNAUTHENTICATED if it was this watch's doing, else let it through."""
+        if self.refused is not None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{self.refused}; ask an admin for a new token")
+
+
+def _with_principal(handler: grpc.RpcMethodHandler, who: Principal, refusal: Callable[[], str | None]) -> Any:
+    """The same handler, run with `who` bound as the current principal and in logs; calls that stream are
+    watched for the token being revoked or expiring meanwhile (`_Revalidate`)."""
 
     def bind() -> None:
         _current.set(who)
@@ -148,7 +179,14 @@ def _with_principal(handler: grpc.RpcMethodHandler, who: Principal) -> Any:
 
         async def stream_unary(request_iterator: Any, context: Any) -> Any:
             bind()
-            return await inner_su(request_iterator, context)
+            watch = _Revalidate(refusal)
+            try:
+                return await inner_su(request_iterator, context)
+            except asyncio.CancelledError:
+                await watch.ended(context)
+                raise
+            finally:
+                watch.stop()
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, **kw)
     inner: Callable[..., Any] = handler.unary_stream or handler.stream_stream
@@ -156,8 +194,15 @@ def _with_principal(handler: grpc.RpcMethodHandler, who: Principal) -> Any:
 
     async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
         bind()
-        async for item in inner(request, context):
-            yield item
+        watch = _Revalidate(refusal)
+        try:
+            async for item in inner(request, context):
+                yield item
+        except asyncio.CancelledError:
+            await watch.ended(context)
+            raise
+        finally:
+            watch.stop()
 
     if stream_in:
         return grpc.stream_stream_rpc_method_handler(streaming, **kw)
@@ -203,4 +248,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"role {who.role!r} may not call {method.rsplit('/', 1)[-1]}",
             )
-        return _with_principal(handler, who)
+        return _with_principal(handler, who, functools.partial(self._refusal, token))
+
+    def _refusal(self, token: str) -> str | None:
+        """Why `token` may no longer be used (revoked, expired), or None while it may."""
+        try:
+            return None if self._lookup(token) is not None else "the token was revoked during the call"
+        except TokenRefused as exc:
+            return str(exc)

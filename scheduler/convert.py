@@ -11,6 +11,8 @@ from gridlab.v1 import types_pb2
 
 from .store import Store
 
+PAGE_BYTES = 3 * 1024 * 1024  # what one listing reply carries at most (one item always): replies are capped at 4 MiB
+
 
 def _set_time(msg: object, field: str, value: float | None) -> None:
     if value is not None:

@@ -33,7 +33,7 @@ from . import agentadmin, artifacts, placement, queue, snapshot
 from .auth import ADMIN, AGENT, ROLES, Principal, TokenRefused
 from .batch import Batcher
 from .cadence import Cadence, cadence_for, needs_telling, timeout_after_change
-from .convert import run_pb
+from .convert import PAGE_BYTES, run_pb
 from .errors import ApiError, denied, exhausted, invalid, not_found, precondition
 from .gang import GangTracker, gang_end
 from .queue import Quotas, Usage
@@ -186,8 +186,9 @@ class Engine:
             (ADMIN, ADMIN_TOKEN_FILE, "admin"),
             (AGENT, AGENT_TOKEN_FILE, "agent"),
         ):
-            if self.store.one("SELECT 1 FROM tokens WHERE role = ? AND revoked = 0", (role,)):
-                continue
+            usable = "role = ? AND revoked = 0 AND (expires_at IS NULL OR expires_at > ?)"
+            if self.store.one(f"SELECT 1 FROM tokens WHERE {usable}", (role, self.clock.time())):
+                continue  # else (none, or all revoked or expired) a new one, so nobody is locked out
             token = self.create_token(user, role)
             path = state_dir / filename
             tokens.write_secret(path, token)
@@ -419,7 +420,14 @@ class Engine:
         rows = self.store.all(sql, (*params, limit + 1))
         more = len(rows) > limit
         rows = rows[:limit]
-        runs = [self._with_position(run_pb(self.store, r)) for r in rows]
+        runs: list[types_pb2.Run] = []
+        size = 0
+        for row in rows:  # a page fits in one message: runs with big specs (env, argv) make it shorter
+            run = self._with_position(run_pb(self.store, row))
+            size += run.ByteSize()
+            if runs and size > PAGE_BYTES:
+                return runs, runs[-1].id
+            runs.append(run)
         return runs, (rows[-1]["id"] if more else "")
 
     def cancel(self, who: Principal, run_id: str, grace: float | None, reason: str) -> None:

@@ -22,6 +22,7 @@ from .engine import AgentSession, Engine
 from .errors import ApiError
 
 log = structlog.get_logger("gridlab.scheduler.gateway")
+MESSAGE_OVERHEAD = 256  # bytes each queued message costs the window beyond its own: empty ones count too
 STREAM_WINDOW_BYTES = 8 * 1024 * 1024  # one Connect stream's messages read but not yet handled, at most
 
 
@@ -54,7 +55,7 @@ class AgentGatewayService(agent_pb2_grpc.AgentGatewayServicer):
         window = _Window()
         try:
             async for msg in requests:  # handled in the next group commit, in the order they came
-                size = msg.ByteSize()
+                size = msg.ByteSize() + MESSAGE_OVERHEAD
                 await window.take(size)
                 await self.engine.batcher.post_when_room(functools.partial(self._handle, session, msg, window, size))
         except (asyncio.CancelledError, grpc.aio.AioRpcError, grpc.aio.AbortError):  # AbortError: a message

@@ -27,7 +27,7 @@ from gridlab.v1 import types_pb2
 from gridlab.v1.scheduler_pb2 import TokenInfo
 
 from .auth import Principal
-from .convert import event_pb
+from .convert import PAGE_BYTES, event_pb
 from .errors import denied, invalid, not_found, precondition
 from .state import RunState
 from .validate import MAX_PRIORITY
@@ -89,6 +89,8 @@ def revoke_token(engine: Engine, who: Principal, prefix: str) -> TokenInfo:
     """Revoke the one token whose id starts with `prefix` (8 to 64 hex digits). Idempotent. It leaves the
     engine's token cache at once, so the very next call carrying it is UNAUTHENTICATED."""
     _require_admin(who, "revoke tokens")
+    if prefix.strip().startswith(tokens.PREFIX):  # a secret pasted for an id: never echo it into a log or CI
+        raise invalid("that is a token's secret, not its id: `schedctl tokens list` shows the ids")
     wanted = prefix.strip().lower()
     if len(wanted) < MIN_TOKEN_PREFIX:
         raise invalid(
@@ -149,7 +151,16 @@ def set_run_priority(engine: Engine, who: Principal, run_id: str, priority: int)
 
 
 def list_run_events(engine: Engine, who: Principal, run_id: str) -> list[types_pb2.RunEvent]:
-    """A run's events, oldest first; a run the caller may not read is NOT_FOUND, as for GetRun."""
+    """A run's events, oldest first; a run the caller may not read is NOT_FOUND, as for GetRun. Replies are
+    capped at 4 MiB: past PAGE_BYTES of events, the oldest are left out (WatchRuns replays them all)."""
     engine.visible_run(who, run_id)
-    rows = engine.store.all("SELECT * FROM events WHERE run_id = ? ORDER BY id", (run_id,))
-    return [event_pb(r) for r in rows]
+    rows = engine.store.all("SELECT * FROM events WHERE run_id = ? ORDER BY id DESC", (run_id,))
+    events: list[types_pb2.RunEvent] = []
+    size = 0
+    for row in rows:
+        event = event_pb(row)
+        size += event.ByteSize() + 8
+        if events and size > PAGE_BYTES:
+            break
+        events.append(event)
+    return events[::-1]

@@ -163,3 +163,23 @@ def test_a_stream_window_holds_back_its_reader() -> None:
         await asyncio.wait_for(late, 1)
 
     asyncio.run(scenario())
+
+
+def test_a_listing_page_fits_in_one_reply_however_big_the_specs(tmp_path: Path) -> None:
+    """Runs with big specs (env near its cap) make pages shorter, not replies past the 4 MiB cap; paging
+    still reaches every run once."""
+    engine = make_engine(tmp_path, max_submits_per_second_per_user=0)
+    who = Principal("mallory", "user")
+    big = spec()
+    big.env.update({f"K{i}": "x" * 4000 for i in range(60)})  # about 240 KB each
+    ids = {engine.submit(who, big, "")[0] for _ in range(20)}
+    seen: list[str] = []
+    token = ""
+    while True:
+        runs, token = engine.list_runs(who, [], "", 100, token)
+        assert sum(r.ByteSize() for r in runs) <= 4 * 1024 * 1024
+        seen += [r.id for r in runs]
+        if not token:
+            break
+    assert sorted(seen) == sorted(ids)
+    assert len(seen) == len(set(seen))

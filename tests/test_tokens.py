@@ -246,3 +246,28 @@ def test_no_token_secret_is_ever_written_to_a_log(
     assert {p.name for p in logs} >= {"scheduler.log", "agent-w1.log"}
     assert all(p.stat().st_size > 0 for p in logs)
     assert searched > len(logs)
+
+
+def test_a_revoked_token_ends_the_streams_it_has_open(make_cluster: Callable[..., LocalCluster]) -> None:
+    """A watch (or a followed log, an upload, an agent's stream) does not outlive its token: the interceptor
+    checks it again every few seconds and ends the call UNAUTHENTICATED."""
+    import grpc
+
+    from gridlab.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+    cluster = make_cluster()
+    cluster.start_scheduler()
+    with cluster.client() as admin:
+        secret = admin.create_token("eve")
+        eve_id = next(t.id for t in admin.tokens() if t.user == "eve")
+        channel = grpc.insecure_channel(cluster.address)
+        stub = scheduler_pb2_grpc.SchedulerStub(channel)
+        watch = stub.WatchRuns(scheduler_pb2.WatchRunsRequest(), metadata=auth.metadata(secret))  # never ends by itself
+        admin.revoke_token(eve_id)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            next(iter(watch))
+        channel.close()
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "revoked" in (err.value.details() or "")
+    assert time.monotonic() - started < 15
