@@ -142,7 +142,11 @@ def test_revoke_refuses_short_malformed_unknown_and_ambiguous_ids(cluster: Clust
     known = [t.id for t in cluster.admin("ListTokens").tokens]
     fails(lambda: cluster.admin("RevokeToken", token_id=known[0][:7]), Code.INVALID_ARGUMENT, "at least 8")
     fails(lambda: cluster.admin("RevokeToken", token_id=""), Code.INVALID_ARGUMENT, "too short")
-    fails(lambda: cluster.admin("RevokeToken", token_id="glt_abcdefgh"), Code.INVALID_ARGUMENT, "a token's secret, not its id")
+    fails(
+        lambda: cluster.admin("RevokeToken", token_id="glt_abcdefgh"),
+        Code.INVALID_ARGUMENT,
+        "a token's secret, not its id",
+    )
     unknown = next(p for p in ("0" * 16, "1" * 16, "2" * 16) if not any(k.startswith(p[:8]) for k in known))
     fails(lambda: cluster.admin("RevokeToken", token_id=unknown), Code.NOT_FOUND, "no token")
     # Two tokens whose hashes share 9 hex digits (written straight into the scheduler's file: finding such
