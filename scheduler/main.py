@@ -37,6 +37,14 @@ ADDRESS_FILE = "scheduler.addr"
 AGENT_ADDRESS_FILE = "scheduler.agent_addr"  # the bound agent_listen address, when there is one
 
 
+def _publish(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically (temp file, then rename): a tool that polls for the file sees it
+    whole or not at all, never created but still empty."""
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text)
+    temp.replace(path)
+
+
 def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
     """The port bound at `address` (TLS with `credentials`), 0 if it could not be."""
     try:
@@ -81,10 +89,10 @@ async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> N
     agent_address = ""
     if config.agent_listen:
         agent_address = f"{config.agent_listen.rsplit(':', 1)[0]}:{ports[1]}"
-        (state_dir / AGENT_ADDRESS_FILE).write_text(agent_address + "\n")
+        _publish(state_dir / AGENT_ADDRESS_FILE, agent_address + "\n")
     else:
         (state_dir / AGENT_ADDRESS_FILE).unlink(missing_ok=True)
-    (state_dir / ADDRESS_FILE).write_text(address + "\n")
+    _publish(state_dir / ADDRESS_FILE, address + "\n")
     security = "mtls for agents" if config.tls_client_ca else "tls" if creds is not None else "plaintext"
     log.info(
         "listening", address=address, agent_address=agent_address or None, security=security, state_dir=str(state_dir)
