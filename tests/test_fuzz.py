@@ -561,8 +561,10 @@ def test_hostile_requests_get_proper_statuses_and_break_no_invariant(target: Clu
     assert fuzzer.examples >= 2_000
     called = {name for name, _ in fuzzer.counts}
     assert called == {m.name for m in all_methods()}, "some RPC was never called"
-    ok = {name for name, code in fuzzer.counts if code == "OK"}
-    assert len(ok) >= 10, f"few RPCs ever succeeded ({sorted(ok)}): the fuzzer mostly hit the front door"
+    past_the_door = {name for name, code in fuzzer.counts if code not in ("UNAUTHENTICATED", "PERMISSION_DENIED")}
+    assert past_the_door == called, f"only auth ever answered {sorted(called - past_the_door)}"
+    ok = {name for name, code in fuzzer.counts if code == "OK"}  # 9 to 12 of 22, as the protos have grown
+    assert len(ok) >= 8, f"few RPCs ever succeeded ({sorted(ok)}): the fuzzer mostly hit the front door"
 
 
 @pytest.mark.parametrize(
