@@ -184,6 +184,9 @@ class Agent:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(outbox.join(), FINAL_FLUSH_TIMEOUT)
                 await asyncio.wait_for(call.done_writing(), FINAL_FLUSH_TIMEOUT)
+                # And wait for the scheduler to hang up: closing the channel at once could cancel the call
+                # before the half-close (or the last updates) reached it.
+                await asyncio.wait_for(call.code(), FINAL_FLUSH_TIMEOUT)
 
     # -- the control stream ---------------------------------------------------------------
 

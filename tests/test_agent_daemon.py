@@ -98,7 +98,12 @@ class FakeGateway(agent_pb2_grpc.AgentGatewayServicer):
         reader = asyncio.create_task(read())
         try:
             while True:
-                yield await self.orders.get()
+                order = asyncio.ensure_future(self.orders.get())
+                await asyncio.wait({order, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if not order.done():  # the agent said bye: hang up, as the scheduler does
+                    order.cancel()
+                    return
+                yield order.result()
         finally:
             reader.cancel()
 
