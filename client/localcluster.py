@@ -53,6 +53,7 @@ class LocalCluster:
         heartbeat_timeout: float = 5.0,
         python: str = sys.executable,
         tls: TLSFiles | None = None,
+        config_file: Path | None = None,
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -67,6 +68,7 @@ class LocalCluster:
         self.address = ""
         self.agent_address = ""  # agent_listen's, with tls.client_ca; else agents use `address`
         self.tls = tls
+        self.config_file = config_file  # the scheduler's TOML file (e.g. its [pools.NAME] tables), if any
 
     # ------------------------------------------------------------ scheduler
 
@@ -107,6 +109,7 @@ class LocalCluster:
                 "--log-format",
                 "json",
                 *tls_args,
+                *(["--config", str(self.config_file)] if self.config_file else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -60,6 +60,8 @@ class SchedulerConfig:
     quota_users: dict[str, int] = dataclasses.field(default_factory=dict)  # per-user caps that override it
     quota_teams: dict[str, int] = dataclasses.field(default_factory=dict)  # GPUs one team may hold at once
     burst_pools: list[str] = dataclasses.field(default_factory=list)  # pools used after on-prem ones (cloud, spot)
+    # autoscaled pools, `[pools.NAME]` tables: provider, machine, preemptible, labels, min/max_agents, idle_seconds
+    pools: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     log_format: str = "auto"  # auto (pretty on a terminal, else JSON), json, console
     log_level: str = "info"
 

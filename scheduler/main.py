@@ -28,6 +28,7 @@ from gridlab.v1 import agent_pb2_grpc, artifacts_pb2_grpc, scheduler_pb2_grpc
 from .api import DecodeGuard, SchedulerService
 from .artifacts_api import ArtifactsService
 from .auth import AuthInterceptor
+from .autoscaler import Autoscaler, burst_pools, parse_pools
 from .engine import Engine
 from .gateway import AgentGatewayService
 from .store import Store
@@ -61,6 +62,8 @@ async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> N
     creds, agent_creds = tls.server_credentials(
         config.tls_cert, config.tls_key, config.tls_client_ca, agent_listen=config.agent_listen
     )
+    parse_pools(config.pools)  # a bad [pools.NAME] table stops the start too
+    config.burst_pools = burst_pools(config)  # autoscaled pools are placed after on-prem ones
     state_dir = Path(config.state_dir).expanduser()
     state_dir.mkdir(parents=True, exist_ok=True)
     store = Store(state_dir / "scheduler.db")
@@ -107,6 +110,9 @@ async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> N
         asyncio.create_task(engine.placement_loop(), name="placement_loop"),
         asyncio.create_task(engine.liveness_loop(), name="liveness_loop"),
     ]
+    autoscaler = Autoscaler.from_config(engine, config, agent_address or address, state_dir) if config.pools else None
+    if autoscaler is not None:
+        loops.append(asyncio.create_task(autoscaler.run(), name="autoscaler"))
 
     def died(task: asyncio.Task[None]) -> None:
         """None of them ever returns: one that does leaves nothing committed or placed, so stop (a supervisor
@@ -127,6 +133,8 @@ async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> N
             task.cancel()
         for session in list(engine.sessions.values()):
             session.close()
+        if autoscaler is not None:
+            await asyncio.to_thread(autoscaler.close)  # `local` machines are this scheduler's children
         await server.stop(grace=1.0)  # calls in flight still get their batch committed
         batcher.cancel()
         store.close()
