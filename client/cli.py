@@ -10,6 +10,7 @@ kubectl's grammar (verb, then what), Slurm's meanings (states, pending reasons, 
     cancel RUN ... | --sweep ID | --user U      priority RUN N      metrics RUN [--chart NAME]
     artifacts RUN    download RUN [PATH]        agents [--pool P]   cordon|uncordon|drain AGENT
     tokens create|list|revoke     top [--once] [--interval S]      version    whoami
+    usage [--by user|pool|run] [--since DURATION|DATE] [--user U]
     completion bash|zsh
 
 Tables by default (columns as wide as their content, times as "12s ago"); `-o json` prints
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.metadata
 import math
 import os
@@ -34,6 +36,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime
 from typing import Any, TextIO
 
 import grpc
@@ -1097,6 +1100,37 @@ def cmd_whoami(args: argparse.Namespace, client: Client) -> int:
     return exitcodes.OK
 
 
+def _when_arg(text: str) -> float:
+    """--since/--until: a duration ago (7d, 12h, 3600) or a date or date-time (2026-11-01, 2026-11-01T09:00,
+    local time unless it names a zone), as epoch seconds."""
+    try:
+        return time.time() - parse_duration(text, "duration")
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration ago (7d, 12h, 3600) or a date (2026-11-01, 2026-11-01T09:00), got {text!r}"
+        ) from None
+
+
+def cmd_usage(args: argparse.Namespace, client: Client) -> int:
+    rows = client.usage(args.by, since=args.since, until=args.until, user=args.user)
+    if _json(args):
+        print_json([dataclasses.asdict(r) for r in rows], sys.stdout)
+    elif _quiet(args):
+        for r in rows:
+            print(r.key)
+    else:
+        table = [[r.key, f"{r.gpu_hours:.2f}", f"{r.cost:.2f}", str(r.runs), f"{r.wall_hours:.2f}"] for r in rows]
+        if len(rows) > 1:
+            total = [sum(getattr(r, k) for r in rows) for k in ("gpu_hours", "cost", "wall_hours")]
+            table.append(["TOTAL", f"{total[0]:.2f}", f"{total[1]:.2f}", "", f"{total[2]:.2f}"])
+        _table(args, [args.by.upper(), "GPU_HOURS", "COST", "RUNS", "WALL_HOURS"], table)
+    return exitcodes.OK
+
+
 def client_version() -> str:
     """This schedctl's version: the installed distribution's, else the package's own."""
     try:
@@ -1629,6 +1663,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("ids", nargs="+", metavar="TOKEN_ID", help="as `schedctl tokens list` shows it")
 
     add("whoami", cmd_whoami, "who the token acts as: user, role, team")
+    p = add("usage", cmd_usage, "GPU-hours and cost (pool_prices) of ended attempts, per user, pool or run")
+    p.add_argument("--by", choices=("user", "pool", "run"), default="user", help="group by (default: user)")
+    p.add_argument("--since", type=_when_arg, metavar="DURATION|DATE", help="ended since (7d, 2026-11-01)")
+    p.add_argument("--until", type=_when_arg, metavar="DURATION|DATE", help="and before this; default: now")
+    p.add_argument("--user", help="only this user's (admins; a user sees only their own)")
     add("version", cmd_version, "schedctl's version, and the scheduler's when reachable", offline=True)
     p = add("completion", cmd_completion, "print a bash or zsh completion script", offline=True)
     p.add_argument("shell", choices=("bash", "zsh"), help='e.g. eval "$(schedctl completion bash)"')

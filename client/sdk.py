@@ -27,7 +27,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, overload
@@ -662,6 +662,18 @@ class RunStatus:
             message=run.message,
             attempts=len(run.attempts),
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class UsageRow:
+    """One line of `Client.usage`: a user's, pool's or run's GPU-hours and cost (pool_prices) over the attempts
+    that ended in the window, the number of runs they came from, and the nodes' running time in hours."""
+
+    key: str
+    gpu_hours: float
+    cost: float
+    runs: int
+    wall_hours: float
 
 
 class Metric(NamedTuple):
@@ -1930,6 +1942,39 @@ class Client:
             Unavailable: The scheduler could not be reached.
         """
         return self._unary(self._stub.WhoAmI, scheduler_pb2.WhoAmIRequest())
+
+    def usage(
+        self,
+        group_by: str = "user",
+        since: float | datetime | None = None,
+        until: float | datetime | None = None,
+        user: str | None = None,
+    ) -> list[UsageRow]:
+        """GPU-hours and cost of the attempts that ended in [since, until), per user, pool or run, most costly
+        first. Each node of an attempt counts its GPUs times the attempt's running time, priced at its pool's
+        `pool_prices` entry (per GPU-hour); a requeued run counts every attempt it ran.
+
+        Example:
+            >>> [(r.key, round(r.gpu_hours, 2), r.cost) for r in client.usage("pool")]
+            [('cloud', 4.0, 10.0), ('onprem', 12.5, 0.0)]
+
+        Args:
+            group_by: "user", "pool" or "run".
+            since: Epoch seconds or a datetime; None: from the beginning.
+            until: Likewise; None: up to now.
+            user: Only this user's usage (an admin may name anyone; a user sees only their own anyway).
+
+        Raises:
+            InvalidArgument: An unknown group_by, or until before since.
+            PermissionDenied: A user named another user.
+        """
+        request = scheduler_pb2.GetUsageRequest(group_by=group_by, user=user or "")
+        for field, value in (("since", since), ("until", until)):
+            if value is not None:
+                seconds = value.timestamp() if isinstance(value, datetime) else float(value)
+                getattr(request, field).CopyFrom(timeutil.ts(seconds))
+        reply = self._unary(self._stub.GetUsage, request)
+        return [UsageRow(r.key, r.gpu_hours, r.cost, r.runs, r.wall_hours) for r in reply.rows]
 
     def set_priority(self, run_id: str, priority: int) -> RunStatus:
         """Change a run's priority, queued or running. Its owner may set any priority up to the scheduler's

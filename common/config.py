@@ -62,6 +62,7 @@ class SchedulerConfig:
     burst_pools: list[str] = dataclasses.field(default_factory=list)  # pools used after on-prem ones (cloud, spot)
     # autoscaled pools, `[pools.NAME]` tables: provider, machine, preemptible, labels, min/max_agents, idle_seconds
     pools: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    pool_prices: dict[str, float] = dataclasses.field(default_factory=dict)  # a pool's price per GPU-hour (else 0)
     log_format: str = "auto"  # auto (pretty on a terminal, else JSON), json, console
     log_level: str = "info"
 

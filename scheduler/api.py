@@ -13,7 +13,7 @@ from google.protobuf.message import DecodeError
 from gridlab.common.timeutil import from_duration, ts
 from gridlab.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2
 
-from . import agentadmin, auth, runadmin
+from . import agentadmin, auth, runadmin, usage
 from .batch import Batcher
 from .convert import event_pb, single_lines
 from .engine import Engine
@@ -350,3 +350,32 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         who = auth.current()
         events = await call(context, runadmin.list_run_events, self.engine, who, request.run_id)
         return scheduler_pb2.ListRunEventsResponse(events=events)
+
+    async def GetUsage(self, request: Any, context: Any) -> scheduler_pb2.GetUsageResponse:
+        who = auth.current()
+
+        def get() -> scheduler_pb2.GetUsageResponse:
+            window = [_when(request, field) for field in ("since", "until")]
+            rows = usage.get_usage(
+                self.engine, who, group_by=request.group_by, since=window[0], until=window[1], user=request.user
+            )
+            return scheduler_pb2.GetUsageResponse(
+                rows=[
+                    scheduler_pb2.UsageRow(
+                        key=r.key, gpu_hours=r.gpu_hours, cost=r.cost, runs=r.runs, wall_hours=r.wall_hours
+                    )
+                    for r in rows
+                ]
+            )
+
+        return await call(context, get)
+
+
+def _when(request: Any, field: str) -> float | None:
+    """An optional Timestamp field as epoch seconds; INVALID_ARGUMENT when it is not a valid Timestamp."""
+    if not request.HasField(field):
+        return None
+    value = getattr(request, field)
+    if not 0 <= value.nanos < 1_000_000_000 or not -62_135_596_800 <= value.seconds <= 253_402_300_799:
+        raise invalid(f"{field} is not a valid Timestamp (years 1 to 9999, nanos 0 to 999999999)")
+    return float(value.seconds + value.nanos / 1e9)

@@ -45,6 +45,7 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
     "/gridlab.v1.Scheduler/WhoAmI": _PEOPLE,
     "/gridlab.v1.Scheduler/SetRunPriority": _PEOPLE,
     "/gridlab.v1.Scheduler/ListRunEvents": _PEOPLE,
+    "/gridlab.v1.Scheduler/GetUsage": _PEOPLE,  # a user's own; an admin's anyone's (usage.get_usage)
     # Agents: the control stream and log uploads, about their own attempts (ABORTED otherwise).
     "/gridlab.v1.AgentGateway/Connect": frozenset({AGENT}),
     "/gridlab.v1.AgentGateway/PushLogs": frozenset({AGENT}),

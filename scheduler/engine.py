@@ -534,6 +534,7 @@ class Engine:
         )
         self._event(conn, run["id"], attempt["id"], outcome.kind, outcome.state, outcome.message)
         self._account(run, attempt, now)
+        self._record_cost(conn, run, attempt["id"], now)
         if outcome.state.terminal:
             self.forget_spec(run["id"])
         log.info(
@@ -592,6 +593,39 @@ class Engine:
         if used:
             self.usage[run["user"]] = self.usage.get(run["user"], Usage()).add(
                 used, now, self.config.fair_share_half_life
+            )
+
+    def _record_cost(self, conn: sqlite3.Connection, run: sqlite3.Row, attempt_id: str, now: float) -> None:
+        """Cost accounting (scheduler/usage.py): each node of the ended attempt held its GPUs from the attempt's
+        start to now (as fair share counts it), in the pool its agent is in now, at that pool's price."""
+        started = conn.execute("SELECT started_at FROM attempts WHERE id = ?", (attempt_id,)).fetchone()[0]
+        if not started:
+            return
+        gpus = self._spec(run["id"], run["spec"]).resources.gpus
+        seconds = max(0.0, now - started)
+        prices = self.config.pool_prices
+        for node in conn.execute(
+            "SELECT n.node_rank, n.agent_name, COALESCE(g.pool, '') AS pool FROM attempt_nodes n "
+            "LEFT JOIN agents g ON g.name = n.agent_name WHERE n.attempt_id = ?",
+            (attempt_id,),
+        ).fetchall():
+            gpu_seconds = gpus * seconds
+            conn.execute(
+                "INSERT OR IGNORE INTO usage (attempt_id, node_rank, run_id, user, pool, agent_name, gpus, "
+                "started_at, finished_at, gpu_seconds, cost) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    attempt_id,
+                    node["node_rank"],
+                    run["id"],
+                    run["user"],
+                    node["pool"],
+                    node["agent_name"],
+                    gpus,
+                    started,
+                    now,
+                    gpu_seconds,
+                    gpu_seconds / 3600.0 * float(prices.get(node["pool"], 0.0)),
+                ),
             )
 
     def check_time_limits(self) -> list[str]:

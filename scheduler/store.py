@@ -26,7 +26,7 @@ from gridlab.v1 import types_pb2
 if TYPE_CHECKING:
     from .logstore import LogStore
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 
 def _migrate_1(db: sqlite_utils.Database) -> None:
@@ -293,6 +293,20 @@ def _migrate_9(db: sqlite_utils.Database) -> None:
     db.conn.execute("CREATE INDEX runs_user_state ON runs (user, state)")
 
 
+def _migrate_10(db: sqlite_utils.Database) -> None:
+    # Cost accounting (scheduler/usage.py): one row per node of an ended attempt that had started, written when
+    # the attempt ends. The user and the pool of the node's agent are copied in as they were then (an agent may
+    # later move pools), and so is the price: changing pool_prices does not rewrite what was already spent.
+    db.conn.execute(
+        "CREATE TABLE usage (attempt_id TEXT NOT NULL, node_rank INTEGER NOT NULL, run_id TEXT NOT NULL, "
+        "user TEXT NOT NULL, pool TEXT NOT NULL, agent_name TEXT NOT NULL, gpus INTEGER NOT NULL, "
+        "started_at REAL NOT NULL, finished_at REAL NOT NULL, gpu_seconds REAL NOT NULL, cost REAL NOT NULL, "
+        "PRIMARY KEY (attempt_id, node_rank))"
+    )
+    db.conn.execute("CREATE INDEX usage_finished ON usage (finished_at)")
+    db.conn.execute("CREATE INDEX usage_user ON usage (user, finished_at)")
+
+
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     1: _migrate_1,
     2: _migrate_2,
@@ -303,6 +317,7 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     7: _migrate_7,
     8: _migrate_8,
     9: _migrate_9,
+    10: _migrate_10,
 }
 
 

@@ -57,6 +57,7 @@ EXPECTED = {
     "Scheduler/WhoAmI": {A, U},
     "Scheduler/SetRunPriority": {A, U},
     "Scheduler/ListRunEvents": {A, U},
+    "Scheduler/GetUsage": {A, U},
     "AgentGateway/Connect": {G},
     "AgentGateway/PushLogs": {G},
     "Artifacts/StatBlob": {A, U, G},

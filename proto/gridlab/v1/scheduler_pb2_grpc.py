@@ -105,6 +105,11 @@ class SchedulerStub:
                 request_serializer=gridlab_dot_v1_dot_scheduler__pb2.ListRunEventsRequest.SerializeToString,
                 response_deserializer=gridlab_dot_v1_dot_scheduler__pb2.ListRunEventsResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/gridlab.v1.Scheduler/GetUsage',
+                request_serializer=gridlab_dot_v1_dot_scheduler__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=gridlab_dot_v1_dot_scheduler__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -216,6 +221,15 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """GPU-hours and cost (pool_prices) of the attempts that ended in [since, until), grouped by user,
+        pool or run. A user sees only their own; an admin everyone's, or one user's (PERMISSION_DENIED
+        for a user who names another).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -288,6 +302,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.ListRunEvents,
                     request_deserializer=gridlab_dot_v1_dot_scheduler__pb2.ListRunEventsRequest.FromString,
                     response_serializer=gridlab_dot_v1_dot_scheduler__pb2.ListRunEventsResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=gridlab_dot_v1_dot_scheduler__pb2.GetUsageRequest.FromString,
+                    response_serializer=gridlab_dot_v1_dot_scheduler__pb2.GetUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -668,6 +687,33 @@ class Scheduler:
             '/gridlab.v1.Scheduler/ListRunEvents',
             gridlab_dot_v1_dot_scheduler__pb2.ListRunEventsRequest.SerializeToString,
             gridlab_dot_v1_dot_scheduler__pb2.ListRunEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gridlab.v1.Scheduler/GetUsage',
+            gridlab_dot_v1_dot_scheduler__pb2.GetUsageRequest.SerializeToString,
+            gridlab_dot_v1_dot_scheduler__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

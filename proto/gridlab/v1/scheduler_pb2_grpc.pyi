@@ -77,6 +77,11 @@ class SchedulerStub:
     """
     ListRunEvents: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListRunEventsRequest, _scheduler_pb2.ListRunEventsResponse]
     """A run's events, oldest first (what `schedctl describe` shows); NOT_FOUND as GetRun."""
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetUsageRequest, _scheduler_pb2.GetUsageResponse]
+    """GPU-hours and cost (pool_prices) of the attempts that ended in [since, until), grouped by user,
+    pool or run. A user sees only their own; an admin everyone's, or one user's (PERMISSION_DENIED
+    for a user who names another).
+    """
 
 @_typing.type_check_only
 class SchedulerAsyncStub(SchedulerStub):
@@ -124,6 +129,11 @@ class SchedulerAsyncStub(SchedulerStub):
     """
     ListRunEvents: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListRunEventsRequest, _scheduler_pb2.ListRunEventsResponse]  # type: ignore[assignment]
     """A run's events, oldest first (what `schedctl describe` shows); NOT_FOUND as GetRun."""
+    GetUsage: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetUsageRequest, _scheduler_pb2.GetUsageResponse]  # type: ignore[assignment]
+    """GPU-hours and cost (pool_prices) of the attempts that ended in [since, until), grouped by user,
+    pool or run. A user sees only their own; an admin everyone's, or one user's (PERMISSION_DENIED
+    for a user who names another).
+    """
 
 class SchedulerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -252,5 +262,16 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.ListRunEventsResponse, _abc.Awaitable[_scheduler_pb2.ListRunEventsResponse]]:
         """A run's events, oldest first (what `schedctl describe` shows); NOT_FOUND as GetRun."""
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _scheduler_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.GetUsageResponse, _abc.Awaitable[_scheduler_pb2.GetUsageResponse]]:
+        """GPU-hours and cost (pool_prices) of the attempts that ended in [since, until), grouped by user,
+        pool or run. A user sees only their own; an admin everyone's, or one user's (PERMISSION_DENIED
+        for a user who names another).
+        """
 
 def add_SchedulerServicer_to_server(servicer: SchedulerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
