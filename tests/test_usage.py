@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_engine import inventory
 
 from gridlab.common.config import SchedulerConfig
 from gridlab.common.timeutil import FakeClock
@@ -24,13 +25,6 @@ ADMIN = Principal("root", "admin")
 ALICE = Principal("alice", "user")
 BOB = Principal("bob", "user")
 CAROL = Principal("carol", "user")
-
-
-def inventory(gpus: int) -> types_pb2.Inventory:
-    inv = types_pb2.Inventory(hostname="h", cpus=8, memory_bytes=64 << 30)
-    for i in range(gpus):
-        inv.gpus.add(index=i, uuid=f"GPU-{i}", model="A100", memory_total_bytes=80 << 30)
-    return inv
 
 
 def hello(engine: Engine, name: str, pool: str, gpus: int = 2) -> AgentSession:
