@@ -17,7 +17,12 @@ and the median of the per-repeat ratios to plain (each variant against the plain
 the same repeat, which cancels slow drift on a shared machine). Every run must end with
 weights identical to the plain loop's (checked by an assert, and printed).
 
-    python bench/trainer_overhead.py [--steps 2000] [--wide-steps 100] [--repeats 7]
+    python bench/trainer_overhead.py [--steps 2000] [--wide-steps 100] [--repeats 7] [--device cuda]
+
+With --device cuda every variant runs on the GPU: the plain loop moves each batch there itself,
+the Trainers get accelerator="gpu", and each timing ends after a CUDA synchronize. The goals
+were set for the CPU; on a GPU the tiny MLP's step is a few kernel launches, so the same
+Python overhead weighs more.
 
 Goals: tiny MLP at most 1.10x plain with logging off and 1.30x with it on; wide MLP at
 most 1.02x.
@@ -49,6 +54,7 @@ from gridlab.trainer import Module, Trainer  # noqa: E402
 
 INIT_SEED = 0  # model initialisation
 LOOP_SEED = 1  # set just before the loop: the DataLoader's shuffle draws from it
+DEVICE = torch.device("cpu")  # --device
 GOALS = {("tiny", "bare"): 1.10, ("tiny", "logged"): 1.30, ("wide", "bare"): 1.02, ("wide", "logged"): 1.02}
 
 
@@ -86,15 +92,25 @@ def adam(params: Any) -> torch.optim.Optimizer:
 # -- the variants: each returns (seconds, final weights) -------------------------------------------
 
 
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def accelerator() -> str:
+    return "gpu" if DEVICE.type == "cuda" else "cpu"
+
+
 def run_plain(size: Size, loader: DataLoader, steps: int) -> tuple[float, nn.Module]:
     torch.manual_seed(INIT_SEED)
-    net = make_net(size)
+    net = make_net(size).to(DEVICE)
     opt = adam(net.parameters())
     torch.manual_seed(LOOP_SEED)
     t0 = time.perf_counter()
     step = 0
     while step < steps:
         for x, y in loader:
+            x, y = x.to(DEVICE), y.to(DEVICE)
             opt.zero_grad()
             loss = nn.functional.mse_loss(net(x), y)
             loss.backward()
@@ -102,6 +118,7 @@ def run_plain(size: Size, loader: DataLoader, steps: int) -> tuple[float, nn.Mod
             step += 1
             if step == steps:
                 break
+    sync()
     return time.perf_counter() - t0, net
 
 
@@ -129,10 +146,19 @@ def run_gridlab(size: Size, loader: DataLoader, steps: int, logged: bool, root: 
     torch.manual_seed(INIT_SEED)
     module = BenchModule(size, log_every_step=logged)
     kwargs: dict[str, Any] = {"logger": False, "enable_progress_bar": False} if not logged else {}
-    trainer = Trainer(max_epochs=-1, max_steps=steps, enable_checkpointing=False, default_root_dir=root, **kwargs)
+    trainer = Trainer(
+        max_epochs=-1,
+        max_steps=steps,
+        accelerator=accelerator(),
+        devices=1,
+        enable_checkpointing=False,
+        default_root_dir=root,
+        **kwargs,
+    )
     torch.manual_seed(LOOP_SEED)
     t0 = time.perf_counter()
     trainer.fit(module, train_dataloaders=loader)
+    sync()
     return time.perf_counter() - t0, module.net
 
 
@@ -166,7 +192,7 @@ def make_run_lightning(pl: Any) -> Callable[[Size, DataLoader, int, str], tuple[
         trainer = pl.Trainer(
             max_steps=steps,
             max_epochs=-1,
-            accelerator="cpu",
+            accelerator=accelerator(),
             devices=1,
             logger=False,
             enable_checkpointing=False,
@@ -178,6 +204,7 @@ def make_run_lightning(pl: Any) -> Callable[[Size, DataLoader, int, str], tuple[
         torch.manual_seed(LOOP_SEED)
         t0 = time.perf_counter()
         trainer.fit(module, train_dataloaders=loader)
+        sync()
         return time.perf_counter() - t0, module.net
 
     return run
@@ -188,7 +215,8 @@ def make_run_lightning(pl: Any) -> Callable[[Size, DataLoader, int, str], tuple[
 
 def max_abs_diff(a: nn.Module, b: nn.Module) -> float:
     return max(
-        float((p - q).abs().max()) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+        float((p.cpu() - q.cpu()).abs().max())
+        for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
     )
 
 
@@ -264,6 +292,10 @@ def table(results: dict[str, dict[str, Row]], steps: dict[str, int]) -> bool:
     return ok
 
 
+def device_name() -> str:
+    return torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=2000, help="optimizer steps per run, tiny MLP")
@@ -271,13 +303,19 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--only", choices=["tiny", "wide"], help="run one model size")
     p.add_argument("--no-lightning", action="store_true", help="skip the Lightning column even if installed")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where every variant trains")
     args = p.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: CUDA is not available here")
 
     torch.set_num_threads(1)
     pl = None if args.no_lightning else lightning()
     pl_run = make_run_lightning(pl) if pl is not None else None
     pl_note = f"{pl.__name__} {pl.__version__}" if pl is not None else "not installed: no PL column"
-    print(f"torch {torch.__version__}, 1 thread, {args.repeats} repeats, medians; Lightning: {pl_note}")
+    where = f"torch {torch.__version__} on {device_name()}, 1 thread"
+    print(f"{where}, {args.repeats} repeats, medians; Lightning: {pl_note}")
 
     sizes = {"tiny": (TINY, args.steps), "wide": (WIDE, args.wide_steps)}
     if args.only:
