@@ -26,12 +26,23 @@ from gridlab.v1 import types_pb2
 from . import snapshot
 from .auth import AGENT
 from .placement import RunRequest
-from .providers import PROVIDERS, MachineRequest, Provider
+from .providers import OPTIONS, PROVIDERS, MachineRequest, Provider, check_options, ec2_gpus
 
 log = structlog.get_logger("gridlab.scheduler.autoscaler")
 
 GIB = 1024**3
-POOL_KEYS = {"provider", "machine", "preemptible", "labels", "min_agents", "max_agents", "idle_seconds", "boot_seconds"}
+POOL_KEYS = {
+    "provider",
+    "machine",
+    "gpus",
+    "preemptible",
+    "labels",
+    "min_agents",
+    "max_agents",
+    "idle_seconds",
+    "boot_seconds",
+    *OPTIONS,  # a provider's own options: the [pools.NAME.ec2] or [pools.NAME.command] sub-table
+}
 # Waiting for these is not a lack of machines: more of them would not start the run.
 NOT_DEMAND = ("Quota:", "Unsatisfiable: quota", "Preempting")
 _GPU_ENTRY = re.compile(r"^(?:(?P<count>\d+)\s*[xX]\s*)?(?P<model>[^:]+?)(?::(?P<mem>[^:]*))?$")
@@ -41,7 +52,7 @@ _GPU_ENTRY = re.compile(r"^(?:(?P<count>\d+)\s*[xX]\s*)?(?P<model>[^:]+?)(?::(?P
 class Pool:
     name: str
     provider: str
-    machine: str  # the machine type: for `local`, a GRIDLAB_FAKE_GPUS value such as "2xA100:80"
+    machine: str  # the machine type: for `local`, a GRIDLAB_FAKE_GPUS value such as "2xA100:80"; for `ec2`, "g5.xlarge"
     gpus: tuple[tuple[str, int], ...]  # one machine's GPUs: (model, memory bytes)
     preemptible: bool = False
     labels: tuple[tuple[str, str], ...] = ()
@@ -49,6 +60,7 @@ class Pool:
     max_agents: int = 1
     idle_seconds: float = 300.0  # a machine idle this long is released (down to min_agents)
     boot_seconds: float = 600.0  # a machine whose agent has not joined by then is released
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)  # the provider's checked sub-table
 
 
 @dataclass(frozen=True)
@@ -105,18 +117,24 @@ def parse_pools(tables: Mapping[str, Any]) -> list[Pool]:
         labels = table.get("labels", {})
         if not isinstance(labels, Mapping) or not all(isinstance(v, str) for v in labels.values()):
             raise ConfigError(f"{where}.labels must be a table of strings")
+        stray = sorted(set(OPTIONS) & set(table) - {provider})
+        if stray:
+            raise ConfigError(f"{where}.{stray[0]} is for {stray[0]} pools; this pool's provider is {provider!r}")
+        options = check_options(provider, f"{where}.{provider}", table.get(provider))
+        machine, gpus = _machine(where, provider, table)
         try:
             pool = Pool(
                 name=name,
                 provider=provider,
-                machine=str(table.get("machine", "1")),
-                gpus=parse_machine(str(table.get("machine", "1"))),
+                machine=machine,
+                gpus=gpus,
                 preemptible=bool(table.get("preemptible", False)),
                 labels=tuple(sorted(labels.items())),
                 min_agents=int(table.get("min_agents", 0)),
                 max_agents=int(table.get("max_agents", 1)),
                 idle_seconds=float(table.get("idle_seconds", 300.0)),
                 boot_seconds=float(table.get("boot_seconds", 600.0)),
+                options=options,
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
@@ -126,6 +144,35 @@ def parse_pools(tables: Mapping[str, Any]) -> list[Pool]:
             raise ConfigError(f"{where}: idle_seconds must be >= 0 and boot_seconds > 0")
         pools.append(pool)
     return pools
+
+
+def _machine(where: str, provider: str, table: Mapping[str, Any]) -> tuple[str, tuple[tuple[str, int], ...]]:
+    """A pool's machine type and one machine's GPUs. `local`: `machine` is the GPUs ("2xA100:80"). `ec2`: the
+    instance type's GPUs come from a table, or from `gpus` for a type it lacks. `command`: `gpus` is required,
+    `machine` is whatever the admin's create template wants ({machine})."""
+    machine = table.get("machine", "1" if provider == "local" else "")
+    if not isinstance(machine, (str, int)) or isinstance(machine, bool):
+        raise ConfigError(f"{where}.machine must be a string")
+    machine = str(machine)
+    if "gpus" in table and not isinstance(table["gpus"], str):
+        raise ConfigError(f'{where}.gpus must be a string such as "4xA10G:24"')
+    if provider == "local":
+        if "gpus" in table:
+            raise ConfigError(f"{where}.gpus: a local pool's machine is its GPUs; drop gpus")
+        return machine, parse_machine(machine)
+    if "gpus" in table:
+        return machine, parse_machine(table["gpus"])
+    if provider == "ec2":
+        if not machine:
+            raise ConfigError(f'{where}.machine is required: an EC2 instance type such as "g5.12xlarge"')
+        gpus = ec2_gpus(machine)
+        if gpus is None:
+            raise ConfigError(
+                f"{where}: instance type {machine!r} is not in gridlab's GPU table; "
+                f'give its GPUs as gpus = "COUNTxMODEL:GB" (MODEL as nvidia-smi names it), or gpus = "0" for none'
+            )
+        return machine, gpus
+    raise ConfigError(f'{where}.gpus is required for a {provider} pool: one machine\'s GPUs, e.g. "4xNVIDIA A10G:22"')
 
 
 def fits(pool: Pool, req: RunRequest) -> bool:
@@ -247,6 +294,8 @@ class Autoscaler:
                 pool=pool.name,
                 state_dir=state_dir / "pools" / pool.name,
                 labels=dict(pool.labels),
+                options=pool.options,
+                preemptible=pool.preemptible,
             )
         return cls(engine, pools, providers, interval=max(0.2, min(2.0, config.placement_interval)))
 
