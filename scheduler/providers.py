@@ -11,6 +11,7 @@ cloud or batch system (a Slurm pilot job). Each provider's options come from the
 from __future__ import annotations
 
 import builtins
+import hashlib
 import json
 import os
 import shlex
@@ -222,6 +223,7 @@ class Ec2Provider:
     options: Mapping[str, Any] = field(default_factory=dict)  # the checked [pools.NAME.ec2] table
     preemptible: bool = False
     client: Any = None  # boto3's EC2 client, made on first use
+    root_device: str = ""  # the image's root device name, looked up once when volume_gb is given
 
     def __post_init__(self) -> None:
         _boto3()  # a missing boto3 is a config error at the scheduler's start, not a log line every tick
@@ -249,7 +251,8 @@ class Ec2Provider:
             "InstanceType": machine_type,
             "MinCount": 1,
             "MaxCount": 1,
-            "ClientToken": m.name,  # a retried call does not start a second machine
+            # a retried call does not start a second machine (at most 64 characters, unique per account and region)
+            "ClientToken": hashlib.sha256(f"{self.scheduler}/{m.name}".encode()).hexdigest()[:48],
             "UserData": user_data(str(o.get("agent_command", "gridlab-agent")), args, m.token),
             "InstanceInitiatedShutdownBehavior": "terminate",  # a machine that powers off stops billing
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
@@ -273,11 +276,18 @@ class Ec2Provider:
             profile = str(o["instance_profile"])
             req["IamInstanceProfile"] = {"Arn": profile} if profile.startswith("arn:") else {"Name": profile}
         if "volume_gb" in o:
-            req["BlockDeviceMappings"] = [{"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": int(o["volume_gb"])}}]
+            device = self.root_device or "/dev/sda1"
+            req["BlockDeviceMappings"] = [{"DeviceName": device, "Ebs": {"VolumeSize": int(o["volume_gb"])}}]
         return req
 
     def create(self, machine_type: str, machines: builtins.list[MachineRequest]) -> builtins.list[str]:
         ec2 = self._ec2()
+        if "volume_gb" in self.options and not self.root_device:  # /dev/xvda or /dev/sda1: the image says which
+            try:
+                (image,) = ec2.describe_images(ImageIds=[self.options["ami"]])["Images"]
+            except Exception as exc:
+                raise ProviderError(f"ec2 pool {self.pool}: cannot read image {self.options['ami']}: {exc}") from exc
+            self.root_device = str(image.get("RootDeviceName") or "/dev/sda1")
         started, failed = [], []
         for m in machines:  # one call each: each machine's user data holds its own token
             try:
@@ -348,7 +358,8 @@ class CommandProvider:
 
     Every substituted value is shell-quoted. The agent reads its token from {token_file}, a file only this user can
     read under state_dir (on a shared filesystem when the agent runs elsewhere); the token is never in a command.
-    Without a `list` template the provider remembers the machines it made in state_dir/machines.json."""
+    Without a `list` template the provider remembers the machines it made in state_dir/machines.json; with one,
+    the lines it prints that start with "POOL-" (the autoscaler's names for this pool's machines) are the machines."""
 
     scheduler: str
     pool: str

@@ -182,6 +182,17 @@ def test_ec2_list_finds_this_pools_live_instances_and_terminate_maps_names_to_id
     assert provider.list() == ["cloud-2"]
 
 
+def test_ec2_volume_size_goes_to_the_images_root_device(aws: str, tmp_path: Path) -> None:
+    pool = ec2_pool(aws, ec2=ec2_table(aws, volume_gb=200))
+    provider = provider_for(pool, tmp_path)
+    provider.create(pool.machine, [MachineRequest("cloud-" + "x" * 80, TOKEN)])  # a long name: ClientToken fits
+    image = ec2_client(aws).describe_images(ImageIds=[pool.options["ami"]])["Images"][0]
+    (inst,) = instances(aws)
+    assert [b["DeviceName"] for b in inst["BlockDeviceMappings"]] == [image["RootDeviceName"]]
+    volume = ec2_client(aws).describe_volumes(VolumeIds=[inst["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]])
+    assert volume["Volumes"][0]["Size"] == 200
+
+
 def test_ec2_create_failure_names_the_machines_and_the_reason(aws: str, tmp_path: Path) -> None:
     pool = ec2_pool(aws, ec2=ec2_table(aws, subnet="subnet-nope"))
     with pytest.raises(ProviderError, match="cloud-1.*subnet"):
