@@ -15,6 +15,9 @@ uploaded again whenever one of its files' (path, mtime_ns, size) changed.
 FileRef paths are relative to the checkpoint dir: `last.ckpt` for a file checkpoint, and
 `epoch3/meta.pt`, `epoch3/.metadata`, ... for a folder; restoring writes them back the same way.
 Shipping never fails an attempt: a failed upload is retried on the next scan.
+
+With a `fence` (`logfence.OutputFence`), an entry is recorded only once the log lines its ranks printed
+before it appeared are acknowledged, so a resume from it never skips lines that a dying agent still held.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import grpc
 import structlog
@@ -52,6 +56,15 @@ _REFUSED_CODES = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.
 _GONE_CODES = frozenset({grpc.StatusCode.ABORTED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED})
 
 Note = Callable[[str], None]
+FENCE_TIMEOUT = 10.0  # seconds one scan waits for the lines before an entry; the next scan waits again
+
+
+class Fence(Protocol):
+    """What an entry waits on before it is recorded (`logfence.OutputFence`)."""
+
+    def mark(self) -> Any: ...
+
+    async def passed(self, mark: Any, timeout: float) -> bool: ...
 
 
 class CheckpointRestoreError(PrepareError):
@@ -279,6 +292,7 @@ class CheckpointShipper:
         note: Note,
         gate: asyncio.Lock | None = None,
         settle: float = SETTLE_SECONDS,
+        fence: Fence | None = None,
     ) -> None:
         self.stub = stub
         self.metadata = metadata
@@ -291,10 +305,12 @@ class CheckpointShipper:
         self.note = note
         self.gate = gate or asyncio.Lock()
         self.settle_ns = int(settle * 1e9)
+        self.fence = fence
         self.shipped: dict[str, tuple[tuple[str, int, int], ...]] = {}  # name -> key recorded
         self.refused: dict[str, tuple[tuple[str, int, int], ...]] = {}  # name -> key the scheduler refused
         self.gone = False  # the scheduler stopped taking reports about this attempt
-        self._seen: dict[str, tuple[tuple[tuple[str, int, int], ...], int]] = {}  # name -> (key, step then)
+        # name -> (key, step, fence mark): as when this version of the entry first appeared
+        self._seen: dict[str, tuple[tuple[tuple[str, int, int], ...], int, Any]] = {}
         self._noted: set[str] = set()
         self._lock = asyncio.Lock()  # one scan at a time: run() and flush()
 
@@ -347,12 +363,13 @@ class CheckpointShipper:
                     continue
                 seen = self._seen.get(entry.name)
                 if seen is None or seen[0] != key:
-                    self._seen[entry.name] = seen = (key, max(-1, self.step()))  # the step when it appeared
+                    mark = self.fence.mark() if self.fence is not None else None
+                    self._seen[entry.name] = seen = (key, max(-1, self.step()), mark)
                 if not final and entry.newest_ns > settled_ns:
                     pending = True
                     continue
                 try:
-                    done = await self._ship_entry(entry, seen[1])
+                    done = await self._ship_entry(entry, seen[1], seen[2])
                 except _Gone:
                     self.gone = True
                     return False
@@ -362,8 +379,9 @@ class CheckpointShipper:
                 pending = pending or not done
             return not pending
 
-    async def _ship_entry(self, entry: CheckpointEntry, step: int) -> bool:
-        """Upload one entry's files, then record it. False when it changed under us (retried later)."""
+    async def _ship_entry(self, entry: CheckpointEntry, step: int, mark: Any = None) -> bool:
+        """Upload one entry's files, then record it once the lines before `mark` are acknowledged. False when
+        it changed under us or those lines are still out (retried later)."""
         refs = await asyncio.to_thread(hash_stable, entry.files)
         if refs is None:
             return False
@@ -377,6 +395,9 @@ class CheckpointShipper:
                 artifacts_pb2.BLOB_PURPOSE_CHECKPOINT,
                 self.gate,
             )
+            if self.fence is not None and not await self.fence.passed(mark, FENCE_TIMEOUT):
+                log.info("checkpoint_waits_for_logs", attempt_id=self.attempt_id, name=entry.name)
+                return False
             reply = await self.stub.RecordCheckpoint(
                 artifacts_pb2.RecordCheckpointRequest(
                     agent_name=self.agent_name,

@@ -37,7 +37,8 @@ import structlog
 from gridlab.agent.bundles import PrepareError, bundle_requirements, fetch_bundle
 from gridlab.agent.ckptship import CheckpointShipper, restore_checkpoint, scan_checkpoints, upload_artifacts
 from gridlab.agent.envcache import BuildCancelled, EnvBuildError, EnvCache
-from gridlab.agent.logship import MAX_LINE_BYTES, METRICS_RANK, SYSTEM_RANK, AttemptLog, pump_batches
+from gridlab.agent.logfence import OutputFence, PipeCount
+from gridlab.agent.logship import MAX_LINE_BYTES, METRICS_RANK, SYSTEM_RANK, AttemptLog, line_count, pump_batches
 from gridlab.agent.metrics import MetricsTail
 from gridlab.agent.reaper import asyncio_children, kill_attempt_processes
 from gridlab.common.timeutil import ts
@@ -72,6 +73,10 @@ class AttemptEvents(Protocol):
 
     async def drain_logs(self, attempt_id: str) -> None:
         """Return once the attempt's lines so far are delivered (or a bound passed)."""
+        ...
+
+    async def logs_through(self, attempt_id: str, mark: int, timeout: float) -> bool:
+        """Whether the attempt's first `mark` lines given to `on_log` are delivered, waiting up to `timeout`."""
         ...
 
 
@@ -359,6 +364,10 @@ class Attempt:
         self._events = events
         self._clock = clock
         self._log = AttemptLog(self.attempt_id, clock)
+        self._lines_out = 0  # lines given to on_log
+        self._fence = OutputFence(
+            lambda: self._lines_out, lambda mark, timeout: events.logs_through(self.attempt_id, mark, timeout)
+        )
         self._ranks: list[_Rank] = []
         self._outcome: tuple[types_pb2.AttemptState, int, str] | None = None
         self._kill_at: float | None = None  # loop time when SIGKILL is (or was) due
@@ -416,7 +425,7 @@ class Attempt:
         """The metrics file's new records, as log lines: ordered, lossless, resumable like the logs."""
         assert self._metrics is not None  # noqa: S101 - the caller checked
         for record in self._metrics.take_records():
-            self._events.on_log(self._log.line(METRICS_RANK, types_pb2.LOG_STREAM_METRICS, record))
+            self._emit(self._log.line(METRICS_RANK, types_pb2.LOG_STREAM_METRICS, record))
 
     def _final_metrics(self) -> None:
         """Read the metrics file to its end (a poll reads at most MAX_READ) before the last logs drain."""
@@ -628,9 +637,13 @@ class Attempt:
         return cwd, requirements
 
     async def _resume_from(self, dirs: AttemptDirs) -> str:
-        """What GRIDLAB_RESUME_FROM says: the checkpoint the scheduler chose (downloaded from its store), else,
-        for a one-node run, the newest one an earlier attempt left on this machine (it may not have been
-        uploaded before that attempt ended); "" to start fresh."""
+        """What GRIDLAB_RESUME_FROM says: the checkpoint the scheduler chose (downloaded from its store); else,
+        on an agent with no artifact store, for a one-node run, the newest one an earlier attempt left on this
+        machine; "" to start fresh.
+
+        An agent with a store never resumes from a local checkpoint the scheduler did not choose: one that was
+        never recorded may follow log lines that were never delivered (the agent died holding them, see
+        `logfence`), and a resume from it would skip them for good."""
         a = self.assignment
         if a.resume_from:
             return a.resume_from
@@ -645,7 +658,7 @@ class Attempt:
                     "downloaded from the scheduler",
                 )
                 return str(path)
-        if a.nodes > 1:  # the other nodes could not read this machine's file
+        if a.nodes > 1 or self.settings.artifacts is not None:  # (other nodes could not read this machine's file)
             return ""
         newest = await asyncio.to_thread(newest_checkpoint, self.settings.state_dir, self.run_id)
         if newest is None:
@@ -669,6 +682,7 @@ class Attempt:
             poll=self.settings.checkpoint_poll,
             note=lambda text: self._system(SYSTEM_RANK, text),
             gate=self.settings.upload_gate,
+            fence=self._fence,
         )
 
     def _step(self) -> int:
@@ -740,23 +754,41 @@ class Attempt:
     def _read_output(self, r: _Rank) -> None:
         if r.proc.stdout is not None:
             pipe = r.transport.get_pipe_transport(1)
-            r.readers.append(asyncio.create_task(self._pump(r.proc.stdout, r.rank, True, pipe)))
+            count = self._fence.add(r.proc.stdout, pipe)
+            r.readers.append(asyncio.create_task(self._pump(r.proc.stdout, r.rank, True, pipe, count)))
         if r.proc.stderr is not None:
             pipe = r.transport.get_pipe_transport(2)
-            r.readers.append(asyncio.create_task(self._pump(r.proc.stderr, r.rank, False, pipe)))
+            count = self._fence.add(r.proc.stderr, pipe)
+            r.readers.append(asyncio.create_task(self._pump(r.proc.stderr, r.rank, False, pipe, count)))
 
     async def _pump(
-        self, reader: asyncio.StreamReader, rank: int, stdout: bool, pipe: asyncio.BaseTransport | None = None
+        self,
+        reader: asyncio.StreamReader,
+        rank: int,
+        stdout: bool,
+        pipe: asyncio.BaseTransport | None,
+        position: PipeCount,
     ) -> None:
         """A rank's pipe to EOF: each read's complete lines go out as one batch (a LogLine with count); a
         busy pipe is read every 2 ms, so a rank writing line by line still makes big batches."""
         stream = types_pb2.LOG_STREAM_STDOUT if stdout else types_pb2.LOG_STREAM_STDERR
 
         def emit(text: str, count: int) -> None:
-            self._events.on_log(self._log.batch(rank, stream, text, count))
+            self._emit(self._log.batch(rank, stream, text, count))
 
         read_pipe = pipe if isinstance(pipe, asyncio.ReadTransport) else None
-        await pump_batches(reader, emit, gather=0.002, pipe=read_pipe)
+
+        def consumed(n: int) -> None:
+            position.consumed += n
+
+        try:
+            await pump_batches(reader, emit, gather=0.002, pipe=read_pipe, consumed=consumed)
+        finally:
+            position.ended = True
+
+    def _emit(self, line: types_pb2.LogLine) -> None:
+        self._lines_out += line_count(line)
+        self._events.on_log(line)
 
     async def _wait_ranks(self) -> None:
         waits: dict[asyncio.Future[None], _Rank] = {r.exited: r for r in self._ranks}
@@ -808,7 +840,7 @@ class Attempt:
             self._outcome = (S.ATTEMPT_STATE_FAILED, code, message)
 
     def _system(self, rank: int, text: str) -> None:
-        self._events.on_log(self._log.line(rank, types_pb2.LOG_STREAM_SYSTEM, text))
+        self._emit(self._log.line(rank, types_pb2.LOG_STREAM_SYSTEM, text))
 
     def _set(self, state: types_pb2.AttemptState, *, exit_code: int = 0, message: str = "") -> None:
         self._status.state = state

@@ -140,12 +140,14 @@ async def pump_batches(
     chunk: int = 256 * 1024,
     gather: float = 0.0,
     pipe: asyncio.ReadTransport | None = None,
+    consumed: Callable[[int], None] | None = None,
 ) -> None:
     """Read `reader` to EOF, calling `on_batch(text, count)` for the complete lines of each read:
     `count` lines joined by "\n" in `text`. With `gather` and the reader's `pipe` transport, a read
     that found output stops reading the pipe for `gather` seconds, so a rank that writes line by line
     (PYTHONUNBUFFERED) is read in chunks rather than once per write; an idle pipe still wakes the
-    reader at once, so a lone line waits no longer than before."""
+    reader at once, so a lone line waits no longer than before. `consumed(n)` hears of each read's n bytes once its
+    complete lines went to `on_batch` (what `logfence` counts)."""
     splitter = LineSplitter()
     while True:
         data = await reader.read(chunk)
@@ -154,6 +156,8 @@ async def pump_batches(
         text, count = splitter.feed_joined(data)
         if count:
             on_batch(text, count)
+        if consumed is not None:
+            consumed(len(data))
         if gather and len(data) < chunk and pipe is not None and pipe.is_reading():
             pipe.pause_reading()  # the output gathers in the pipe meanwhile, with no wakeup per write
             try:
@@ -436,6 +440,7 @@ class LogShipper:
         self.retry_min = retry_min
         self.retry_max = retry_max
         self._queues: dict[str, _Queue] = {}
+        self._added: dict[str, int] = {}  # lines ever added per attempt, until forget(): what marks count
         self._pending_bytes = 0  # of queued and in-flight lines
         self._wakeup = asyncio.Event()
         self._kick = asyncio.Event()
@@ -446,6 +451,7 @@ class LogShipper:
     def add(self, line: types_pb2.LogLine) -> None:
         """Queue one LogLine: a single line, or a batch of a rank's consecutive lines."""
         size = line.ByteSize() + 8
+        self._added[line.attempt_id] = self._added.get(line.attempt_id, 0) + line_count(line)
         q = self._queues.get(line.attempt_id)
         if q is None:
             q = self._queues[line.attempt_id] = _Queue(
@@ -534,12 +540,26 @@ class LogShipper:
         q = self._queues.get(attempt_id)
         return q.pending() if q is not None else 0
 
+    def added(self, attempt_id: str) -> int:
+        """How many lines of `attempt_id` were added so far: a mark for `wait_through`."""
+        return self._added.get(attempt_id, 0)
+
+    def forget(self, attempt_id: str) -> None:
+        """The attempt is over and its lines are acknowledged or given up on: drop its count."""
+        self._added.pop(attempt_id, None)
+
     async def wait_acked(self, attempt_id: str, timeout: float) -> bool:
         """Wait until every line of `attempt_id` added so far is acknowledged (or
         dropped). False when `timeout` passed first."""
+        return await self.wait_through(attempt_id, self.added(attempt_id), timeout)
+
+    async def wait_through(self, attempt_id: str, mark: int, timeout: float) -> bool:
+        """Wait until the first `mark` lines added for `attempt_id` are acknowledged (or dropped): one
+        attempt's lines leave in the order they came, so that is when fewer than `added - mark` are
+        pending. False when `timeout` passed first."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.pending(attempt_id):
+        while self.added(attempt_id) - self.pending(attempt_id) < mark:
             left = deadline - loop.time()
             if left <= 0:
                 return False

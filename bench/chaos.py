@@ -27,7 +27,8 @@ What is checked at the end (each failure is a loss; there must be none):
                past a checkpoint a later attempt resumed from.
                The lines the follower received are the same, line for line, as a fresh read at the end.
   checkpoints  every checkpoint in the scheduler's store is one file `step-<n>.ckpt` whose bytes, downloaded
-               again, have the SHA-256 of the expected content; and every attempt that resumed was given
+               again, have the SHA-256 of the expected content; every step's checkpoint is there (an agent
+               resumes only from what the store holds); and every attempt that resumed was given
                intact bytes (the job checks them, and records `bad_resume` otherwise)
   processes    no process of any run is left on the machine (by the ledger folder in its command line)
 
@@ -357,10 +358,13 @@ class Chaos:
             if [_key(x) for x in followed] != [_key(x) for x in stdout]:
                 yield f"the follower received {len(followed)} lines, a fresh read {len(stdout)}: not the same"
 
-        # Checkpoints: each one's bytes, downloaded again, hash to what (run, step) gives.
+        # Checkpoints: each one's bytes, downloaded again, hash to what (run, step) gives; and every step's is
+        # there (a resume from one the store never got would skip it, and maybe the lines before it).
+        stored: set[int] = set()
         for ckpt in list_artifacts(client, run_id).checkpoints:
             self.report.checkpoints += 1
             step = chaos_job.step_of(ckpt.name)
+            stored.add(step if step is not None else -1)
             if step is None or step % c.every or len(ckpt.files) != 1:
                 yield f"unexpected checkpoint {ckpt.name} with {len(ckpt.files)} files"
                 continue
@@ -370,6 +374,9 @@ class Chaos:
                 got_sha = hashlib.sha256(path.read_bytes()).hexdigest()
             if got_sha != want or ckpt.files[0].digest.removeprefix("sha256:") != want:
                 yield f"checkpoint {ckpt.name} (attempt {ckpt.attempt_number}) has SHA-256 {got_sha}, not {want}"
+        absent = sorted(set(range(c.every, c.lines + 1, c.every)) - stored)
+        if absent:
+            yield f"checkpoints of steps {absent[:10]}{' ...' if len(absent) > 10 else ''} never reached the store"
 
     def _leftovers(self, wait: float = 30.0) -> list[str]:
         """Processes of the runs still alive (zombies excepted) after `wait` seconds."""

@@ -38,21 +38,13 @@ def test_nothing_is_lost_when_the_scheduler_and_agents_are_killed_at_random(tmp_
     report = chaos.run_chaos(config, tmp_path, log=lambda _: None)
     print(report.summary())
     print("\n".join(report.kill_log))
-    # A known bug, seen once in CI, not yet fixed: an agent uploads a checkpoint before the log lines printed
-    # ahead of it are acknowledged, and a kill -9 loses its unacknowledged lines (they live in its memory and
-    # its spill folder, which a restarted agent empties); the next attempt resumes past them. Every other loss
-    # still fails the test; this one is reported as an expected failure until the agent orders the two.
-    known = [loss for loss in report.losses if "lines never received" in loss]
-    others = [loss for loss in report.losses if loss not in known]
-    assert not others, "\n".join(others)
+    # (Twice in CI this found lines lost to a kill -9: a checkpoint was recorded before the lines printed ahead of
+    # it were acknowledged. The agent now orders the two: agent/logfence.py, tests/test_agent_logfence.py.)
+    assert not report.losses, "\n".join(report.losses)
     assert report.kills["scheduler"] >= 1, report.kill_log
     assert report.kills["agent"] >= 2, report.kill_log
     assert report.runs == 5
-    assert report.checkpoints >= 5  # every one stored is checked by SHA-256 among the losses above
-    if report.checkpoints < 5 * 20:  # the same bug: a resume from the agent's local, never-uploaded checkpoint
-        known.append(f"{report.checkpoints} of at least {5 * 20} checkpoints reached the store")
-    if known:
-        pytest.xfail("known: checkpoint uploaded before earlier lines were acknowledged: " + "; ".join(known))
+    assert report.checkpoints >= 5 * 20  # every step's, each checked by SHA-256 among the losses above
 
 
 def test_the_scheduler_publishes_its_address_whole(tmp_path: Path) -> None:
