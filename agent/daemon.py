@@ -34,6 +34,7 @@ from gridlab.agent.inventory import InventoryCollector
 from gridlab.agent.launcher import Attempt, LaunchSettings
 from gridlab.agent.logship import LogShipper, status_code
 from gridlab.agent.reaper import reap_orphans
+from gridlab.agent.spotwatch import Notice, notice_url, watch
 from gridlab.common import auth, tls
 from gridlab.common.config import AgentConfig
 from gridlab.common.grpcopts import AGENT_CHANNEL_OPTIONS
@@ -110,6 +111,7 @@ class Agent:
         self._call: grpc.aio.StreamStreamCall | None = None
         self._stub: agent_pb2_grpc.AgentGatewayAsyncStub | None = None
         self._stop = asyncio.Event()
+        self._notice: Notice | None = None  # the cloud's reclaim notice for this spot machine, once it came
         self._stopping = False
         self._closing = False  # stopping, and every attempt has ended
         self._session_welcomed = False
@@ -132,6 +134,21 @@ class Agent:
                 attempt.kill()
         self._stop.set()
 
+    def spot_notice(self, notice: Notice) -> None:
+        """The cloud takes this machine back soon: stop as on SIGTERM, the attempts reported as interrupted."""
+        self._notice = notice
+        if not self._stop.is_set():
+            self.request_stop()
+
+    def _stop_reason(self) -> tuple[str, bool]:
+        """Why the attempts stop as the agent stops, and whether that is a spot interruption: a notice came, or
+        a spot machine got SIGTERM (how a reclaim ends when no notice was watched for)."""
+        if self._notice is not None:
+            return self._notice.describe(), True
+        if self.config.preemptible:
+            return "spot interruption: the machine is stopping", True
+        return "agent shutting down", False
+
     async def run(self) -> int:
         """Serve until stopped (EXIT_OK) or refused by the scheduler (EXIT_REFUSED)."""
         if self._credentials is None:
@@ -144,6 +161,8 @@ class Agent:
         shipper = asyncio.create_task(self.shipper.run(), name="log-shipper")
         connection = asyncio.create_task(self._connection_loop(), name="connection")
         stop = asyncio.create_task(self._stop.wait())
+        url = notice_url(self.config.spot_notice_url)
+        spot = asyncio.create_task(watch(url, self.config.spot_poll, self.spot_notice)) if url else None
         log.info("agent starting", scheduler=self.config.scheduler, version=self.version)
         code = EXIT_OK
         try:
@@ -156,9 +175,10 @@ class Agent:
                     code = EXIT_CRASHED
             await self._shutdown()
         finally:
-            for task in (connection, stop, shipper):
+            tasks = [connection, stop, shipper] + ([spot] if spot is not None else [])
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(connection, stop, shipper, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             await channel.close(grace=None)
             await asyncio.to_thread(self.inventory.close)
         log.info("agent stopped", exit_code=code)
@@ -171,8 +191,9 @@ class Agent:
         live = [a for a in self.attempts.values() if not a.done]
         if live:
             log.info("stopping attempts", count=len(live), grace=self.config.grace_period)
+        reason, interrupted = self._stop_reason()
         for attempt in live:
-            attempt.cancel(types_pb2.ATTEMPT_STATE_PREEMPTED, reason="agent shutting down")
+            attempt.cancel(types_pb2.ATTEMPT_STATE_PREEMPTED, reason=reason, interrupted=interrupted)
         # Not one snapshot: an assignment arriving meanwhile is preempted at once, and its
         # task must end (reporting PREEMPTED) before the stream is closed too.
         while pending := [task for task in self._tasks.values() if not task.done()]:
@@ -243,6 +264,7 @@ class Agent:
                 attempts=[a.status() for a in self.attempts.values()],
                 version=self.version,
                 draining=self._stopping,
+                preemptible=self.config.preemptible,
             )
             await call.write(agent_pb2.AgentMessage(hello=hello))
             first = await asyncio.wait_for(call.read(), WELCOME_TIMEOUT)
@@ -350,7 +372,8 @@ class Agent:
             gpus=list(assignment.gpu_uuids),
         )
         if self._stopping:  # too late to start anything: end it at once
-            attempt.cancel(types_pb2.ATTEMPT_STATE_PREEMPTED, reason="agent shutting down")
+            reason, interrupted = self._stop_reason()
+            attempt.cancel(types_pb2.ATTEMPT_STATE_PREEMPTED, reason=reason, interrupted=interrupted)
         task = asyncio.create_task(attempt.run(), name=f"attempt-{attempt_id}")
         self._tasks[attempt_id] = task
         task.add_done_callback(functools.partial(self._attempt_task_done, attempt_id))

@@ -450,9 +450,11 @@ class Attempt:
         final_state: types_pb2.AttemptState = S.ATTEMPT_STATE_CANCELLED,
         grace: float | None = None,
         reason: str = "",
+        interrupted: bool = False,
     ) -> None:
         """Stop the ranks: SIGTERM now, SIGKILL after `grace` (default: the configured
-        grace period). The attempt ends in `final_state` unless it had already ended."""
+        grace period). The attempt ends in `final_state` unless it had already ended; `interrupted`: because
+        its machine, a spot instance, is being reclaimed."""
         if final_state == S.ATTEMPT_STATE_UNSPECIFIED:
             final_state = S.ATTEMPT_STATE_CANCELLED
         grace = self.settings.grace_period if grace is None else grace
@@ -463,6 +465,7 @@ class Attempt:
             name = types_pb2.AttemptState.Name(final_state).removeprefix("ATTEMPT_STATE_")
             message = f"{name.lower()}: {reason}" if reason else name.lower()
             self._outcome = (final_state, 0, message)
+            self._status.interrupted = interrupted and final_state == S.ATTEMPT_STATE_PREEMPTED
             self._system(SYSTEM_RANK, f"stopping ({message}), grace {grace:g}s")
         self._stop(grace)
 

@@ -20,6 +20,7 @@ from gridlab import __version__
 from gridlab.agent.daemon import Agent
 from gridlab.agent.inventory import InventoryCollector
 from gridlab.agent.reaper import become_subreaper, kill_leftovers
+from gridlab.agent.spotwatch import notice_url
 from gridlab.common import auth, logs
 from gridlab.common.config import AgentConfig, ConfigError, load
 
@@ -60,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--grace-period", metavar="S", type=float, help="SIGTERM to SIGKILL, in seconds")
     p.add_argument("--address", metavar="HOST", help="how peer nodes reach this machine")
+    p.add_argument(
+        "--preemptible",
+        action="store_const",
+        const=True,
+        help="a spot machine: attempts stopped by SIGTERM or a reclaim notice are reported as interruptions",
+    )
+    p.add_argument("--spot-notice-url", metavar="URL", help="poll for a reclaim notice: 'ec2' or a URL (default: off)")
     p.add_argument("--log-format", choices=("auto", "json", "console"))
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     p.add_argument("--version", action="version", version=f"gridlab-agent {__version__}")
@@ -83,6 +91,8 @@ def load_config(args: argparse.Namespace) -> tuple[AgentConfig, str]:
             "state_dir": args.state_dir,
             "grace_period": args.grace_period,
             "address": args.address,
+            "preemptible": args.preemptible,
+            "spot_notice_url": args.spot_notice_url,
             "log_format": args.log_format,
             "log_level": args.log_level,
         },
@@ -105,6 +115,12 @@ def load_config(args: argparse.Namespace) -> tuple[AgentConfig, str]:
         raise ConfigError(f"grace_period must be >= 0, got {config.grace_period}")
     if not config.name:
         raise ConfigError("name must not be empty")
+    try:
+        notice_url(config.spot_notice_url)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if config.spot_poll <= 0:
+        raise ConfigError(f"spot_poll must be > 0 seconds, got {config.spot_poll}")
     return config, token
 
 

@@ -54,6 +54,7 @@ class LocalCluster:
         python: str = sys.executable,
         tls: TLSFiles | None = None,
         config_file: Path | None = None,
+        web: bool = False,
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -69,6 +70,8 @@ class LocalCluster:
         self.agent_address = ""  # agent_listen's, with tls.client_ca; else agents use `address`
         self.tls = tls
         self.config_file = config_file  # the scheduler's TOML file (e.g. its [pools.NAME] tables), if any
+        self.web = web  # serve the web dashboard and /metrics on a free loopback port: see `web_url`
+        self.web_address = ""
 
     # ------------------------------------------------------------ scheduler
 
@@ -82,8 +85,8 @@ class LocalCluster:
 
     def start_scheduler(self, port: int = 0, timeout: float = 30.0) -> str:
         """Start the scheduler (again, after a kill: same state dir) and return its address."""
-        addr_file = self.scheduler_dir / "scheduler.addr"
-        addr_file.unlink(missing_ok=True)
+        addr_file = self.scheduler_dir / ("scheduler.web_addr" if self.web else "scheduler.addr")
+        addr_file.unlink(missing_ok=True)  # with web, the last of the addresses the scheduler publishes
         self.scheduler_dir.mkdir(parents=True, exist_ok=True)
         tls_args: list[str] = []
         if self.tls is not None:
@@ -110,6 +113,7 @@ class LocalCluster:
                 "json",
                 *tls_args,
                 *(["--config", str(self.config_file)] if self.config_file else []),
+                *(["--web-listen", "127.0.0.1:0"] if self.web else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -124,7 +128,8 @@ class LocalCluster:
             if time.monotonic() > deadline:
                 raise TimeoutError("scheduler did not start listening")
             time.sleep(0.02)
-        self.address = addr_file.read_text().strip()
+        self.address = (self.scheduler_dir / "scheduler.addr").read_text().strip()
+        self.web_address = addr_file.read_text().strip() if self.web else ""
         agent_addr_file = self.scheduler_dir / "scheduler.agent_addr"
         self.agent_address = agent_addr_file.read_text().strip() if agent_addr_file.exists() else ""
         return self.address
@@ -134,6 +139,14 @@ class LocalCluster:
             self.scheduler.send_signal(sig)
             self.scheduler.wait(timeout=30)
             self.scheduler = None
+
+    @property
+    def web_url(self) -> str:
+        """The dashboard's base URL (`LocalCluster(web=True)`), e.g. http://127.0.0.1:41234."""
+        if not self.web_address:
+            raise RuntimeError("the web dashboard is off: LocalCluster(web=True), then start_scheduler()")
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.web_address}"
 
     @property
     def port(self) -> int:

@@ -52,6 +52,7 @@ class SchedulerConfig:
     bundle_max_bytes: int = 1024 * 1024 * 1024  # largest code bundle a user may upload (compressed)
     blob_max_bytes: int = 256 * 1024**3  # largest checkpoint or artifact file an agent may upload
     fair_share_half_life: float = 7 * 86400.0  # seconds for a user's past GPU-seconds to count half
+    spot_fallback_after: int = 2  # spot interruptions of a run after which it avoids spot machines (0: never)
     max_user_priority: int = 100  # the highest priority a user (not an admin) may give a run, at submit or later
     share_runs_with_team: bool = False  # users may also read (not cancel or reprioritize) their team's runs
     max_queued_runs_per_user: int = 10_000  # queued runs one user may have; SubmitRun past it: RESOURCE_EXHAUSTED
@@ -63,6 +64,8 @@ class SchedulerConfig:
     # autoscaled pools, `[pools.NAME]` tables: provider, machine, preemptible, labels, min/max_agents, idle_seconds
     pools: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     pool_prices: dict[str, float] = dataclasses.field(default_factory=dict)  # a pool's price per GPU-hour (else 0)
+    web_listen: str = ""  # HOST:PORT of the read-only web dashboard and /metrics (port 0: any free one); "" = off
+    web_metrics_public: bool = False  # /metrics without a token (else: Authorization: Bearer <user or admin token>)
     log_format: str = "auto"  # auto (pretty on a terminal, else JSON), json, console
     log_level: str = "info"
 
@@ -88,6 +91,9 @@ class AgentConfig:
         ""  # extra pip options for those builds, shell-split: e.g. "--index-url URL" or "--no-index --find-links DIR"
     )
     checkpoint_poll: float = 2.0  # seconds between scans of GRIDLAB_CHECKPOINT_DIR for finished checkpoints
+    preemptible: bool = False  # a spot machine: its attempts end as interruptions when it stops (SIGTERM, notice)
+    spot_notice_url: str = ""  # poll this for a reclaim notice ("ec2": EC2's instance metadata); "" off
+    spot_poll: float = 2.0  # seconds between those polls
     reconnect_min: float = 0.2  # first retry delay after the scheduler is unreachable
     reconnect_max: float = 10.0  # retry delay cap (exponential backoff with jitter)
     log_format: str = "auto"

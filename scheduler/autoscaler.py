@@ -23,7 +23,6 @@ from gridlab.common import auth as tokens
 from gridlab.common.config import ConfigError, SchedulerConfig
 from gridlab.v1 import types_pb2
 
-from . import snapshot
 from .auth import AGENT
 from .placement import RunRequest
 from .providers import OPTIONS, PROVIDERS, MachineRequest, Provider, check_options, ec2_gpus
@@ -178,6 +177,8 @@ def _machine(where: str, provider: str, table: Mapping[str, Any]) -> tuple[str, 
 def fits(pool: Pool, req: RunRequest) -> bool:
     """Whether one node of `req` fits an empty machine of `pool` (and the run may use the pool at all)."""
     if req.pool and req.pool != pool.name:
+        return False
+    if req.no_spot and pool.preemptible:  # interrupted too often: it waits for machines that are not spot
         return False
     have = dict(pool.labels)
     if any(have.get(k) != v for k, v in req.labels):
@@ -346,10 +347,10 @@ class Autoscaler:
                 out.append(Machine(name, known.created_at, joined, busy, free, known.idle_since))
             machines[pool.name] = out
         waiting = []
-        for row in engine.store.all("SELECT id, user, team, pending_reason FROM runs WHERE state = 'QUEUED'"):
+        queued = "SELECT id, user, team, pending_reason, interruptions FROM runs WHERE state = 'QUEUED'"
+        for row in engine.store.all(queued):
             if is_demand(row["pending_reason"] or ""):
-                spec = engine._spec(row["id"])  # noqa: SLF001 - the parsed spec cache
-                waiting.append(snapshot.request(row["id"], spec, row["user"], row["team"] or ""))
+                waiting.append(engine._request(row["id"], row["user"], row["team"] or "", row["interruptions"]))  # noqa: SLF001
         vanished = [n for n, k in self.known.items() if n not in listed.get(k.pool, [])]
         if vanished:
             self._forget(vanished)

@@ -54,6 +54,7 @@ def run_pb(store: Store, row: sqlite3.Row, *, with_attempts: bool = True) -> typ
         exit_code=row["exit_code"] or 0,
         message=row["message"] or "",
         retries_used=row["retries_used"] or 0,
+        interruptions=row["interruptions"] or 0,
         idempotency_key=row["idempotency_key"] or "",
     )
     _set_time(out, "created_at", row["created_at"])

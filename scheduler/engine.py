@@ -16,7 +16,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -89,6 +89,7 @@ class AgentSession:
     outbox: asyncio.Queue[agent_pb2.SchedulerMessage | None] = field(default_factory=asyncio.Queue)
     closed: bool = False
     draining: bool = False  # the agent is stopping: place nothing new on it
+    preemptible: bool = False  # a spot machine (its Hello says so)
     cadence: Cadence | None = None  # the heartbeat cadence it was told (Welcome or Cadence)
 
     def send(self, msg: agent_pb2.SchedulerMessage) -> None:
@@ -143,6 +144,9 @@ class Engine:
         self._specs: dict[str, types_pb2.RunSpec] = {}  # run id -> spec, while queued or live
         self._requests: dict[str, placement.RunRequest] = {}  # run id -> what placement needs of it, likewise
         self._views = snapshot.ViewCache(config.burst_pools)  # each agent's static view, rebuilt when it changes
+        self._views.spot_pools = frozenset(
+            name for name, table in config.pools.items() if isinstance(table, dict) and table.get("preemptible")
+        )
         self._fit_index = placement.FitIndex()  # which agents fit which request shapes, kept across passes
         self.queue_positions: dict[str, int] = {}  # queued run -> its place in the last pass's order (1-based)
         self._stopping: dict[str, str] = {}  # attempt being preempted -> the run it makes room for
@@ -491,8 +495,10 @@ class Engine:
         reason: str,
         permanent: bool = False,
         infrastructure: bool = False,
+        interrupted: bool = False,
     ) -> RunState:
-        """Record the end of a live attempt and move its run on. Inside a transaction."""
+        """Record the end of a live attempt and move its run on. Inside a transaction. `interrupted`: its
+        machine, a spot instance, was reclaimed (counted in runs.interruptions)."""
         check_attempt_transition(attempt["id"], AttemptState(attempt["state"]), state)
         self._attempt_owner.pop(attempt["id"], None)
         self.watchdog.forget(attempt["id"])
@@ -521,12 +527,13 @@ class Engine:
         ended_by_exit = state in (AttemptState.SUCCEEDED, AttemptState.FAILED)
         conn.execute(
             "UPDATE runs SET state = ?, message = ?, exit_code = ?, retries_used = retries_used + ?, "
-            "finished_at = ?, pending_reason = ? WHERE id = ?",
+            "interruptions = interruptions + ?, finished_at = ?, pending_reason = ? WHERE id = ?",
             (
                 outcome.state.value,
                 outcome.message,
                 exit_code if ended_by_exit else run["exit_code"],
                 1 if outcome.spend_retry else 0,
+                1 if interrupted else 0,
                 now if outcome.state.terminal else None,
                 "Requeued: waiting for the scheduler's next pass" if outcome.requeue else "",
                 run["id"],
@@ -535,8 +542,8 @@ class Engine:
         self._event(conn, run["id"], attempt["id"], outcome.kind, outcome.state, outcome.message)
         self._account(run, attempt, now)
         self._record_cost(conn, run, attempt["id"], now)
-        if outcome.state.terminal:
-            self.forget_spec(run["id"])
+        if outcome.state.terminal or interrupted:
+            self.forget_spec(run["id"])  # (interrupted: its placement request changes)
         log.info(
             "attempt_ended",
             run_id=run["id"],
@@ -742,7 +749,14 @@ class Engine:
                 reason = f"node {row['node_rank']} ({row['agent_name']}): {reason or outcome.value.lower()}"
             state = outcome
         self._end_attempt(
-            conn, row, state, status.exit_code, reason, permanent=status.permanent, infrastructure=status.infrastructure
+            conn,
+            row,
+            state,
+            status.exit_code,
+            reason,
+            permanent=status.permanent,
+            infrastructure=status.infrastructure,
+            interrupted=status.interrupted and state is AttemptState.PREEMPTED,
         )
 
     def _node_running(self, row: sqlite3.Row, agent_name: str) -> None:
@@ -904,6 +918,7 @@ class Engine:
             labels=dict(hello.labels),
             inventory=hello.inventory,
             draining=hello.draining,
+            preemptible=hello.preemptible,
         )
         self.sessions[name] = session
         self.last_seen[name] = self.clock.monotonic()
@@ -1025,6 +1040,7 @@ class Engine:
                 attempt_ids=[n["attempt_id"] for n in held],
                 gpus_free=sum(1 for g in inventory.gpus if g.uuid not in used),
                 cpus_free=inventory.cpus - sum(n["cpus"] for n in held),
+                preemptible=(session is not None and session.preemptible) or row["pool"] in self._views.spot_pools,
             )
             agent.connected_at.CopyFrom(ts(row["connected_at"]))
             agent.last_heartbeat.CopyFrom(ts(row["last_seen"]))
@@ -1146,11 +1162,15 @@ class Engine:
             spec = self._specs[run_id] = types_pb2.RunSpec.FromString(blob or b"")
         return spec
 
-    def _request(self, run_id: str, user: str, team: str) -> placement.RunRequest:
+    def _request(self, run_id: str, user: str, team: str, interruptions: int = 0) -> placement.RunRequest:
         """A queued run's placement request, built once (a pass over 20,000 queued runs built them all anew)."""
         req = self._requests.get(run_id)
-        if req is None:
-            req = self._requests[run_id] = snapshot.request(run_id, self._spec(run_id), user, team)
+        if req is None or req.interruptions != interruptions:
+            req = snapshot.request(run_id, self._spec(run_id), user, team)
+            if interruptions:
+                after = self.config.spot_fallback_after
+                req = replace(req, interruptions=interruptions, no_spot=0 < after <= interruptions)
+            self._requests[run_id] = req
         return req
 
     def forget_spec(self, run_id: str) -> None:
@@ -1165,7 +1185,7 @@ class Engine:
             for node in attempt.nodes:
                 used.setdefault(node.agent_name, []).append(node)
         return [
-            self._views.view(s.name, s.pool, s.labels, s.inventory, used.get(s.name, []))
+            self._views.view(s.name, s.pool, s.labels, s.inventory, used.get(s.name, []), s.preemptible)
             for s in self.sessions.values()
             if not s.draining and s.name not in self.unschedulable
         ]
@@ -1173,7 +1193,7 @@ class Engine:
     def _parked(self) -> list[placement.AgentView]:
         """Connected agents that take nothing new (cordoned, draining): for pending reasons only."""
         return [
-            self._views.view(s.name, s.pool, s.labels, s.inventory, ())
+            self._views.view(s.name, s.pool, s.labels, s.inventory, (), s.preemptible)
             for s in self.sessions.values()
             if s.draining or s.name in self.unschedulable
         ]
@@ -1204,7 +1224,8 @@ class Engine:
         """One pass over the queue: order it, plan, commit the placements, start the preemptions, and record
         why the rest wait. Returns how many runs were placed."""
         rows = self.store.all(
-            "SELECT id, user, team, priority, created_at, pending_reason FROM runs WHERE state = 'QUEUED'"
+            "SELECT id, user, team, priority, created_at, pending_reason, interruptions FROM runs "
+            "WHERE state = 'QUEUED'"
         )
         if not rows:
             self.queue_positions = {}
@@ -1215,7 +1236,10 @@ class Engine:
         live = self._live()
         ordered = queue.order(entries, self._shares(now, live))
         specs = {e.run_id: self._spec(e.run_id) for e in ordered}
-        requests = [self._request(e.run_id, e.user, by_id[e.run_id]["team"] or "") for e in ordered]
+        requests = [
+            self._request(e.run_id, e.user, by_id[e.run_id]["team"] or "", by_id[e.run_id]["interruptions"])
+            for e in ordered
+        ]
         plan = placement.plan(
             self._snapshot(live),
             requests,

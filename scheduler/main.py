@@ -2,10 +2,12 @@
 
     gridlab-scheduler [--config F] [--state-dir D] [--listen HOST:PORT]
                       [--tls-cert F --tls-key F [--tls-client-ca F --agent-listen HOST:PORT]]
+                      [--web-listen HOST:PORT]
 
 On first start it writes an admin token and an agent join token (0600 files) into the
 state directory and logs where. The bound address is written to `scheduler.addr` there,
-which is how tools find a server started on port 0 (and `scheduler.agent_addr`, agent_listen's).
+which is how tools find a server started on port 0 (and `scheduler.agent_addr`, agent_listen's; and
+`scheduler.web_addr`, the web dashboard's, with --web-listen).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from gridlab.common.config import ConfigError, SchedulerConfig, load
 from gridlab.common.grpcopts import SERVER_OPTIONS
 from gridlab.v1 import agent_pb2_grpc, artifacts_pb2_grpc, scheduler_pb2_grpc
 
+from . import prommetrics, web
 from .api import DecodeGuard, SchedulerService
 from .artifacts_api import ArtifactsService
 from .auth import AuthInterceptor
@@ -69,7 +72,14 @@ async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> N
     store = Store(state_dir / "scheduler.db")
     engine = Engine(store, config)
     engine.bootstrap_tokens(state_dir)
-    server = grpc.aio.server(interceptors=[AuthInterceptor(engine.lookup_token), DecodeGuard()], options=SERVER_OPTIONS)
+    interceptors: list[grpc.aio.ServerInterceptor] = [AuthInterceptor(engine.lookup_token), DecodeGuard()]
+    registry, web_target = None, ""
+    if config.web_listen:  # the dashboard: /metrics (RPCs counted from here on), and its channel to this API
+        registry, rpc_metrics = prommetrics.make_registry(engine)
+        interceptors.insert(0, prommetrics.RpcMetricsInterceptor(rpc_metrics))
+        web_target = web.internal_target(state_dir)
+    (state_dir / web.WEB_ADDRESS_FILE).unlink(missing_ok=True)
+    server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(engine), server)
     agent_pb2_grpc.add_AgentGatewayServicer_to_server(AgentGatewayService(engine), server)
     artifacts_pb2_grpc.add_ArtifactsServicer_to_server(ArtifactsService(engine), server)
@@ -80,8 +90,12 @@ async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> N
             store.close()
             hint = " (or are tls_cert and tls_key not a certificate and its key?)" if creds is not None else ""
             raise ConfigError(f"cannot listen on {address}: is the port in use or the host wrong?{hint}")
+    if web_target and server.add_insecure_port(web_target) == 0:
+        store.close()
+        raise ConfigError(f"cannot listen on {web_target} (the web dashboard's channel to the API)")
     port = ports[0]
     await server.start()
+    web.secure_socket(web_target)
     # Long-lived state is built by now: keep the collector from walking it again and again (full collections
     # of a scheduler holding thousands of agents took hundreds of ms), and collect young objects less often.
     gc.collect()
@@ -96,6 +110,14 @@ async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> N
     else:
         (state_dir / AGENT_ADDRESS_FILE).unlink(missing_ok=True)
     _publish(state_dir / ADDRESS_FILE, address + "\n")
+    dashboard = None
+    if config.web_listen:
+        try:
+            dashboard, _ = await web.serve_web(config, web_target, registry, state_dir)
+        except ConfigError:
+            await server.stop(grace=None)
+            store.close()
+            raise
     security = "mtls for agents" if config.tls_client_ca else "tls" if creds is not None else "plaintext"
     log.info(
         "listening", address=address, agent_address=agent_address or None, security=security, state_dir=str(state_dir)
@@ -135,6 +157,8 @@ async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> N
             session.close()
         if autoscaler is not None:
             await asyncio.to_thread(autoscaler.close)  # `local` machines are this scheduler's children
+        if dashboard is not None:
+            await dashboard.stop()
         await server.stop(grace=1.0)  # calls in flight still get their batch committed
         batcher.cancel()
         store.close()
@@ -151,6 +175,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tls-client-ca", help="PEM CA bundle agents' client certificates must come from (mTLS)")
     p.add_argument("--heartbeat-interval", type=float, help="seconds between agent heartbeats")
     p.add_argument("--heartbeat-timeout", type=float, help="seconds of silence before an agent is lost")
+    p.add_argument(
+        "--web-listen", help="HOST:PORT of the web dashboard and /metrics (port 0 picks one; off by default)"
+    )
     p.add_argument("--log-format", choices=["auto", "json", "console"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return p.parse_args(argv)
@@ -172,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 "tls_client_ca": args.tls_client_ca,
                 "heartbeat_interval": args.heartbeat_interval,
                 "heartbeat_timeout": args.heartbeat_timeout,
+                "web_listen": args.web_listen,
                 "log_format": args.log_format,
                 "log_level": args.log_level,
             },

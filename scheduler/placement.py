@@ -57,6 +57,7 @@ class AgentView:
     memory_total: int
     memory_free: int
     tier: int = 0  # 0: on-prem; 1: a burst pool (cloud or spot), used when on-prem cannot take the run
+    spot: bool = False  # preemptible: the cloud may reclaim it at short notice (a spot instance)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ class RunRequest:
     team: str = ""
     priority: int = 0
     time_limit: float = 0.0  # seconds; 0: none
+    interruptions: int = 0  # attempts of the run ended by a spot reclaim: it prefers other machines after one
+    no_spot: bool = False  # interrupted too often (the scheduler's spot_fallback_after): never on a spot machine
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,8 @@ def static_reason(agent: AgentView, req: RunRequest) -> str | None:
     """Why `agent` could never hold one node of `req`, even idle; None if it could."""
     if req.pool and agent.pool != req.pool:
         return f"pool is {agent.pool}, not {req.pool}"
+    if req.no_spot and agent.spot:
+        return f"a spot machine, and the run was interrupted {req.interruptions} times on such machines"
     have = dict(agent.labels)
     for key, value in req.labels:
         if have.get(key) != value:
@@ -190,12 +195,14 @@ def _one_island(agent: AgentView, uuids: tuple[str, ...]) -> bool:
 
 
 def rank_key(agent: AgentView, req: RunRequest, gpus: tuple[str, ...]) -> tuple[float, ...]:
-    """Lower is better: on-prem first, one island, then best fit (fewest suitable GPUs left free, least
-    memory beyond what was asked, fewest CPUs left); the name breaks ties, so plans are repeatable."""
+    """Lower is better: on-prem first; after a spot interruption, machines that are not spot; one island,
+    then best fit (fewest suitable GPUs left free, least memory beyond what was asked, fewest CPUs left); the
+    name breaks ties, so plans are repeatable."""
     chosen = [g for g in agent.gpus if g.uuid in gpus]
     left = sum(1 for g in agent.gpus if g.uuid in agent.free_gpus and _gpu_fits(g, req)) - len(gpus)
     waste = sum(g.memory_bytes - req.min_gpu_memory_bytes for g in chosen)
-    return (agent.tier, 0 if _one_island(agent, gpus) else 1, left, waste, agent.cpus_free - req.cpus)
+    respot = 1 if agent.spot and req.interruptions else 0
+    return (agent.tier, respot, 0 if _one_island(agent, gpus) else 1, left, waste, agent.cpus_free - req.cpus)
 
 
 def _take(agent: AgentView, node: NodePlacement) -> AgentView:
@@ -334,7 +341,17 @@ class FitIndex:
 
 def _fit_shape(req: RunRequest) -> tuple[object, ...]:
     """What one node's fit on an agent depends on (`_fit`)."""
-    return (req.gpus, req.cpus, req.memory_bytes, req.pool, req.labels, req.gpu_types, req.min_gpu_memory_bytes)
+    return (
+        req.gpus,
+        req.cpus,
+        req.memory_bytes,
+        req.pool,
+        req.labels,
+        req.gpu_types,
+        req.min_gpu_memory_bytes,
+        req.interruptions > 0,
+        req.no_spot,
+    )
 
 
 def _shape(req: RunRequest) -> tuple[object, ...]:

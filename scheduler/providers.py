@@ -55,11 +55,22 @@ class Provider(Protocol):
         """Stop these machines (unknown names are ignored)."""
 
 
-def agent_args(scheduler: str, pool: str, name: str, token_file: str, labels: Mapping[str, str]) -> builtins.list[str]:
-    """The `gridlab-agent` arguments every provider starts a machine's agent with (never the token itself)."""
+def agent_args(
+    scheduler: str,
+    pool: str,
+    name: str,
+    token_file: str,
+    labels: Mapping[str, str],
+    preemptible: bool = False,
+    spot_notice: str = "",
+) -> builtins.list[str]:
+    """The `gridlab-agent` arguments every provider starts a machine's agent with (never the token itself). A
+    preemptible pool's agents say so, and watch `spot_notice` (agent/spotwatch.py) for the cloud's notice."""
     args = ["--scheduler", scheduler, "--pool", pool, "--name", name, "--token-file", token_file]
     for key, value in sorted(labels.items()):
         args += ["--label", f"{key}={value}"]
+    if preemptible:
+        args += ["--preemptible"] + (["--spot-notice-url", spot_notice] if spot_notice else [])
     return args
 
 
@@ -72,7 +83,7 @@ class LocalProvider:
     state_dir: Path  # per-machine state dirs, token files and logs go under it
     labels: Mapping[str, str] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)  # none: a local pool has no sub-table
-    preemptible: bool = False  # nothing to do: a local agent is never reclaimed
+    preemptible: bool = False  # its agents say they are spot machines (a test stops them as a reclaim would)
     grace: float = 10.0  # SIGTERM to SIGKILL
     python: str = sys.executable
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -87,7 +98,7 @@ class LocalProvider:
             env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDLAB_AGENT_")}
             env["GRIDLAB_FAKE_GPUS"] = machine_type
             args = [self.python, "-m", "gridlab.agent.main"]
-            args += agent_args(self.scheduler, self.pool, m.name, str(token_file), self.labels)
+            args += agent_args(self.scheduler, self.pool, m.name, str(token_file), self.labels, self.preemptible)
             args += ["--state-dir", str(home / "state"), "--log-format", "json", "--grace-period", str(self.grace)]
             with (home / "agent.log").open("ab") as log:
                 self.procs[m.name] = subprocess.Popen(
@@ -244,7 +255,8 @@ class Ec2Provider:
     def run_request(self, machine_type: str, m: MachineRequest) -> dict[str, Any]:
         """The RunInstances arguments for one machine (the tests read them; nothing is sent)."""
         o = self.options
-        args = agent_args(self.scheduler, self.pool, m.name, f"{AGENT_DIR}/join.token", self.labels)
+        token_file = f"{AGENT_DIR}/join.token"
+        args = agent_args(self.scheduler, self.pool, m.name, token_file, self.labels, self.preemptible, "ec2")
         args += [str(a) for a in o.get("agent_args", [])]
         req: dict[str, Any] = {
             "ImageId": o["ami"],
@@ -417,7 +429,7 @@ class CommandProvider:
         for m in machines:
             token_file = self._token_file(m.name)
             write_secret(token_file, m.token)
-            args = agent_args(self.scheduler, self.pool, m.name, str(token_file), self.labels)
+            args = agent_args(self.scheduler, self.pool, m.name, str(token_file), self.labels, self.preemptible)
             values = {"name": m.name, "pool": self.pool, "scheduler": self.scheduler, "machine": machine_type}
             values["token_file"] = str(token_file)
             try:

@@ -59,6 +59,7 @@ class ViewCache:
 
     def __init__(self, burst_pools: Iterable[str]) -> None:
         self.burst_pools = frozenset(burst_pools)
+        self.spot_pools: frozenset[str] = frozenset()  # pools whose machines are all spot (the [pools] config)
         self._views: dict[str, tuple[tuple[object, ...], AgentView]] = {}
         self._seen: dict[str, types_pb2.Inventory] = {}  # the inventory object each view was last checked against
 
@@ -69,16 +70,18 @@ class ViewCache:
         labels: Mapping[str, str],
         inventory: types_pb2.Inventory,
         used: Iterable[NodePlacement],
+        spot: bool = False,
     ) -> AgentView:
+        spot = spot or pool in self.spot_pools
         cached = self._views.get(name)
         if cached is None or self._seen.get(name) is not inventory:  # a new Hello or heartbeat: compare facts
             gpus = tuple(
                 (g.uuid, g.model, g.memory_total_bytes, tuple(g.nvlink_peers), tuple(g.pcie_switch_peers))
                 for g in inventory.gpus
             )
-            key = (pool, tuple(sorted(labels.items())), inventory.cpus, inventory.memory_bytes, gpus)
+            key = (pool, tuple(sorted(labels.items())), inventory.cpus, inventory.memory_bytes, gpus, spot)
             if cached is None or cached[0] != key:
-                cached = (key, agent_view(name, pool, labels, inventory, self.burst_pools))
+                cached = (key, agent_view(name, pool, labels, inventory, self.burst_pools, spot))
                 self._views[name] = cached
             self._seen[name] = inventory
         return _minus(cached[1], used)
@@ -106,6 +109,7 @@ def agent_view(
     labels: Mapping[str, str],
     inventory: types_pb2.Inventory,
     burst_pools: Iterable[str],
+    spot: bool = False,
 ) -> AgentView:
     """One agent, all of it free (what live nodes hold is taken off per pass: `_minus`)."""
     island = islands(inventory.gpus)
@@ -121,6 +125,7 @@ def agent_view(
         memory_total=inventory.memory_bytes,
         memory_free=inventory.memory_bytes,
         tier=1 if pool in set(burst_pools) else 0,
+        spot=spot,
     )
 
 

@@ -26,7 +26,7 @@ from gridlab.v1 import types_pb2
 if TYPE_CHECKING:
     from .logstore import LogStore
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 
 def _migrate_1(db: sqlite_utils.Database) -> None:
@@ -307,6 +307,11 @@ def _migrate_10(db: sqlite_utils.Database) -> None:
     db.conn.execute("CREATE INDEX usage_user ON usage (user, finished_at)")
 
 
+def _migrate_11(db: sqlite_utils.Database) -> None:
+    # Spot reclaims of a run's attempts: after the scheduler's spot_fallback_after of them it avoids spot machines.
+    db.conn.execute("ALTER TABLE runs ADD COLUMN interruptions INTEGER NOT NULL DEFAULT 0")
+
+
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     1: _migrate_1,
     2: _migrate_2,
@@ -318,6 +323,7 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     8: _migrate_8,
     9: _migrate_9,
     10: _migrate_10,
+    11: _migrate_11,
 }
 
 

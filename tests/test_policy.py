@@ -363,6 +363,8 @@ def test_the_shape_of_a_request_covers_every_field_but_who_and_which_run() -> No
         ("min_gpu_memory_bytes", 1),
         ("priority", 1),
         ("time_limit", 1.0),
+        ("interruptions", 1),
+        ("no_spot", True),
     ]:
         assert _shape(RunRequest(**{**base.__dict__, name: value})) != _shape(base), name
     assert _shape(RunRequest(**{**base.__dict__, "run_id": "other", "user": "u", "team": "t"})) == _shape(base)
@@ -380,6 +382,8 @@ def test_the_shape_of_a_request_covers_every_field_but_who_and_which_run() -> No
         "min_gpu_memory_bytes",
         "priority",
         "time_limit",
+        "interruptions",
+        "no_spot",
     }  # a new field must join _shape (or be named here as not mattering)
 
 

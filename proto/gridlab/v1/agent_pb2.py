@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from gridlab.v1 import types_pb2 as gridlab_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16gridlab/v1/agent.proto\x12\ngridlab.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16gridlab/v1/types.proto\"\xd9\x02\n\rAttemptStatus\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.gridlab.v1.AttemptState\x12\x11\n\texit_code\x18\x04 \x01(\x05\x12\x0f\n\x07message\x18\x05 \x01(\t\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tlast_step\x18\x07 \x01(\x03\x12\x32\n\x0elast_step_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cranks_exited\x18\t \x01(\x08\x12\x11\n\tpermanent\x18\n \x01(\x08\x12\x10\n\x08prepared\x18\x0b \x01(\x08\x12\x13\n\x0bmaster_port\x18\x0c \x01(\x05\x12\x16\n\x0einfrastructure\x18\r \x01(\x08\"\xfb\x01\n\x05Hello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12-\n\x06labels\x18\x03 \x03(\x0b\x32\x1d.gridlab.v1.Hello.LabelsEntry\x12(\n\tinventory\x18\x04 \x01(\x0b\x32\x15.gridlab.v1.Inventory\x12+\n\x08\x61ttempts\x18\x05 \x03(\x0b\x32\x19.gridlab.v1.AttemptStatus\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x10\n\x08\x64raining\x18\x07 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"t\n\tHeartbeat\x12(\n\tinventory\x18\x01 \x01(\x0b\x32\x15.gridlab.v1.Inventory\x12+\n\x08\x61ttempts\x18\x02 \x03(\x0b\x32\x19.gridlab.v1.AttemptStatus\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\"\x92\x01\n\x0c\x41gentMessage\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.gridlab.v1.HelloH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.gridlab.v1.HeartbeatH\x00\x12+\n\x06update\x18\x03 \x01(\x0b\x32\x19.gridlab.v1.AttemptStatusH\x00\x42\x05\n\x03msg\"\x88\x01\n\x07Welcome\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11heartbeat_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x91\x03\n\nAssignment\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x16\n\x0e\x61ttempt_number\x18\x03 \x01(\x05\x12!\n\x04spec\x18\x04 \x01(\x0b\x32\x13.gridlab.v1.RunSpec\x12\x11\n\tnode_rank\x18\x05 \x01(\x05\x12\r\n\x05nodes\x18\x06 \x01(\x05\x12\x16\n\x0eprocs_per_node\x18\x07 \x01(\x05\x12\x11\n\tgpu_uuids\x18\x08 \x03(\t\x12\x13\n\x0bmaster_addr\x18\t \x01(\t\x12\x13\n\x0bmaster_port\x18\n \x01(\x05\x12\x13\n\x0bresume_from\x18\x0b \x01(\t\x12\x0c\n\x04user\x18\x0c \x01(\t\x12\x13\n\x0bresume_name\x18\r \x01(\t\x12)\n\x0cresume_files\x18\x0e \x03(\x0b\x32\x13.gridlab.v1.FileRef\x12\x1d\n\x15resume_attempt_number\x18\x0f \x01(\x05\x12\x13\n\x0bresume_step\x18\x10 \x01(\x03\x12\x16\n\x0ewait_for_start\x18\x11 \x01(\x08\"L\n\x0cStartAttempt\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x13\n\x0bmaster_addr\x18\x02 \x01(\t\x12\x13\n\x0bmaster_port\x18\x03 \x01(\x05\"\x8c\x01\n\rCancelAttempt\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12(\n\x05grace\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12-\n\x0b\x66inal_state\x18\x04 \x01(\x0e\x32\x18.gridlab.v1.AttemptState\"$\n\x0eReleaseAttempt\x12\x12\n\nattempt_id\x18\x01 \x01(\t\"\x9a\x02\n\x10SchedulerMessage\x12&\n\x07welcome\x18\x01 \x01(\x0b\x32\x13.gridlab.v1.WelcomeH\x00\x12(\n\x06\x61ssign\x18\x02 \x01(\x0b\x32\x16.gridlab.v1.AssignmentH\x00\x12+\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x19.gridlab.v1.CancelAttemptH\x00\x12-\n\x07release\x18\x04 \x01(\x0b\x32\x1a.gridlab.v1.ReleaseAttemptH\x00\x12)\n\x05start\x18\x05 \x01(\x0b\x32\x18.gridlab.v1.StartAttemptH\x00\x12&\n\x07\x63\x61\x64\x65nce\x18\x06 \x01(\x0b\x32\x13.gridlab.v1.CadenceH\x00\x42\x05\n\x03msg\"v\n\x07\x43\x61\x64\x65nce\x12\x35\n\x12heartbeat_interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11heartbeat_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"I\n\x0fPushLogsRequest\x12\x12\n\nagent_name\x18\x01 \x01(\t\x12\"\n\x05lines\x18\x02 \x03(\x0b\x32\x13.gridlab.v1.LogLine\"8\n\x10PushLogsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\x32\x9e\x01\n\x0c\x41gentGateway\x12\x45\n\x07\x43onnect\x12\x18.gridlab.v1.AgentMessage\x1a\x1c.gridlab.v1.SchedulerMessage(\x01\x30\x01\x12G\n\x08PushLogs\x12\x1b.gridlab.v1.PushLogsRequest\x1a\x1c.gridlab.v1.PushLogsResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16gridlab/v1/agent.proto\x12\ngridlab.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16gridlab/v1/types.proto\"\xee\x02\n\rAttemptStatus\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.gridlab.v1.AttemptState\x12\x11\n\texit_code\x18\x04 \x01(\x05\x12\x0f\n\x07message\x18\x05 \x01(\t\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tlast_step\x18\x07 \x01(\x03\x12\x32\n\x0elast_step_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cranks_exited\x18\t \x01(\x08\x12\x11\n\tpermanent\x18\n \x01(\x08\x12\x10\n\x08prepared\x18\x0b \x01(\x08\x12\x13\n\x0bmaster_port\x18\x0c \x01(\x05\x12\x16\n\x0einfrastructure\x18\r \x01(\x08\x12\x13\n\x0binterrupted\x18\x0e \x01(\x08\"\x90\x02\n\x05Hello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12-\n\x06labels\x18\x03 \x03(\x0b\x32\x1d.gridlab.v1.Hello.LabelsEntry\x12(\n\tinventory\x18\x04 \x01(\x0b\x32\x15.gridlab.v1.Inventory\x12+\n\x08\x61ttempts\x18\x05 \x03(\x0b\x32\x19.gridlab.v1.AttemptStatus\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x10\n\x08\x64raining\x18\x07 \x01(\x08\x12\x13\n\x0bpreemptible\x18\x08 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"t\n\tHeartbeat\x12(\n\tinventory\x18\x01 \x01(\x0b\x32\x15.gridlab.v1.Inventory\x12+\n\x08\x61ttempts\x18\x02 \x03(\x0b\x32\x19.gridlab.v1.AttemptStatus\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\"\x92\x01\n\x0c\x41gentMessage\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.gridlab.v1.HelloH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.gridlab.v1.HeartbeatH\x00\x12+\n\x06update\x18\x03 \x01(\x0b\x32\x19.gridlab.v1.AttemptStatusH\x00\x42\x05\n\x03msg\"\x88\x01\n\x07Welcome\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11heartbeat_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x91\x03\n\nAssignment\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x16\n\x0e\x61ttempt_number\x18\x03 \x01(\x05\x12!\n\x04spec\x18\x04 \x01(\x0b\x32\x13.gridlab.v1.RunSpec\x12\x11\n\tnode_rank\x18\x05 \x01(\x05\x12\r\n\x05nodes\x18\x06 \x01(\x05\x12\x16\n\x0eprocs_per_node\x18\x07 \x01(\x05\x12\x11\n\tgpu_uuids\x18\x08 \x03(\t\x12\x13\n\x0bmaster_addr\x18\t \x01(\t\x12\x13\n\x0bmaster_port\x18\n \x01(\x05\x12\x13\n\x0bresume_from\x18\x0b \x01(\t\x12\x0c\n\x04user\x18\x0c \x01(\t\x12\x13\n\x0bresume_name\x18\r \x01(\t\x12)\n\x0cresume_files\x18\x0e \x03(\x0b\x32\x13.gridlab.v1.FileRef\x12\x1d\n\x15resume_attempt_number\x18\x0f \x01(\x05\x12\x13\n\x0bresume_step\x18\x10 \x01(\x03\x12\x16\n\x0ewait_for_start\x18\x11 \x01(\x08\"L\n\x0cStartAttempt\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x13\n\x0bmaster_addr\x18\x02 \x01(\t\x12\x13\n\x0bmaster_port\x18\x03 \x01(\x05\"\x8c\x01\n\rCancelAttempt\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12(\n\x05grace\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12-\n\x0b\x66inal_state\x18\x04 \x01(\x0e\x32\x18.gridlab.v1.AttemptState\"$\n\x0eReleaseAttempt\x12\x12\n\nattempt_id\x18\x01 \x01(\t\"\x9a\x02\n\x10SchedulerMessage\x12&\n\x07welcome\x18\x01 \x01(\x0b\x32\x13.gridlab.v1.WelcomeH\x00\x12(\n\x06\x61ssign\x18\x02 \x01(\x0b\x32\x16.gridlab.v1.AssignmentH\x00\x12+\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x19.gridlab.v1.CancelAttemptH\x00\x12-\n\x07release\x18\x04 \x01(\x0b\x32\x1a.gridlab.v1.ReleaseAttemptH\x00\x12)\n\x05start\x18\x05 \x01(\x0b\x32\x18.gridlab.v1.StartAttemptH\x00\x12&\n\x07\x63\x61\x64\x65nce\x18\x06 \x01(\x0b\x32\x13.gridlab.v1.CadenceH\x00\x42\x05\n\x03msg\"v\n\x07\x43\x61\x64\x65nce\x12\x35\n\x12heartbeat_interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11heartbeat_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"I\n\x0fPushLogsRequest\x12\x12\n\nagent_name\x18\x01 \x01(\t\x12\"\n\x05lines\x18\x02 \x03(\x0b\x32\x13.gridlab.v1.LogLine\"8\n\x10PushLogsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\x32\x9e\x01\n\x0c\x41gentGateway\x12\x45\n\x07\x43onnect\x12\x18.gridlab.v1.AgentMessage\x1a\x1c.gridlab.v1.SchedulerMessage(\x01\x30\x01\x12G\n\x08PushLogs\x12\x1b.gridlab.v1.PushLogsRequest\x1a\x1c.gridlab.v1.PushLogsResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,33 +37,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELLO_LABELSENTRY']._loaded_options = None
   _globals['_HELLO_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_ATTEMPTSTATUS']._serialized_start=128
-  _globals['_ATTEMPTSTATUS']._serialized_end=473
-  _globals['_HELLO']._serialized_start=476
-  _globals['_HELLO']._serialized_end=727
-  _globals['_HELLO_LABELSENTRY']._serialized_start=682
-  _globals['_HELLO_LABELSENTRY']._serialized_end=727
-  _globals['_HEARTBEAT']._serialized_start=729
-  _globals['_HEARTBEAT']._serialized_end=845
-  _globals['_AGENTMESSAGE']._serialized_start=848
-  _globals['_AGENTMESSAGE']._serialized_end=994
-  _globals['_WELCOME']._serialized_start=997
-  _globals['_WELCOME']._serialized_end=1133
-  _globals['_ASSIGNMENT']._serialized_start=1136
-  _globals['_ASSIGNMENT']._serialized_end=1537
-  _globals['_STARTATTEMPT']._serialized_start=1539
-  _globals['_STARTATTEMPT']._serialized_end=1615
-  _globals['_CANCELATTEMPT']._serialized_start=1618
-  _globals['_CANCELATTEMPT']._serialized_end=1758
-  _globals['_RELEASEATTEMPT']._serialized_start=1760
-  _globals['_RELEASEATTEMPT']._serialized_end=1796
-  _globals['_SCHEDULERMESSAGE']._serialized_start=1799
-  _globals['_SCHEDULERMESSAGE']._serialized_end=2081
-  _globals['_CADENCE']._serialized_start=2083
-  _globals['_CADENCE']._serialized_end=2201
-  _globals['_PUSHLOGSREQUEST']._serialized_start=2203
-  _globals['_PUSHLOGSREQUEST']._serialized_end=2276
-  _globals['_PUSHLOGSRESPONSE']._serialized_start=2278
-  _globals['_PUSHLOGSRESPONSE']._serialized_end=2334
-  _globals['_AGENTGATEWAY']._serialized_start=2337
-  _globals['_AGENTGATEWAY']._serialized_end=2495
+  _globals['_ATTEMPTSTATUS']._serialized_end=494
+  _globals['_HELLO']._serialized_start=497
+  _globals['_HELLO']._serialized_end=769
+  _globals['_HELLO_LABELSENTRY']._serialized_start=724
+  _globals['_HELLO_LABELSENTRY']._serialized_end=769
+  _globals['_HEARTBEAT']._serialized_start=771
+  _globals['_HEARTBEAT']._serialized_end=887
+  _globals['_AGENTMESSAGE']._serialized_start=890
+  _globals['_AGENTMESSAGE']._serialized_end=1036
+  _globals['_WELCOME']._serialized_start=1039
+  _globals['_WELCOME']._serialized_end=1175
+  _globals['_ASSIGNMENT']._serialized_start=1178
+  _globals['_ASSIGNMENT']._serialized_end=1579
+  _globals['_STARTATTEMPT']._serialized_start=1581
+  _globals['_STARTATTEMPT']._serialized_end=1657
+  _globals['_CANCELATTEMPT']._serialized_start=1660
+  _globals['_CANCELATTEMPT']._serialized_end=1800
+  _globals['_RELEASEATTEMPT']._serialized_start=1802
+  _globals['_RELEASEATTEMPT']._serialized_end=1838
+  _globals['_SCHEDULERMESSAGE']._serialized_start=1841
+  _globals['_SCHEDULERMESSAGE']._serialized_end=2123
+  _globals['_CADENCE']._serialized_start=2125
+  _globals['_CADENCE']._serialized_end=2243
+  _globals['_PUSHLOGSREQUEST']._serialized_start=2245
+  _globals['_PUSHLOGSREQUEST']._serialized_end=2318
+  _globals['_PUSHLOGSRESPONSE']._serialized_start=2320
+  _globals['_PUSHLOGSRESPONSE']._serialized_end=2376
+  _globals['_AGENTGATEWAY']._serialized_start=2379
+  _globals['_AGENTGATEWAY']._serialized_end=2537
 # @@protoc_insertion_point(module_scope)

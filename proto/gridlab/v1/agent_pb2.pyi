@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AttemptStatus(_message.Message):
-    __slots__ = ("attempt_id", "run_id", "state", "exit_code", "message", "time", "last_step", "last_step_time", "ranks_exited", "permanent", "prepared", "master_port", "infrastructure")
+    __slots__ = ("attempt_id", "run_id", "state", "exit_code", "message", "time", "last_step", "last_step_time", "ranks_exited", "permanent", "prepared", "master_port", "infrastructure", "interrupted")
     ATTEMPT_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class AttemptStatus(_message.Message):
     PREPARED_FIELD_NUMBER: _ClassVar[int]
     MASTER_PORT_FIELD_NUMBER: _ClassVar[int]
     INFRASTRUCTURE_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPTED_FIELD_NUMBER: _ClassVar[int]
     attempt_id: str
     run_id: str
     state: _types_pb2.AttemptState
@@ -39,10 +40,11 @@ class AttemptStatus(_message.Message):
     prepared: bool
     master_port: int
     infrastructure: bool
-    def __init__(self, attempt_id: _Optional[str] = ..., run_id: _Optional[str] = ..., state: _Optional[_Union[_types_pb2.AttemptState, str]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_step: _Optional[int] = ..., last_step_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ranks_exited: _Optional[bool] = ..., permanent: _Optional[bool] = ..., prepared: _Optional[bool] = ..., master_port: _Optional[int] = ..., infrastructure: _Optional[bool] = ...) -> None: ...
+    interrupted: bool
+    def __init__(self, attempt_id: _Optional[str] = ..., run_id: _Optional[str] = ..., state: _Optional[_Union[_types_pb2.AttemptState, str]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_step: _Optional[int] = ..., last_step_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ranks_exited: _Optional[bool] = ..., permanent: _Optional[bool] = ..., prepared: _Optional[bool] = ..., master_port: _Optional[int] = ..., infrastructure: _Optional[bool] = ..., interrupted: _Optional[bool] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("name", "pool", "labels", "inventory", "attempts", "version", "draining")
+    __slots__ = ("name", "pool", "labels", "inventory", "attempts", "version", "draining", "preemptible")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +59,7 @@ class Hello(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    PREEMPTIBLE_FIELD_NUMBER: _ClassVar[int]
     name: str
     pool: str
     labels: _containers.ScalarMap[str, str]
@@ -64,7 +67,8 @@ class Hello(_message.Message):
     attempts: _containers.RepeatedCompositeFieldContainer[AttemptStatus]
     version: str
     draining: bool
-    def __init__(self, name: _Optional[str] = ..., pool: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., inventory: _Optional[_Union[_types_pb2.Inventory, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[AttemptStatus, _Mapping]]] = ..., version: _Optional[str] = ..., draining: _Optional[bool] = ...) -> None: ...
+    preemptible: bool
+    def __init__(self, name: _Optional[str] = ..., pool: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., inventory: _Optional[_Union[_types_pb2.Inventory, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[AttemptStatus, _Mapping]]] = ..., version: _Optional[str] = ..., draining: _Optional[bool] = ..., preemptible: _Optional[bool] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("inventory", "attempts", "draining")

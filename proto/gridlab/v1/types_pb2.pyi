@@ -207,7 +207,7 @@ class Attempt(_message.Message):
     def __init__(self, id: _Optional[str] = ..., run_id: _Optional[str] = ..., number: _Optional[int] = ..., state: _Optional[_Union[AttemptState, str]] = ..., nodes: _Optional[_Iterable[_Union[NodeAssignment, _Mapping]]] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("id", "spec", "state", "user", "team", "pending_reason", "exit_code", "message", "retries_used", "attempts", "created_at", "started_at", "finished_at", "idempotency_key", "queue_position")
+    __slots__ = ("id", "spec", "state", "user", "team", "pending_reason", "exit_code", "message", "retries_used", "attempts", "created_at", "started_at", "finished_at", "idempotency_key", "queue_position", "interruptions")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -223,6 +223,7 @@ class Run(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPTIONS_FIELD_NUMBER: _ClassVar[int]
     id: str
     spec: RunSpec
     state: RunState
@@ -238,7 +239,8 @@ class Run(_message.Message):
     finished_at: _timestamp_pb2.Timestamp
     idempotency_key: str
     queue_position: int
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., state: _Optional[_Union[RunState, str]] = ..., user: _Optional[str] = ..., team: _Optional[str] = ..., pending_reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., retries_used: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., queue_position: _Optional[int] = ...) -> None: ...
+    interruptions: int
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., state: _Optional[_Union[RunState, str]] = ..., user: _Optional[str] = ..., team: _Optional[str] = ..., pending_reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., retries_used: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., queue_position: _Optional[int] = ..., interruptions: _Optional[int] = ...) -> None: ...
 
 class Gpu(_message.Message):
     __slots__ = ("index", "uuid", "model", "memory_total_bytes", "memory_used_bytes", "utilization", "temperature_c", "compute_capability", "nvlink_peers", "pci_bus_id", "pcie_switch_peers")
@@ -285,7 +287,7 @@ class Inventory(_message.Message):
     def __init__(self, hostname: _Optional[str] = ..., address: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., cpus: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., fake_gpus: _Optional[bool] = ...) -> None: ...
 
 class Agent(_message.Message):
-    __slots__ = ("id", "name", "pool", "labels", "state", "inventory", "connected_at", "last_heartbeat", "attempt_ids", "gpus_free", "cpus_free")
+    __slots__ = ("id", "name", "pool", "labels", "state", "inventory", "connected_at", "last_heartbeat", "attempt_ids", "gpus_free", "cpus_free", "preemptible")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -304,6 +306,7 @@ class Agent(_message.Message):
     ATTEMPT_IDS_FIELD_NUMBER: _ClassVar[int]
     GPUS_FREE_FIELD_NUMBER: _ClassVar[int]
     CPUS_FREE_FIELD_NUMBER: _ClassVar[int]
+    PREEMPTIBLE_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     pool: str
@@ -315,7 +318,8 @@ class Agent(_message.Message):
     attempt_ids: _containers.RepeatedScalarFieldContainer[str]
     gpus_free: int
     cpus_free: float
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., pool: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[AgentState, str]] = ..., inventory: _Optional[_Union[Inventory, _Mapping]] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt_ids: _Optional[_Iterable[str]] = ..., gpus_free: _Optional[int] = ..., cpus_free: _Optional[float] = ...) -> None: ...
+    preemptible: bool
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., pool: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[AgentState, str]] = ..., inventory: _Optional[_Union[Inventory, _Mapping]] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt_ids: _Optional[_Iterable[str]] = ..., gpus_free: _Optional[int] = ..., cpus_free: _Optional[float] = ..., preemptible: _Optional[bool] = ...) -> None: ...
 
 class LogLine(_message.Message):
     __slots__ = ("attempt_id", "rank", "stream", "seq", "text", "time", "cursor", "attempt_number", "count")

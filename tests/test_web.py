@@ -1,0 +1,223 @@
+"""The web dashboard and /metrics over real HTTP, against a real scheduler with simulated agents: /metrics
+parsed by prometheus_client's own parser matches the state; pages need a login; a session is a cookie the
+page cannot read; a user's token cannot open another user's run; hostile names are escaped."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+
+from prometheus_client.parser import text_string_to_metric_families
+from simagents import Machine, SimAgents
+from webclient import Browser
+
+from gridlab.client.localcluster import LocalCluster
+from gridlab.common import auth
+from gridlab.scheduler.prommetrics import reason_word
+from gridlab.scheduler.webpages import line_chart, metric_series
+
+A100_X2 = Machine("a100x2", (("A100", 80.0),) * 2, cpus=32, memory_gb=256)
+RTX_X4 = Machine("rtx3090x4", (("RTX3090", 24.0),) * 4, cpus=32, memory_gb=128)
+SLEEP = [sys.executable, "-c", "pass"]  # never started: the simulated agents only pretend to
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(found: dict, name: str, **labels: str) -> float:
+    return found.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_reason_words_keep_label_values_few() -> None:
+    assert reason_word("") == "None"
+    assert reason_word("Resources: needs 1x A100; waiting for GPUs or CPUs to free up") == "Resources"
+    assert reason_word("Unsatisfiable: no agent has 9 suitable GPUs (the most on one agent is 8)") == "Unsatisfiable"
+    assert reason_word("no agent is connected") == "NoAgents"
+    assert reason_word("something else, with a: colon later on") == "Other"
+
+
+def test_the_chart_counts_its_points_and_escapes_names() -> None:
+    series = metric_series([{"step": 1, "loss": 2.0, "acc": 0.1}, {"step": 2, "loss": 1.0}, {"note": "x"}])
+    assert series == {"loss": [(1.0, 2.0), (2.0, 1.0)], "acc": [(1.0, 0.1)]}
+    svg = line_chart("<loss>", {"<b>": series["loss"]}, chart_id="c")
+    assert 'data-points="2"' in svg
+    assert "<b>" not in svg
+    assert "&lt;loss&gt;" in svg
+    assert 'data-points="0"' in line_chart("empty", {})
+
+
+def test_metrics_match_the_cluster_state(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    cluster: LocalCluster = make_cluster(web=True)
+    cluster.start_scheduler()
+    agent_token = auth.read_secret(cluster.agent_token_file)
+    admin = cluster.client()
+    web = Browser(cluster.web_url)
+
+    async def scenario() -> dict:
+        async with SimAgents(cluster.address, agent_token, 2, machines=[A100_X2, RTX_X4], run_time=60.0) as sim:
+            runs = [
+                await asyncio.to_thread(admin.submit, SLEEP, gpus=1, gpu_type="A100", name=f"a{i}") for i in range(3)
+            ]
+            await asyncio.to_thread(admin.submit, SLEEP, gpus=1, gpu_type="H100", name="never")
+            cancelled = await asyncio.to_thread(admin.submit, SLEEP, gpus=8, gpu_type="A100", name="gone")
+            await asyncio.to_thread(cancelled.cancel)
+            await sim.wait_assigned(2, timeout=30)
+            # Until the simulated agents' RUNNING reports land and the queued runs have their reasons.
+            for _ in range(100):
+                found = samples((await asyncio.to_thread(scrape)).text)
+                if (
+                    value(found, "gridlab_runs", state="RUNNING") == 2
+                    and value(found, "gridlab_queue_runs", pool="any", reason="Resources") == 1
+                ):
+                    break
+                await asyncio.sleep(0.1)
+            assert {r.id for r in runs}
+            return found
+
+    def scrape():  # type: ignore[no-untyped-def]
+        reply = web.get("/metrics", headers={"Authorization": f"Bearer {cluster.admin_token}"})
+        assert reply.status == 200, reply.text
+        assert reply.headers["Content-Type"].startswith("text/plain")
+        return reply
+
+    found = asyncio.run(scenario())
+    assert value(found, "gridlab_runs", state="RUNNING") == 2
+    assert value(found, "gridlab_runs", state="QUEUED") == 2
+    assert value(found, "gridlab_runs", state="CANCELLED") == 1
+    assert value(found, "gridlab_runs", state="SUCCEEDED") == 0
+    assert value(found, "gridlab_queue_runs", pool="any", reason="Resources") == 1
+    assert value(found, "gridlab_queue_runs", pool="any", reason="Unsatisfiable") == 1
+    assert value(found, "gridlab_placement_latency_seconds_count") == 2
+    assert value(found, "gridlab_placement_latency_seconds_bucket", le="+Inf") == 2
+    assert value(found, "gridlab_gpus", model="A100", status="busy") == 2
+    assert value(found, "gridlab_gpus", model="A100", status="free") == 0
+    assert value(found, "gridlab_gpus", model="RTX3090", status="free") == 4
+    assert value(found, "gridlab_gpus", model="RTX3090", status="busy") == 0
+    assert value(found, "gridlab_agents", state="READY", pool="onprem") == 2
+    assert value(found, "gridlab_heartbeat_lag_max_seconds") < 5
+    assert {dict(k[1]).get("agent") for k in found if k[0] == "gridlab_agent_heartbeat_age_seconds"} == {
+        "sim-0000",
+        "sim-0001",
+    }
+    assert value(found, "gridlab_rpc_requests_total", method="SubmitRun", code="OK") == 5
+    assert value(found, "gridlab_rpc_requests_total", method="CancelRun", code="OK") == 1
+    assert value(found, "gridlab_rpc_duration_seconds_count", method="SubmitRun", code="OK") == 5
+    # After the simulated agents are gone: lost or offline, none ready, no GPU counted.
+    after = samples(web.get("/metrics", headers={"Authorization": f"Bearer {cluster.admin_token}"}).text)
+    assert value(after, "gridlab_agents", state="READY", pool="onprem") == 0
+    assert value(after, "gridlab_gpus", model="A100", status="free") == 0
+
+
+def test_metrics_need_a_person_token(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    cluster: LocalCluster = make_cluster(web=True)
+    cluster.start_scheduler()
+    web = Browser(cluster.web_url)
+    missing = web.get("/metrics")
+    assert missing.status == 401
+    assert "Bearer" in missing.headers["WWW-Authenticate"]
+    assert web.get("/metrics", headers={"Authorization": "Bearer nope"}).status == 401
+    agent = auth.read_secret(cluster.agent_token_file)
+    assert web.get("/metrics", headers={"Authorization": f"Bearer {agent}"}).status == 403
+    user = cluster.client().create_token("prometheus", "user")
+    ok = web.get("/metrics", headers={"Authorization": f"Bearer {user}"})
+    assert ok.status == 200
+    assert "gridlab_runs" in ok.text
+    # The RPC counter also saw the refusal of the agent's token (WhoAmI is for people).
+    assert 'gridlab_rpc_requests_total{code="PERMISSION_DENIED",method="WhoAmI"} 1.0' in ok.text
+
+
+def test_login_cookie_and_each_user_sees_only_their_runs(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    cluster: LocalCluster = make_cluster(web=True)
+    cluster.start_scheduler()
+    admin = cluster.client()
+    alice_token = admin.create_token("alice", "user")
+    bob_token = admin.create_token("bob", "user")
+    hostile = "<img src=x onerror=alert(1)>&\"'"
+    run = cluster.client(alice_token).submit(SLEEP, name=hostile, env={"NOTE": "<script>alert(2)</script>"})
+
+    anonymous = Browser(cluster.web_url)
+    for path in ("/cluster", "/runs", f"/runs/{run.id}", "/sweeps"):
+        reply = anonymous.get(path)
+        assert reply.status == 401, path
+        assert 'name="token"' in reply.text  # the login form
+    assert anonymous.get(f"/api/runs/{run.id}/logs").status == 401
+    refused = anonymous.login("not-a-token")
+    assert refused.status == 401
+    assert "That token was refused" in refused.text
+    agent_login = anonymous.login(auth.read_secret(cluster.agent_token_file))
+    assert agent_login.status == 401
+    assert "agent" in agent_login.text
+    assert not anonymous.cookies
+
+    alice = Browser(cluster.web_url)
+    ok = alice.login(alice_token)
+    assert ok.status == 303
+    assert ok.headers["Location"] == "/cluster"
+    cookie = ok.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie
+    assert alice_token not in cookie  # the browser holds a session id, never the token
+    runs_page = alice.get("/runs")
+    assert runs_page.status == 200
+    assert run.id in runs_page.text
+    page = alice.get(f"/runs/{run.id}")
+    assert page.status == 200
+    assert hostile not in page.text
+    assert "<img src=x" not in page.text
+    assert "<script>alert(2)" not in page.text
+    assert "&lt;img src=x onerror=alert(1)&gt;&amp;&quot;&#x27;" in page.text
+    assert "alice (user)" in page.text
+    assert page.headers["X-Frame-Options"] == "DENY"
+    assert alice.get(f"/api/runs/{run.id}").json()["name"] == hostile  # JSON carries it as data
+
+    bob = Browser(cluster.web_url)
+    assert bob.login(bob_token).status == 303
+    assert run.id not in bob.get("/runs").text
+    assert bob.get(f"/runs/{run.id}").status == 404
+    assert bob.get(f"/api/runs/{run.id}/logs").status == 404
+    assert bob.get(f"/api/runs/{run.id}/charts").status == 404
+    assert bob.get(f"/runs/{run.id}/files/sha256:{'0' * 64}").status in (403, 404)
+    assert bob.get("/runs?user=alice").status == 403  # only an admin lists another user's runs
+
+    root = Browser(cluster.web_url)
+    assert root.login(cluster.admin_token).status == 303
+    assert root.get(f"/runs/{run.id}").status == 200
+    assert run.id in root.get("/runs?state=queued").text
+    assert run.id not in root.get("/runs?state=running").text
+    assert root.get("/runs?state=bogus").status == 400
+
+    # Log out ends the session server-side: the old cookie no longer opens anything.
+    old = dict(alice.cookies)
+    out = alice.post("/logout", {})
+    assert out.status == 303
+    assert not alice.cookies
+    assert Browser(cluster.web_url, cookies=old).get("/runs").status == 401
+
+    # A revoked token ends its sessions at the next page, with a message that says why.
+    [info] = [t for t in admin.tokens() if t.user == "bob"]
+    admin.revoke_token(info.id)
+    again = bob.get("/runs")
+    assert again.status == 401
+    assert "no longer works" in again.text
+    assert bob.get("/runs").status == 401
+
+
+def test_open_redirects_are_refused_after_login(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    cluster: LocalCluster = make_cluster(web=True)
+    cluster.start_scheduler()
+    web = Browser(cluster.web_url)
+    for target, expected in (
+        ("//evil.example/", "/cluster"),
+        ("https://evil.example/", "/cluster"),
+        ("/runs", "/runs"),
+    ):
+        web.cookies.clear()
+        reply = web.post("/login", {"token": cluster.admin_token, "next": target})
+        assert reply.headers["Location"] == expected
+    assert re.search(r"gridlab_session=[^;]{20,}", reply.headers["Set-Cookie"])
