@@ -554,6 +554,7 @@ def describe_text(run: types_pb2.Run, events: list[types_pb2.RunEvent] | None, n
         ("Message:", run.message or "-"),
         ("Exit code:", "-" if status.exit_code is None else status.exit_code),
         ("Attempts:", f"{status.attempts} (retries used: {run.retries_used} of {run.spec.max_retries})"),
+        *([("Interrupted:", f"{run.interruptions} (spot reclaims; no retry spent)")] if run.interruptions else []),
         ("Command:", shlex.join(run.spec.command) or "-"),
         ("Resources:", _resources(run.spec)),
         ("Placement:", _placement(run.spec)),
@@ -842,7 +843,8 @@ def agent_rows(agent: types_pb2.Agent, used: set[str] | None, now: float, *, wid
         groups.setdefault(gpu.model or "?", []).append(gpu)
     # A mixed machine's per-model counts are trusted only when they add up to the scheduler's total.
     consistent = used is not None and sum(1 for gpu in inv.gpus if gpu.uuid not in used) == agent.gpus_free
-    common = [agent.name or "-", agent.pool or "-", state]
+    pool = (agent.pool or "-") + (" (spot)" if agent.preemptible else "")
+    common = [agent.name or "-", pool, state]
     tail: list[object] = [f"{agent.cpus_free:g}/{inv.cpus:g}", len(agent.attempt_ids), ago(agent.last_heartbeat, now)]
     extra: list[object] = []
     if wide:

@@ -214,3 +214,13 @@ def test_a_pool_marked_preemptible_in_the_config_makes_its_agents_spot(tmp_path:
     interrupt(engine, session)
     assert engine.place_once() == 0  # spot_fallback_after = 1
     assert run_state(engine, run_id) == "QUEUED"
+
+
+def test_schedctl_marks_spot_machines_in_the_agents_table() -> None:
+    from gridlab.client.cli import agent_rows
+    from gridlab.v1 import types_pb2
+
+    agent = types_pb2.Agent(name="spot-1", pool="cloud", state="AGENT_STATE_READY", inventory=inventory(2))
+    agent.preemptible = True
+    (row,) = agent_rows(agent, None, 0.0, wide=False)
+    assert row[:2] == ["spot-1", "cloud (spot)"]
