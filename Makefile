@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gridlab-installed
 PROTOS := $(wildcard proto/gridlab/v1/*.proto)
 
-.PHONY: test test-all demo proto lint typecheck bench clean
+.PHONY: test test-all demo proto lint typecheck bench clean browser
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,9 +15,19 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-# Every test that can run here; `gpu` tests skip themselves without CUDA.
-test: $(STAMP)
+# Every test that can run here; `gpu` tests skip themselves without CUDA, browser tests without chromium.
+test: $(STAMP) browser
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The dashboard's browser tests (tests/test_web_browser.py) drive Debian's chromium through Playwright (never
+# `playwright install`, which downloads a browser of its own). Installed here when missing and apt-get can
+# (as root); elsewhere, or when that fails, those tests skip and say why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "could not install chromium: the browser tests will skip"; \
+	  else echo "no chromium (and no apt-get as root): the browser tests will skip"; fi; }
 
 demo: $(STAMP)
 	$(PY) examples/demo.py
