@@ -30,7 +30,7 @@ browser:
 	  else echo "no chromium (and no apt-get as root): the browser tests will skip"; fi; }
 
 demo: $(STAMP)
-	$(PY) examples/demo.py
+	$(PY) examples/demo.py $(DEMO_ARGS)
 
 proto: $(STAMP)
 	$(PY) proto/generate.py
