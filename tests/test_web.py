@@ -221,3 +221,24 @@ def test_open_redirects_are_refused_after_login(make_cluster) -> None:  # type: 
         reply = web.post("/login", {"token": cluster.admin_token, "next": target})
         assert reply.headers["Location"] == expected
     assert re.search(r"gridlab_session=[^;]{20,}", reply.headers["Set-Cookie"])
+
+
+def test_a_run_page_lists_its_artifacts_and_downloads_them(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    cluster: LocalCluster = make_cluster(web=True)
+    cluster.start_scheduler()
+    cluster.start_agent("w1", fake_gpus="1xA100:80")
+    job = (
+        "import os, pathlib; pathlib.Path(os.environ['GRIDLAB_ARTIFACT_DIR'], 'r<e>port.txt').write_text('hello <web>')"
+    )
+    run = cluster.client().submit([sys.executable, "-c", job], name="artifact")
+    assert run.wait(timeout=60).state == "SUCCEEDED"
+    web = Browser(cluster.web_url)
+    web.login(cluster.admin_token)
+    page = web.get(f"/runs/{run.id}")
+    assert "r&lt;e&gt;port.txt" in page.text
+    [link] = re.findall(r'href="(/runs/[^"]+/files/[^"]+)"', page.text)
+    reply = web.get(link.replace("&amp;", "&"))
+    assert reply.status == 200
+    assert reply.body == b"hello <web>"
+    assert reply.headers["Content-Type"] == "application/octet-stream"
+    assert "attachment" in reply.headers["Content-Disposition"]
