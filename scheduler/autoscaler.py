@@ -19,7 +19,6 @@ from typing import Any
 
 import structlog
 
-from gridlab.common import auth as tokens
 from gridlab.common.config import ConfigError, SchedulerConfig
 from gridlab.v1 import types_pb2
 
@@ -270,7 +269,6 @@ def decide(
 class _Known:
     pool: str
     created_at: float
-    token_hash: str
     idle_since: float | None = None
 
 
@@ -335,7 +333,7 @@ class Autoscaler:
             agents = {a.name: a for a in engine.list_agents(pool.name)}
             out = []
             for name in listed.get(pool.name, []):
-                known = self.known.setdefault(name, _Known(pool.name, now, ""))
+                known = self.known.setdefault(name, _Known(pool.name, now))
                 agent = agents.get(name)
                 joined = agent is not None and agent.state == types_pb2.AGENT_STATE_READY and name in engine.sessions
                 busy = agent is not None and bool(agent.attempt_ids)
@@ -366,7 +364,7 @@ class Autoscaler:
         for _ in range(n):
             name = f"{pool.name}-{secrets.token_hex(4)}"
             token = self.engine.create_token(f"pool:{name}", AGENT)
-            self.known[name] = _Known(pool.name, now, tokens.hash_token(token))
+            self.known[name] = _Known(pool.name, now)
             out.append(MachineRequest(name, token))
         return out
 
@@ -374,11 +372,19 @@ class Autoscaler:
         """After termination: revoke each machine's token; its agent record stays (history), offline."""
         with self.engine.store.transaction() as conn:
             for name in names:
-                known = self.known.pop(name, None)
+                self.known.pop(name, None)
                 self.engine.unschedulable.discard(name)
-                if known is not None and known.token_hash:
-                    conn.execute("UPDATE tokens SET revoked = 1 WHERE hash = ?", (known.token_hash,))
-                    self.engine.forget_token(known.token_hash)
+                # By the owner the token was made for, not by a hash kept in memory: a machine adopted after a
+                # scheduler restart (still listed by its provider) must lose its token too when it goes.
+                hashes = [
+                    row[0]
+                    for row in conn.execute(
+                        "SELECT hash FROM tokens WHERE user = ? AND role = ? AND revoked = 0", (f"pool:{name}", AGENT)
+                    )
+                ]
+                conn.executemany("UPDATE tokens SET revoked = 1 WHERE hash = ?", [(h,) for h in hashes])
+                for digest in hashes:
+                    self.engine.forget_token(digest)
 
     def close(self) -> None:
         """Terminate every machine (the scheduler is stopping; `local` agents would outlive it otherwise)."""

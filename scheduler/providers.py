@@ -14,6 +14,7 @@ import builtins
 import hashlib
 import json
 import os
+import re
 import shlex
 import signal
 import string
@@ -448,7 +449,8 @@ class CommandProvider:
         out = self._run("list", {"pool": self.pool, "scheduler": self.scheduler})
         # Only this pool's names (the autoscaler names machines POOL-xxxx): a job of someone else's that the
         # template happens to print is never taken for a stuck machine and deleted.
-        return sorted({n for n in (line.strip() for line in out.splitlines()) if n.startswith(f"{self.pool}-")})
+        mine = re.compile(re.escape(self.pool) + r"-[0-9a-f]{8}")  # not another pool's "POOL-spot-..." machines
+        return sorted({n for n in (line.strip() for line in out.splitlines()) if mine.fullmatch(n)})
 
     def terminate(self, names: builtins.list[str]) -> None:
         known = None if "list" in self.options else self._load()

@@ -172,3 +172,26 @@ def test_a_burst_grows_the_local_pool_the_runs_finish_and_it_shrinks_to_zero(tmp
             time.sleep(0.2)
         assert _pool_agents(cluster) == []
         assert _agent_procs(cluster.root) == []
+
+
+def test_a_machine_adopted_after_a_restart_still_loses_its_token_when_it_goes(tmp_path: Path) -> None:
+    """The autoscaler's memory of the machines it made is lost with the scheduler; a machine its provider still
+    lists is adopted, and when it is released its join token is revoked all the same (found by review)."""
+    from gridlab.common.config import SchedulerConfig
+    from gridlab.common.timeutil import FakeClock
+    from gridlab.scheduler.autoscaler import Autoscaler
+    from gridlab.scheduler.engine import Engine
+    from gridlab.scheduler.store import Store
+
+    engine = Engine(Store(tmp_path / "s.db"), SchedulerConfig(state_dir=str(tmp_path)), clock=FakeClock())
+    before = Autoscaler(engine, [POOL], {})
+    (made,) = before._new(POOL, 1)
+    other = before._new(POOL, 1)[0]  # a machine that stays
+    after = Autoscaler(engine, [POOL], {})  # the scheduler restarted: nothing known
+    assert made.name not in after.known
+    after._forget([made.name])
+    revoked = {
+        row["user"]: row["revoked"] for row in engine.store.all("SELECT user, revoked FROM tokens WHERE role = 'agent'")
+    }
+    assert revoked[f"pool:{made.name}"] == 1
+    assert revoked[f"pool:{other.name}"] == 0

@@ -406,14 +406,16 @@ def test_command_failures_raise_with_stderr_and_leave_nothing_behind(tmp_path: P
 
 def test_command_list_template_is_the_truth_when_given(tmp_path: Path) -> None:
     table, made = command_setup(tmp_path)
-    others = "echo; echo {pool}-listed; echo other-job; echo slurmx-1"  # only slurm-* names are this pool's
+    # Only names as the autoscaler makes them for this pool (POOL-8 hex digits) are its machines: not another
+    # job, not a pool whose name starts the same ("slurm-spot"), whose machines this pool must never delete.
+    others = "echo; echo {pool}-0000abcd; echo other-job; echo slurmx-00000001; echo slurm-spot-1234abcd"
     table["list"] = f"ls {shlex.quote(str(made))} | sed -n 's/[.]json$//p'; {others}"
     provider = provider_for(command_pool(table), tmp_path)
-    provider.create("m", [MachineRequest("slurm-1", TOKEN)])
+    provider.create("m", [MachineRequest("slurm-0000beef", TOKEN)])
     assert not (tmp_path / "pools" / "slurm" / "machines.json").exists()
-    assert provider.list() == ["slurm-1", "slurm-listed"]
-    provider.terminate(["slurm-1"])
-    assert provider.list() == ["slurm-listed"]
+    assert provider.list() == ["slurm-0000abcd", "slurm-0000beef"]
+    provider.terminate(["slurm-0000beef"])
+    assert provider.list() == ["slurm-0000abcd"]
 
 
 def test_command_provider_is_registered_and_built_from_config(tmp_path: Path) -> None:
