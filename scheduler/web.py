@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import secrets
 import ssl
 import time
@@ -31,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit
 
 import grpc
 import grpc.aio
@@ -828,11 +830,26 @@ def _state_value(word: str) -> int | None:
     return None if value is None or value.number == 0 else value.number
 
 
+_NEXT_PATH = re.compile(r"/[A-Za-z0-9/_\-.~%]*")
+
+
 def _safe_next(path: str) -> str:
-    """Where to go after logging in: a path of this site only (no `//host`, no scheme)."""
-    if path.startswith("/") and not path.startswith("//") and "\\" not in path and "\n" not in path:
-        return path
-    return "/cluster"
+    """Where to go after logging in: a path of this site only, rebuilt from its path and query.
+
+    Refused (so "/cluster"): a scheme or host, `//host`, backslashes, and any control character (browsers and
+    yarl drop tab, CR and LF from a URL, so `/\t/evil.example` would become `//evil.example`)."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        return "/cluster"
+    try:
+        parts = urlsplit(path)
+    except ValueError:
+        return "/cluster"
+    if parts.scheme or parts.netloc or not _NEXT_PATH.fullmatch(parts.path) or parts.path.startswith("//"):
+        return "/cluster"
+    decoded = unquote(parts.path)  # and no `/%09/host` or `/%2F/host` either, should anything decode it later
+    if decoded.startswith("//") or "\\" in decoded or any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
+        return "/cluster"
+    return parts.path + (f"?{quote(parts.query, safe='=&+%/:,.-_~')}" if parts.query else "")
 
 
 def _run_json(run: types_pb2.Run) -> dict[str, Any]:
