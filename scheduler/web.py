@@ -780,8 +780,10 @@ class WebApp:
         except ValueError:
             return web.json_response({"error": "after must be a number (a cursor)"}, status=400)
         api = self._api_of(request)
-        lines, more = await api.log_lines(run_id, after, LOG_PAGE)
+        # The run first, then its lines (as StreamLogs does): lines that land just before the run's end is
+        # reported are then in this answer, never after an answer that said done.
         run = await api.get_run(run_id)
+        lines, more = await api.log_lines(run_id, after, LOG_PAGE)
         out, cursor = [], after
         for line in lines:
             cursor = max(cursor, line.cursor)
@@ -809,7 +811,8 @@ class WebApp:
         """The run's metrics drawn as SVG charts (one per metric), for the run page to swap in as they grow."""
         run_id = request.match_info["run_id"]
         api = self._api_of(request)
-        records, run = await asyncio.gather(api.metrics(run_id), api.get_run(run_id))
+        run = await api.get_run(run_id)  # before the records, as in api_logs: "done" never hides the last ones
+        records = await api.metrics(run_id)
         series = P.metric_series(records)
         charts = [
             P.line_chart(name, {name: pts}, chart_id=f"chart-{i}")

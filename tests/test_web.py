@@ -5,6 +5,7 @@ page cannot read; a user's token cannot open another user's run; hostile names a
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sys
 
@@ -14,12 +15,86 @@ from webclient import Browser
 
 from gridlab.client.localcluster import LocalCluster
 from gridlab.common import auth
+from gridlab.common.config import SchedulerConfig
+from gridlab.scheduler import web as webmod
 from gridlab.scheduler.prommetrics import reason_word
 from gridlab.scheduler.webpages import line_chart, metric_series
+from gridlab.v1 import types_pb2
 
 A100_X2 = Machine("a100x2", (("A100", 80.0),) * 2, cpus=32, memory_gb=256)
 RTX_X4 = Machine("rtx3090x4", (("RTX3090", 24.0),) * 4, cpus=32, memory_gb=128)
 SLEEP = [sys.executable, "-c", "pass"]  # never started: the simulated agents only pretend to
+
+
+class FakeApi(webmod.Api):
+    """The API of one run, in memory: `log_lines` and `get_run` as the scheduler answers them; `on_get_run`
+    runs when the run is read (to land lines and end the run between two calls)."""
+
+    def __init__(self, lines: list[types_pb2.LogLine] | None = None) -> None:
+        self.lines = list(lines or [])
+        self.state = types_pb2.RUN_STATE_RUNNING
+        self.on_get_run: list = []
+        self.reads = 0  # log_lines calls
+
+    def add(self, text: str, *, metrics: bool = False) -> None:
+        rank, stream = (
+            (webmod.METRICS_RANK, types_pb2.LOG_STREAM_METRICS) if metrics else (0, types_pb2.LOG_STREAM_STDOUT)
+        )
+        self.lines.append(
+            types_pb2.LogLine(cursor=len(self.lines) + 1, rank=rank, stream=stream, text=text, attempt_number=1)
+        )
+
+    async def get_run(self, run_id: str) -> types_pb2.Run:
+        for hook in self.on_get_run:
+            hook()
+        return types_pb2.Run(id=run_id, state=self.state)
+
+    async def log_lines(self, run_id: str, after: int, limit: int, rank: int | None = None) -> tuple[list, bool]:
+        self.reads += 1
+        found = [x for x in self.lines if x.cursor > after and (rank is None or x.rank == rank)]
+        return found[:limit], len(found) > limit
+
+
+def fake_app(api: FakeApi) -> webmod.WebApp:
+    app = webmod.WebApp(SchedulerConfig(), "unix:/nonexistent")
+    app._api_of = lambda request: api  # type: ignore[method-assign]
+    return app
+
+
+def call(app: webmod.WebApp, handler: str, path: str, **match: str) -> dict:
+    from aiohttp.test_utils import make_mocked_request
+
+    async def go() -> dict:
+        reply = await getattr(app, handler)(make_mocked_request("GET", path, match_info=match))
+        return json.loads(reply.body)
+
+    return asyncio.run(go())
+
+
+def ending_run() -> FakeApi:
+    """A running run whose last lines land, and whose end is reported, just before its state is read: read
+    the lines first and they are missing from an answer that says done."""
+    api = FakeApi()
+    api.add("first")
+    api.add('{"step": 1, "loss": 2.0}', metrics=True)
+
+    def the_end() -> None:
+        if api.state != types_pb2.RUN_STATE_SUCCEEDED:
+            api.add("last")
+            api.add('{"step": 2, "loss": 1.0}', metrics=True)
+            api.state = types_pb2.RUN_STATE_SUCCEEDED
+
+    api.on_get_run.append(the_end)
+    return api
+
+
+def test_polling_ends_only_after_the_last_lines_are_shown() -> None:
+    logs = call(fake_app(ending_run()), "api_logs", "/api/runs/r1/logs?after=0", run_id="r1")
+    assert logs["done"]
+    assert [x["text"] for x in logs["lines"]] == ["first", "last"]
+    charts = call(fake_app(ending_run()), "api_charts", "/api/runs/r1/charts", run_id="r1")
+    assert charts["done"]
+    assert charts["points"] == {"loss": 2}
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
