@@ -204,6 +204,7 @@ class WebApp:
         self.sessions: OrderedDict[str, Session] = OrderedDict()
         self.channel: grpc.aio.Channel | None = None
         self.app = web.Application(middlewares=[self._guard], client_max_size=64 * 1024)
+        self.app.on_response_prepare.append(self._headers)
         r = self.app.router
         r.add_get("/", self.index)
         r.add_get("/login", self.login_form)
@@ -275,7 +276,7 @@ class WebApp:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
-        """Pages need a session (else the login page); JSON answers 401. Every answer: no caching, no framing."""
+        """Pages need a session (else the login page); JSON answers 401; an RPC's error becomes its HTTP status."""
         public = request.path in ("/login", "/logout", "/metrics", "/healthz")
         if not public:
             session = self._session(request)
@@ -285,6 +286,8 @@ class WebApp:
         try:
             response: web.StreamResponse = await handler(request)
         except grpc.RpcError as exc:
+            if request.writer.output_size > 0:
+                raise  # a response is on its way already: aiohttp closes the connection, nothing is appended
             code = _status(exc)
             if code == grpc.StatusCode.UNAUTHENTICATED:
                 self.sessions.pop(request.cookies.get(COOKIE, ""), None)
@@ -292,6 +295,11 @@ class WebApp:
             else:
                 status = HTTP_OF.get(code, 502)
                 response = self._error(request, status, f"{code.name}: {_details(exc)}")
+        return response
+
+    @staticmethod
+    async def _headers(request: web.Request, response: web.StreamResponse) -> None:
+        """Every answer, set just before its headers go out (streamed downloads too): no caching, no framing."""
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["X-Content-Type-Options"] = "nosniff"
@@ -300,7 +308,6 @@ class WebApp:
             "Content-Security-Policy",
             "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:",
         )
-        return response
 
     def _need_login(self, request: web.Request, message: str) -> web.Response:
         if request.path.startswith("/api/"):
@@ -640,6 +647,16 @@ class WebApp:
                         response.content_length = chunk.size
                     await response.prepare(request)
                 await response.write(chunk.data)
+        except Exception as exc:
+            if response is None:
+                raise  # nothing sent yet: the guard answers with the error
+            # The status and part of the body are out: no error can be sent now, and nothing may be appended
+            # to the file. Drop the connection, so the client sees a short transfer (never a complete-looking
+            # one with an error page inside).
+            log.warning("web_download_broken", run_id=run_id, digest=digest, error=str(exc))
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionResetError(f"the download of {digest} broke off: {exc}") from None
         finally:
             call.cancel()
         if response is None:

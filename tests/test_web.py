@@ -5,10 +5,14 @@ page cannot read; a user's token cannot open another user's run; hostile names a
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import re
 import sys
+from urllib.parse import urlsplit
 
+import grpc
+import grpc.aio
 from prometheus_client.parser import text_string_to_metric_families
 from simagents import Machine, SimAgents
 from webclient import Browser
@@ -19,7 +23,7 @@ from gridlab.common.config import SchedulerConfig
 from gridlab.scheduler import web as webmod
 from gridlab.scheduler.prommetrics import reason_word
 from gridlab.scheduler.webpages import line_chart, metric_series
-from gridlab.v1 import types_pb2
+from gridlab.v1 import artifacts_pb2, types_pb2
 
 A100_X2 = Machine("a100x2", (("A100", 80.0),) * 2, cpus=32, memory_gb=256)
 RTX_X4 = Machine("rtx3090x4", (("RTX3090", 24.0),) * 4, cpus=32, memory_gb=128)
@@ -54,6 +58,29 @@ class FakeApi(webmod.Api):
         found = [x for x in self.lines if x.cursor > after and (rank is None or x.rank == rank)]
         return found[:limit], len(found) > limit
 
+    def download(self, run_id: str, digest: str) -> FakeDownload:
+        return FakeDownload(self.blob, self.break_after)
+
+    blob = b""
+    break_after: int | None = None  # chunks sent before the stream fails (DEADLINE_EXCEEDED), or never
+
+
+class FakeDownload:
+    """DownloadBlob's stream: the blob in 1 KiB chunks (its size in the first), failing midway if asked."""
+
+    def __init__(self, blob: bytes, break_after: int | None) -> None:
+        self.blob, self.break_after = blob, break_after
+
+    async def __aiter__(self):  # type: ignore[no-untyped-def]
+        chunks = [self.blob[i : i + 1024] for i in range(0, len(self.blob), 1024)]
+        for i, data in enumerate(chunks):
+            if i == self.break_after:
+                raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, details="Deadline Exceeded")
+            yield artifacts_pb2.DownloadBlobResponse(data=data, size=len(self.blob) if i == 0 else 0)
+
+    def cancel(self) -> None:
+        pass
+
 
 def fake_app(api: FakeApi) -> webmod.WebApp:
     app = webmod.WebApp(SchedulerConfig(), "unix:/nonexistent")
@@ -69,6 +96,61 @@ def call(app: webmod.WebApp, handler: str, path: str, **match: str) -> dict:
         return json.loads(reply.body)
 
     return asyncio.run(go())
+
+
+def served(api: FakeApi, client):  # type: ignore[no-untyped-def]
+    """Serve a fake-API dashboard on loopback with one session; run `client(base_url, cookie)` in a thread."""
+
+    async def go():  # type: ignore[no-untyped-def]
+        app = fake_app(api)
+        address = await app.start("127.0.0.1:0")
+        app.sessions["sid"] = webmod.Session("token", "alice", "user")
+        try:
+            return await asyncio.to_thread(client, f"http://{address}", f"{webmod.COOKIE}=sid")
+        finally:
+            await app.stop()
+
+    return asyncio.run(go())
+
+
+def raw_get(base: str, path: str, cookie: str) -> tuple[int, dict[str, str], bytes, bool]:
+    """Status, headers, the body bytes received, and whether the body was complete (Content-Length)."""
+    parts = urlsplit(base)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    try:
+        conn.request("GET", path, headers={"Cookie": cookie})
+        response = conn.getresponse()
+        try:
+            body, complete = response.read(), True
+        except http.client.IncompleteRead as exc:
+            body, complete = exc.partial, False
+        return response.status, dict(response.headers), body, complete
+    finally:
+        conn.close()
+
+
+def test_a_download_that_breaks_off_is_short_never_corrupt() -> None:
+    blob = bytes(range(256)) * 16  # 4 KiB: four chunks
+    api = FakeApi()
+    api.blob = blob
+    status, headers, body, complete = served(api, lambda base, c: raw_get(base, "/runs/r1/files/sha256:x", c))
+    assert (status, body, complete) == (200, blob, True)
+    assert headers["X-Content-Type-Options"] == "nosniff"  # set before the streamed headers went out
+    assert headers["Cache-Control"] == "no-store"
+
+    api.break_after = 2  # DownloadBlob's deadline passes after 2 KiB
+    status, headers, body, complete = served(api, lambda base, c: raw_get(base, "/runs/r1/files/sha256:x", c))
+    assert status == 200
+    assert headers["Content-Length"] == str(len(blob))
+    assert not complete
+    assert blob.startswith(body)  # a prefix of the file, with nothing else inside
+    assert b"HTTP/1.1" not in body
+
+    api.break_after = 0  # broken before anything was sent: an error answer, as for any RPC
+    status, _, body, complete = served(api, lambda base, c: raw_get(base, "/runs/r1/files/sha256:x", c))
+    assert status == 504
+    assert complete
+    assert b"DEADLINE_EXCEEDED" in body
 
 
 def ending_run() -> FakeApi:
