@@ -144,12 +144,22 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
         return make_s(streaming, **kw)
 
 
-class ClusterCollector(Collector):
-    """Reads the engine's state at each scrape (on the event loop that owns the store: nothing awaits inside
-    a group commit, so no half-written batch is seen)."""
+SCRAPE_CACHE_SECONDS = 2.0
 
-    def __init__(self, engine: Engine) -> None:
+
+class ClusterCollector(Collector):
+    """Reads the engine's state at a scrape (on the event loop that owns the store: nothing awaits inside
+    a group commit, so no half-written batch is seen).
+
+    Those reads scan tables (runs, log_files, blobs, live attempts) on the scheduler's event loop, so their
+    result is kept for `cache_seconds`: scrapes in that window (many Prometheus servers, or anyone when
+    `web_metrics_public`) get the same numbers, and cost one scrape's work per window at most."""
+
+    def __init__(self, engine: Engine, cache_seconds: float = SCRAPE_CACHE_SECONDS) -> None:
         self._engine = engine
+        self.cache_seconds = cache_seconds
+        self._cached: list[Metric] | None = None
+        self._cached_at = 0.0
         self._latency = Histogram(
             "gridlab_placement_latency_seconds",
             "Time from a run being queued (submitted or requeued) to its attempt being placed",
@@ -172,6 +182,13 @@ class ClusterCollector(Collector):
                 self._latency.observe(max(0.0, float(row["waited"])))
 
     def collect(self) -> Iterable[Metric]:
+        now = time.monotonic()
+        if self._cached is None or not 0 <= now - self._cached_at < self.cache_seconds:
+            self._cached = list(self._read())
+            self._cached_at = now
+        return iter(self._cached)
+
+    def _read(self) -> Iterable[Metric]:
         store = self._engine.store
         queue = GaugeMetricFamily(
             "gridlab_queue_runs",

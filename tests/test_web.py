@@ -9,10 +9,13 @@ import http.client
 import json
 import re
 import sys
+import time
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import grpc
 import grpc.aio
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from simagents import Machine, SimAgents
 from webclient import Browser
@@ -21,7 +24,7 @@ from gridlab.client.localcluster import LocalCluster
 from gridlab.common import auth
 from gridlab.common.config import SchedulerConfig
 from gridlab.scheduler import web as webmod
-from gridlab.scheduler.prommetrics import reason_word
+from gridlab.scheduler.prommetrics import ClusterCollector, reason_word
 from gridlab.scheduler.webpages import line_chart, metric_series
 from gridlab.v1 import artifacts_pb2, types_pb2
 
@@ -209,6 +212,40 @@ def test_the_chart_counts_its_points_and_escapes_names() -> None:
     assert 'data-points="0"' in line_chart("empty", {})
 
 
+def test_a_burst_of_scrapes_reads_the_state_once() -> None:
+    class Store:
+        queries = 0
+
+        def one(self, sql: str, args: tuple = ()) -> dict:
+            self.queries += 1
+            return {"id": 0, "bytes": 0}
+
+        def all(self, sql: str, args: tuple = ()) -> list:
+            self.queries += 1
+            return [{"state": "RUNNING", "n": 3}] if "GROUP BY state" in sql else []
+
+    store = Store()
+    engine = SimpleNamespace(
+        store=store,
+        list_agents=list,
+        clock=SimpleNamespace(monotonic=time.monotonic),
+        last_seen={},
+        cadence=lambda: SimpleNamespace(timeout=30.0),
+    )
+    collector = ClusterCollector(engine)  # type: ignore[arg-type]
+    registry = CollectorRegistry()
+    registry.register(collector)
+    first = generate_latest(registry)
+    reads = store.queries
+    for _ in range(50):
+        assert generate_latest(registry) == first
+    assert store.queries == reads
+    assert value(samples(first.decode()), "gridlab_runs", state="RUNNING") == 3
+    collector.cache_seconds = 0.0  # the window has passed: the next scrape reads again
+    generate_latest(registry)
+    assert store.queries > reads
+
+
 def test_metrics_match_the_cluster_state(make_cluster) -> None:  # type: ignore[no-untyped-def]
     cluster: LocalCluster = make_cluster(web=True)
     cluster.start_scheduler()
@@ -265,8 +302,13 @@ def test_metrics_match_the_cluster_state(make_cluster) -> None:  # type: ignore[
     assert value(found, "gridlab_rpc_requests_total", method="SubmitRun", code="OK") == 5
     assert value(found, "gridlab_rpc_requests_total", method="CancelRun", code="OK") == 1
     assert value(found, "gridlab_rpc_duration_seconds_count", method="SubmitRun", code="OK") == 5
-    # After the simulated agents are gone: lost or offline, none ready, no GPU counted.
-    after = samples(web.get("/metrics", headers={"Authorization": f"Bearer {cluster.admin_token}"}).text)
+    # After the simulated agents are gone: lost or offline, none ready, no GPU counted (once the scrape cache's
+    # window has passed).
+    for _ in range(100):
+        after = samples(web.get("/metrics", headers={"Authorization": f"Bearer {cluster.admin_token}"}).text)
+        if value(after, "gridlab_agents", state="READY", pool="onprem") == 0:
+            break
+        time.sleep(0.1)
     assert value(after, "gridlab_agents", state="READY", pool="onprem") == 0
     assert value(after, "gridlab_gpus", model="A100", status="free") == 0
 
