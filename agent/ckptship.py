@@ -236,6 +236,10 @@ def hash_stable(files: Sequence[LocalFile]) -> list[types_pb2.FileRef] | None:
     return refs
 
 
+class _FenceMiss(Exception):
+    """An entry's earlier log lines are not delivered yet: newer entries wait behind it, till the next scan."""
+
+
 class _Gone(Exception):
     """The scheduler no longer takes reports about this attempt."""
 
@@ -334,7 +338,7 @@ class CheckpointShipper:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if await self.ship(final=True):
+                if await self.ship(final=True, deadline=deadline):
                     return True
             except Exception as e:
                 log.warning("checkpoint_flush_failed", attempt_id=self.attempt_id, error=repr(e))
@@ -344,10 +348,11 @@ class CheckpointShipper:
                 return False
             await asyncio.sleep(min(1.0, self.poll, left))
 
-    async def ship(self, *, final: bool = False) -> bool:
+    async def ship(self, *, final: bool = False, deadline: float | None = None) -> bool:
         """Upload what is new or rewritten. True when every complete checkpoint is shipped (or refused).
 
-        `final`: the ranks have exited, so nothing is being written: no settling time.
+        `final`: the ranks have exited, so nothing is being written: no settling time. `deadline` (monotonic):
+        waits for log lines end by then.
         """
         async with self._lock:
             if self.gone:
@@ -368,8 +373,12 @@ class CheckpointShipper:
                 if not final and entry.newest_ns > settled_ns:
                     pending = True
                     continue
+                wait = FENCE_TIMEOUT if deadline is None else max(0.0, min(FENCE_TIMEOUT, deadline - time.monotonic()))
                 try:
-                    done = await self._ship_entry(entry, seen[1], seen[2])
+                    done = await self._ship_entry(entry, seen[1], seen[2], wait)
+                except _FenceMiss:
+                    log.info("checkpoint_waits_for_logs", attempt_id=self.attempt_id, name=entry.name)
+                    return False  # the next scan waits again; newer entries wait behind this one
                 except _Gone:
                     self.gone = True
                     return False
@@ -379,9 +388,11 @@ class CheckpointShipper:
                 pending = pending or not done
             return not pending
 
-    async def _ship_entry(self, entry: CheckpointEntry, step: int, mark: Any = None) -> bool:
-        """Upload one entry's files, then record it once the lines before `mark` are acknowledged. False when
-        it changed under us or those lines are still out (retried later)."""
+    async def _ship_entry(self, entry: CheckpointEntry, step: int, mark: Any = None, wait: float = 0.0) -> bool:
+        """Once the lines before `mark` are delivered (waiting up to `wait` seconds; else _FenceMiss), upload one
+        entry's files and record it. False when it changed under us (retried later)."""
+        if self.fence is not None and not await self.fence.passed(mark, wait):
+            raise _FenceMiss(entry.name)
         refs = await asyncio.to_thread(hash_stable, entry.files)
         if refs is None:
             return False
@@ -395,9 +406,6 @@ class CheckpointShipper:
                 artifacts_pb2.BLOB_PURPOSE_CHECKPOINT,
                 self.gate,
             )
-            if self.fence is not None and not await self.fence.passed(mark, FENCE_TIMEOUT):
-                log.info("checkpoint_waits_for_logs", attempt_id=self.attempt_id, name=entry.name)
-                return False
             reply = await self.stub.RecordCheckpoint(
                 artifacts_pb2.RecordCheckpointRequest(
                     agent_name=self.agent_name,

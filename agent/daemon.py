@@ -402,7 +402,6 @@ class Agent:
         attempt = self.attempts.pop(attempt_id, None)
         if attempt is None:
             return
-        self.shipper.forget(attempt_id)
         self._released[attempt_id] = None
         if len(self._released) > RELEASED_MEMORY:
             self._released.popitem(last=False)
@@ -447,8 +446,8 @@ class Agent:
                 progress_at = time.monotonic()
             pending = now_pending
 
-    async def logs_through(self, attempt_id: str, mark: int, timeout: float) -> bool:
-        return await self.shipper.wait_through(attempt_id, mark, timeout)
+    async def logs_settled(self, attempt_id: str, seqs: Mapping[int, int], timeout: float) -> bool:
+        return await self.shipper.wait_settled(attempt_id, seqs, timeout)
 
     async def _push_logs(self, lines: list[types_pb2.LogLine]) -> None:
         assert self._stub is not None  # noqa: S101 - set by run()

@@ -38,7 +38,7 @@ from gridlab.agent.bundles import PrepareError, bundle_requirements, fetch_bundl
 from gridlab.agent.ckptship import CheckpointShipper, restore_checkpoint, scan_checkpoints, upload_artifacts
 from gridlab.agent.envcache import BuildCancelled, EnvBuildError, EnvCache
 from gridlab.agent.logfence import OutputFence, PipeCount
-from gridlab.agent.logship import MAX_LINE_BYTES, METRICS_RANK, SYSTEM_RANK, AttemptLog, line_count, pump_batches
+from gridlab.agent.logship import MAX_LINE_BYTES, METRICS_RANK, SYSTEM_RANK, AttemptLog, pump_batches
 from gridlab.agent.metrics import MetricsTail
 from gridlab.agent.reaper import asyncio_children, kill_attempt_processes
 from gridlab.common.timeutil import ts
@@ -75,8 +75,9 @@ class AttemptEvents(Protocol):
         """Return once the attempt's lines so far are delivered (or a bound passed)."""
         ...
 
-    async def logs_through(self, attempt_id: str, mark: int, timeout: float) -> bool:
-        """Whether the attempt's first `mark` lines given to `on_log` are delivered, waiting up to `timeout`."""
+    async def logs_settled(self, attempt_id: str, seqs: Mapping[int, int], timeout: float) -> bool:
+        """Whether the attempt's lines numbered up to `seqs[rank]` for their rank are delivered, waiting up to
+        `timeout`."""
         ...
 
 
@@ -364,9 +365,8 @@ class Attempt:
         self._events = events
         self._clock = clock
         self._log = AttemptLog(self.attempt_id, clock)
-        self._lines_out = 0  # lines given to on_log
         self._fence = OutputFence(
-            lambda: self._lines_out, lambda mark, timeout: events.logs_through(self.attempt_id, mark, timeout)
+            self._log.last_seqs, lambda seqs, timeout: events.logs_settled(self.attempt_id, seqs, timeout)
         )
         self._ranks: list[_Rank] = []
         self._outcome: tuple[types_pb2.AttemptState, int, str] | None = None
@@ -425,7 +425,7 @@ class Attempt:
         """The metrics file's new records, as log lines: ordered, lossless, resumable like the logs."""
         assert self._metrics is not None  # noqa: S101 - the caller checked
         for record in self._metrics.take_records():
-            self._emit(self._log.line(METRICS_RANK, types_pb2.LOG_STREAM_METRICS, record))
+            self._events.on_log(self._log.line(METRICS_RANK, types_pb2.LOG_STREAM_METRICS, record))
 
     def _final_metrics(self) -> None:
         """Read the metrics file to its end (a poll reads at most MAX_READ) before the last logs drain."""
@@ -777,7 +777,7 @@ class Attempt:
         stream = types_pb2.LOG_STREAM_STDOUT if stdout else types_pb2.LOG_STREAM_STDERR
 
         def emit(text: str, count: int) -> None:
-            self._emit(self._log.batch(rank, stream, text, count))
+            self._events.on_log(self._log.batch(rank, stream, text, count))
 
         read_pipe = pipe if isinstance(pipe, asyncio.ReadTransport) else None
 
@@ -788,10 +788,6 @@ class Attempt:
             await pump_batches(reader, emit, gather=0.002, pipe=read_pipe, consumed=consumed)
         finally:
             position.ended = True
-
-    def _emit(self, line: types_pb2.LogLine) -> None:
-        self._lines_out += line_count(line)
-        self._events.on_log(line)
 
     async def _wait_ranks(self) -> None:
         waits: dict[asyncio.Future[None], _Rank] = {r.exited: r for r in self._ranks}
@@ -843,7 +839,7 @@ class Attempt:
             self._outcome = (S.ATTEMPT_STATE_FAILED, code, message)
 
     def _system(self, rank: int, text: str) -> None:
-        self._emit(self._log.line(rank, types_pb2.LOG_STREAM_SYSTEM, text))
+        self._events.on_log(self._log.line(rank, types_pb2.LOG_STREAM_SYSTEM, text))
 
     def _set(self, state: types_pb2.AttemptState, *, exit_code: int = 0, message: str = "") -> None:
         self._status.state = state

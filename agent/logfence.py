@@ -8,8 +8,8 @@ records it only once `passed(mark)`:
 
     mark     every byte the ranks have written so far, wherever it is: consumed by the pumps, in
              the asyncio reader's buffer, or still in the kernel's pipe (FIONREAD);
-    passed   the pumps have consumed those bytes (so their lines are queued for shipping), and the
-             log shipper has every line queued by then acknowledged.
+    passed   the pumps have consumed those bytes (so their lines are numbered and queued for
+             shipping), and the log shipper has every line numbered up to then (per rank) acknowledged.
 
 A pipe that reached EOF, or whose pump stopped, has nothing left to wait for.
 """
@@ -23,7 +23,7 @@ import termios
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-Acked = Callable[[int, float], Awaitable[bool]]  # (lines mark, timeout) -> acknowledged in time
+Settled = Callable[[dict[int, int], float], Awaitable[bool]]  # (line numbers by rank, timeout) -> delivered in time
 
 
 @dataclass(eq=False)
@@ -49,15 +49,20 @@ class PipeCount:
         return pending
 
 
-Mark = tuple[tuple[PipeCount, int], ...]
+@dataclass
+class Mark:
+    """Where an attempt's output stood when a checkpoint was first seen."""
+
+    pipes: tuple[tuple[PipeCount, int], ...]  # each pipe and the bytes it must have been read to
+    seqs: dict[int, int] | None = None  # each rank's last line number once they were: set once, then fixed
 
 
 @dataclass
 class OutputFence:
     """An attempt's rank pipes and its log lines: what `CheckpointShipper` waits on (see the module doc)."""
 
-    lines_out: Callable[[], int]  # lines of the attempt handed to the log shipper so far
-    acked: Acked
+    last_seqs: Callable[[], dict[int, int]]  # each rank's last line number handed to the log shipper
+    settled: Settled
     poll: float = 0.005
     pipes: list[PipeCount] = field(default_factory=list)
 
@@ -67,14 +72,19 @@ class OutputFence:
         return count
 
     def mark(self) -> Mark:
-        return tuple((p, p.consumed + p.unread()) for p in self.pipes if not p.ended)
+        return Mark(tuple((p, p.consumed + p.unread()) for p in self.pipes if not p.ended))
 
     async def passed(self, mark: Mark, timeout: float) -> bool:
-        """Whether the output before `mark` is acknowledged, waiting up to `timeout` seconds for it."""
+        """Whether the output before `mark` is acknowledged, waiting up to `timeout` seconds for it. The line
+        numbers to wait for are fixed the first time the pipes are read far enough, so a rank that keeps
+        printing does not move the goal while its lines are acknowledged."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while any(not p.ended and p.consumed < target for p, target in mark):
+        while mark.seqs is None:
+            if all(p.ended or p.consumed >= target for p, target in mark.pipes):
+                mark.seqs = self.last_seqs()
+                break
             if loop.time() >= deadline:
                 return False
             await asyncio.sleep(self.poll)
-        return await self.acked(self.lines_out(), max(0.0, deadline - loop.time()))
+        return await self.settled(mark.seqs, max(0.0, deadline - loop.time()))

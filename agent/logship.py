@@ -19,7 +19,7 @@ import contextlib
 import random
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -190,6 +190,10 @@ class AttemptLog:
         self.attempt_id = attempt_id
         self._clock = clock
         self._seq: dict[int, int] = collections.defaultdict(int)
+
+    def last_seqs(self) -> dict[int, int]:
+        """Each rank's last line number so far (what `LogShipper.settled` takes)."""
+        return dict(self._seq)
 
     def line(self, rank: int, stream: types_pb2.LogStream, text: str) -> types_pb2.LogLine:
         """One line; a text with newlines in it (an agent note quoting an error) is that many lines."""
@@ -440,7 +444,6 @@ class LogShipper:
         self.retry_min = retry_min
         self.retry_max = retry_max
         self._queues: dict[str, _Queue] = {}
-        self._added: dict[str, int] = {}  # lines ever added per attempt, until forget(): what marks count
         self._pending_bytes = 0  # of queued and in-flight lines
         self._wakeup = asyncio.Event()
         self._kick = asyncio.Event()
@@ -451,7 +454,6 @@ class LogShipper:
     def add(self, line: types_pb2.LogLine) -> None:
         """Queue one LogLine: a single line, or a batch of a rank's consecutive lines."""
         size = line.ByteSize() + 8
-        self._added[line.attempt_id] = self._added.get(line.attempt_id, 0) + line_count(line)
         q = self._queues.get(line.attempt_id)
         if q is None:
             q = self._queues[line.attempt_id] = _Queue(
@@ -500,6 +502,7 @@ class LogShipper:
         before, q.dropped = q.dropped, q.dropped + n
         if before == 0 or before // 1000 != q.dropped // 1000:
             log.warning(why, dropped=q.dropped, attempt=attempt_id)
+        self._notify()  # dropped lines are done with: waiters may go on
 
     def _refill(self, q: _Queue) -> None:
         """Bring spilled lines back into memory, oldest first, while there is room."""
@@ -540,26 +543,35 @@ class LogShipper:
         q = self._queues.get(attempt_id)
         return q.pending() if q is not None else 0
 
-    def added(self, attempt_id: str) -> int:
-        """How many lines of `attempt_id` were added so far: a mark for `wait_through`."""
-        return self._added.get(attempt_id, 0)
-
-    def forget(self, attempt_id: str) -> None:
-        """The attempt is over and its lines are acknowledged or given up on: drop its count."""
-        self._added.pop(attempt_id, None)
+    def settled(self, attempt_id: str, seqs: Mapping[int, int]) -> bool:
+        """Whether every line of `attempt_id` numbered up to `seqs[rank]` for its rank is acknowledged (or
+        dropped). Checked against what is still pending, by (rank, seq), so lines dropped out of order (a
+        full buffer sheds the oldest queued ones while older ones are in flight; a full spill the newest)
+        never make older, unacknowledged lines look done. A spill holds newer lines than memory, but which
+        ones is on disk: while it has any, the answer is no."""
+        q = self._queues.get(attempt_id)
+        if q is None:
+            return True
+        if q.spill is not None and q.spill.count:
+            return False
+        entries = [e for e, _ in q.in_flight] + [e for e, _ in q.lines]
+        if q.tail is not None:
+            entries.append(q.tail.first)
+        return not any(e.rank in seqs and e.seq <= seqs[e.rank] for e in entries)
 
     async def wait_acked(self, attempt_id: str, timeout: float) -> bool:
         """Wait until every line of `attempt_id` added so far is acknowledged (or
         dropped). False when `timeout` passed first."""
-        return await self.wait_through(attempt_id, self.added(attempt_id), timeout)
+        return await self._wait(lambda: self.pending(attempt_id) == 0, timeout)
 
-    async def wait_through(self, attempt_id: str, mark: int, timeout: float) -> bool:
-        """Wait until the first `mark` lines added for `attempt_id` are acknowledged (or dropped): one
-        attempt's lines leave in the order they came, so that is when fewer than `added - mark` are
-        pending. False when `timeout` passed first."""
+    async def wait_settled(self, attempt_id: str, seqs: Mapping[int, int], timeout: float) -> bool:
+        """Wait until `settled(attempt_id, seqs)`. False when `timeout` passed first."""
+        return await self._wait(lambda: self.settled(attempt_id, seqs), timeout)
+
+    async def _wait(self, done: Callable[[], bool], timeout: float) -> bool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.added(attempt_id) - self.pending(attempt_id) < mark:
+        while not done():
             left = deadline - loop.time()
             if left <= 0:
                 return False

@@ -31,15 +31,22 @@ TIMEOUT = 2.0  # seconds per request: the metadata service answers in millisecon
 MAX_BODY = 64 * 1024
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None  # a redirect is an error here, never followed to whatever answers 200
+
+
+# Never through a proxy (HTTP_PROXY would send 169.254.169.254 elsewhere, whose 200 is no notice), no redirects.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+
+
 @dataclass(frozen=True)
 class Notice:
     action: str  # terminate, stop, hibernate
     time: str  # when, as the cloud says it (UTC)
 
     def describe(self) -> str:
-        return f"spot interruption: the machine will {self.action or 'be reclaimed'}" + (
-            f" at {self.time}" if self.time else ""
-        )
+        return f"spot interruption: the machine will {self.action}" + (f" at {self.time}" if self.time else "")
 
 
 def notice_url(setting: str) -> str:
@@ -61,31 +68,29 @@ def _token(url: str) -> str:
         headers={"X-aws-ec2-metadata-token-ttl-seconds": TOKEN_TTL},
     )
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as reply:  # noqa: S310
+        with _OPENER.open(request, timeout=TIMEOUT) as reply:
             return reply.read(4096).decode().strip()
-    except urllib.error.HTTPError:
-        return ""  # v1 only (or no token service): read without one
+    except OSError:  # refused (v1 only), or no answer (a hop limit): try a plain read without one
+        return ""
 
 
 def check(url: str) -> Notice | None:
-    """One poll: the notice, or None while there is none. Raises OSError when the endpoint is unreachable."""
+    """One poll: the notice, or None while there is none. Raises OSError when the endpoint is unreachable, and
+    ValueError when it answers 200 with something that is not a notice (a JSON object with an action)."""
     token = _token(url)
     headers = {"X-aws-ec2-metadata-token": token} if token else {}
     request = urllib.request.Request(url, headers=headers)  # noqa: S310
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as reply:  # noqa: S310
+        with _OPENER.open(request, timeout=TIMEOUT) as reply:
             body = reply.read(MAX_BODY)
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             return None  # no interruption scheduled
         raise
-    try:
-        doc = json.loads(body or b"{}")
-    except ValueError:
-        doc = {}
-    if not isinstance(doc, dict):
-        doc = {}
-    return Notice(str(doc.get("action", "")), str(doc.get("time", "")))
+    doc = json.loads(body or b"null")  # ValueError when not JSON
+    if not isinstance(doc, dict) or not isinstance(doc.get("action"), str) or not doc["action"]:
+        raise ValueError(f"not a reclaim notice: {body[:200]!r}")
+    return Notice(doc["action"], str(doc.get("time", "")))
 
 
 async def watch(url: str, poll: float, on_notice: Callable[[Notice], None]) -> None:

@@ -28,17 +28,20 @@ def arun(coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
 
 
 class Acks(Recorder):
-    """A sink whose lines are acknowledged only as far as the test says."""
+    """A sink whose lines are acknowledged only as far as the test says: each rank's up to `acked[rank]`."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.acked = 0
-        self.asked: list[int] = []
+        self.acked: dict[int, int] = {}
+        self.asked: list[dict[int, int]] = []
 
-    async def logs_through(self, attempt_id: str, mark: int, timeout: float) -> bool:
-        self.asked.append(mark)
+    def ack_all(self) -> None:
+        self.acked = {rank: 1 << 30 for rank in (-2, -1, 0)}
+
+    async def logs_settled(self, attempt_id: str, seqs: dict[int, int], timeout: float) -> bool:
+        self.asked.append(dict(seqs))
         deadline = time.monotonic() + timeout
-        while self.acked < mark:
+        while any(seq > self.acked.get(rank, 0) for rank, seq in seqs.items()):
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.01)
@@ -83,18 +86,17 @@ def test_a_checkpoint_is_recorded_only_once_the_lines_before_it_are_acknowledged
         while not sink.asked:
             assert time.monotonic() < deadline, "the shipper never asked whether the lines were delivered"
             await asyncio.sleep(0.02)
-        assert store.uploads >= 1
-        assert sink.asked[0] >= 50  # every line printed before the checkpoint is inside its mark
-        sink.acked = 49  # all but one
+        assert sink.asked[0][0] >= 50  # every line rank 0 printed before the checkpoint is inside its mark
+        sink.acked = {-2: 1 << 30, -1: 1 << 30, 0: 49}  # all but one
         await asyncio.sleep(0.5)
         assert store.checkpoints == []
-        sink.acked = len(sink.lines)
+        assert store.uploads == 0  # nothing hashed or sent while it waits
+        sink.ack_all()
         deadline = time.monotonic() + 15
         while not store.checkpoints:
             assert time.monotonic() < deadline, "acknowledged, yet the checkpoint was not recorded"
             await asyncio.sleep(0.02)
         assert [c.name for c in store.checkpoints] == ["step-50.ckpt"]
-        sink.acked = 1 << 30  # the end: everything
         attempt.cancel(types_pb2.ATTEMPT_STATE_CANCELLED, 0, "done")
         await task
 
@@ -125,62 +127,61 @@ def test_pipe_count_sees_bytes_still_in_the_pipe_and_in_the_readers_buffer() -> 
     assert arun(go()) == (100, 110, 0)
 
 
-def test_the_fence_waits_for_the_pump_then_for_the_acknowledgements() -> None:
-    async def go() -> list[str]:
-        events: list[str] = []
-        lines = [0]
+def test_the_fence_waits_for_the_pump_then_for_the_line_numbers_of_that_moment() -> None:
+    async def go() -> list[dict[int, int]]:
+        asked: list[dict[int, int]] = []
+        seqs = {0: 0}
 
-        async def acked(mark: int, timeout: float) -> bool:
-            events.append(f"acked? {mark}")
+        async def settled(wanted: dict[int, int], timeout: float) -> bool:
+            asked.append(dict(wanted))
             return True
 
-        fence = OutputFence(lambda: lines[0], acked, poll=0.001)
+        fence = OutputFence(lambda: dict(seqs), settled, poll=0.001)
         reader = asyncio.StreamReader()
         reader.feed_data(b"a\nb\n")  # written, not yet taken by the pump
         count = fence.add(reader, None)
         mark = fence.mark()
         assert not await fence.passed(mark, 0.05)  # the pump has not read them
-        assert events == []
-        await reader.read(4)  # the pump takes them and queues their lines
+        assert asked == []
+        await reader.read(4)  # the pump takes them and numbers their lines
         count.consumed += 4
-        lines[0] = 2
+        seqs[0] = 2
+        assert await fence.passed(mark, 1)
+        seqs[0] = 9  # the rank printed on: the goal of this mark stays where it was
         assert await fence.passed(mark, 1)
         ended = fence.add(asyncio.StreamReader(), None)
         ended.ended = True  # a pipe at EOF holds nothing to wait for
         assert await fence.passed(fence.mark(), 1)
-        return events
+        return asked
 
-    assert arun(go()) == ["acked? 2", "acked? 2"]
+    assert arun(go()) == [{0: 2}, {0: 2}, {0: 9}]
 
 
-def test_wait_through_waits_for_the_lines_up_to_a_mark_only() -> None:
-    async def go() -> tuple[bool, bool, bool]:
+def test_settled_is_by_rank_and_line_number_so_lines_dropped_out_of_order_do_not_count_for_older_ones() -> None:
+    async def go() -> tuple[bool, bool, bool, bool]:
         release = asyncio.Event()
-        calls = 0
 
         async def push(lines: list[types_pb2.LogLine]) -> None:
-            nonlocal calls
-            calls += 1
-            if calls > 1:
-                await release.wait()  # the second batch hangs
+            await release.wait()  # the scheduler is slow: the first batch stays in flight
 
-        shipper = LogShipper(push, max_batch_lines=3)
+        shipper = LogShipper(push, max_batch_lines=10, max_pending_bytes=4000)
         task = asyncio.create_task(shipper.run())
         log = AttemptLog("a1")
-        for i in range(3):
-            shipper.add(log.line(0, types_pb2.LOG_STREAM_STDOUT, str(i)))
-        mark = shipper.added("a1")
-        await asyncio.sleep(0.05)
-        for i in range(2):
-            shipper.add(log.line(0, types_pb2.LOG_STREAM_STDOUT, str(i)))
-        first = await shipper.wait_through("a1", mark, 2)
-        whole = await shipper.wait_through("a1", shipper.added("a1"), 0.1)
+        for i in range(10):
+            shipper.add(log.line(0, types_pb2.LOG_STREAM_STDOUT, f"early {i}"))
+        await asyncio.sleep(0.05)  # lines 1..10 are in flight
+        mark = log.last_seqs()
+        for i in range(200):  # the buffer overflows: newer queued lines are shed, 1..10 are still out
+            shipper.add(log.line(0, types_pb2.LOG_STREAM_STDOUT, f"later {i:040d}"))
+        shed = shipper.pending("a1") < 210
+        early = shipper.settled("a1", mark)
+        other_rank = shipper.settled("a1", {1: 5})  # no line of rank 1 is pending
         release.set()
-        after = await shipper.wait_acked("a1", 2)
+        after = await shipper.wait_settled("a1", mark, 2)
         task.cancel()
-        return first, whole, after
+        return shed, early, other_rank, after
 
-    assert arun(go()) == (True, False, True)
+    assert arun(go()) == (True, False, True, True)
 
 
 def test_an_agent_with_a_store_resumes_only_from_what_the_scheduler_chose(tmp_path: Path) -> None:
@@ -203,7 +204,7 @@ def test_an_agent_with_a_store_resumes_only_from_what_the_scheduler_chose(tmp_pa
             spec=types_pb2.RunSpec(command=[sys.executable, "-c", show]),
         )
         sink = Acks()
-        sink.acked = 1 << 30
+        sink.ack_all()
         await Attempt(assignment, settings, sink).run()
         (line,) = [t for t in sink.texts() if t.startswith("resume")]
         return line

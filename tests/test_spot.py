@@ -224,3 +224,15 @@ def test_schedctl_marks_spot_machines_in_the_agents_table() -> None:
     agent.preemptible = True
     (row,) = agent_rows(agent, None, 0.0, wide=False)
     assert row[:2] == ["spot-1", "cloud (spot)"]
+
+
+def test_a_200_that_is_no_notice_is_an_error_not_an_interruption_and_no_proxy_is_used(
+    metadata: FakeMetadata, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # unreachable: used, every poll would fail
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    assert spotwatch.check(metadata.url) is None
+    for bad in ({}, {"action": ""}, {"time": "t"}):
+        metadata.notice = bad
+        with pytest.raises(ValueError, match="not a reclaim notice"):
+            spotwatch.check(metadata.url)
