@@ -19,14 +19,17 @@ Nothing here writes: there are no forms but log in and log out.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import os
 import re
 import secrets
+import shutil
 import ssl
+import stat
+import tempfile
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,15 +67,32 @@ LIVE = (types_pb2.RUN_STATE_STARTING, types_pb2.RUN_STATE_RUNNING)
 
 
 def internal_target(state_dir: Path) -> str:
-    """The gRPC address the web app calls its own scheduler on: a unix socket in the state directory (mode
-    0600, like admin.token beside it), or an abstract one when that path is too long for a socket name.
-    Every call on it still carries the user's token through the same interceptors; agents cannot use it
-    under mTLS (their calls check the peer certificate, which a unix socket has none of)."""
-    path = state_dir.resolve() / SOCKET_FILE
-    if len(str(path)) < 100:
+    """The gRPC address the web app calls its own scheduler on: a unix socket in a private directory (mode
+    0700, so nobody else can connect, even in the moment between the bind and the socket's chmod): `web/` in
+    the state directory, or a new one under the temp directory when that path is too long for a socket name
+    (never an abstract socket: any local user can connect to those). Every call on it still carries the
+    user's token through the same interceptors; agents cannot use it under mTLS (their calls check the peer
+    certificate, which a unix socket has none of)."""
+    path = state_dir.resolve() / "web" / SOCKET_FILE
+    if len(str(path)) < 100 and _private_dir(path.parent):
         path.unlink(missing_ok=True)
         return f"unix:{path}"
-    return f"unix-abstract:gridlab-web-{uuid.uuid4().hex}"
+    folder = Path(tempfile.mkdtemp(prefix="gridlab-web-"))  # mode 0700, ours, a fresh name
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return f"unix:{folder / SOCKET_FILE}"
+
+
+def _private_dir(folder: Path) -> bool:
+    """Make `folder` (or find it) a directory of ours that only we may enter; whether that worked."""
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        info = folder.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            return False  # a symlink, or someone else's
+        os.chmod(folder, 0o700)
+    except OSError:
+        return False
+    return True
 
 
 def secure_socket(target: str) -> None:

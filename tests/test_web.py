@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import re
+import stat
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import urlsplit
 
@@ -171,6 +174,29 @@ def ending_run() -> FakeApi:
 
     api.on_get_run.append(the_end)
     return api
+
+
+def test_the_internal_socket_is_in_a_directory_only_the_scheduler_may_enter(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def folder_of(target: str) -> Path:
+        assert target.startswith("unix:/")  # never unix-abstract: any local user may connect to those
+        folder = Path(target.removeprefix("unix:")).parent
+        info = folder.lstat()
+        assert stat.S_ISDIR(info.st_mode)
+        assert info.st_uid == os.getuid()
+        assert stat.S_IMODE(info.st_mode) == 0o700
+        return folder
+
+    short = tmp_path / "s"
+    short.mkdir()
+    (short / "web").mkdir(mode=0o755)  # left from before: made private again
+    assert folder_of(webmod.internal_target(short)) == (short / "web").resolve()
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    assert not str(folder_of(webmod.internal_target(deep))).startswith(str(tmp_path))
+    linked = tmp_path / "l"
+    linked.mkdir()
+    (linked / "web").symlink_to(tmp_path)  # not a directory of its own: not used
+    assert not str(folder_of(webmod.internal_target(linked))).startswith(str(tmp_path))
 
 
 def test_polling_ends_only_after_the_last_lines_are_shown() -> None:
