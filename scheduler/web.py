@@ -56,6 +56,7 @@ WEB_ADDRESS_FILE = "scheduler.web_addr"
 SOCKET_FILE = "scheduler.web.sock"
 COOKIE = "gridlab_session"
 SESSION_IDLE = 12 * 3600.0  # seconds a session lasts unused
+SESSION_RECHECK = 60.0  # seconds between asking whether a session's token still works
 MAX_SESSIONS = 10_000
 RPC_TIMEOUT = 15.0
 LOG_PAGE = 2000  # lines per /api/runs/ID/logs answer, at most
@@ -107,6 +108,7 @@ class Session:
     user: str
     role: str
     last_used: float = field(default_factory=time.monotonic)
+    checked: float = field(default_factory=time.monotonic)  # when the token was last known to work
 
 
 class Api:
@@ -281,7 +283,10 @@ class WebApp:
         assert self.channel is not None  # noqa: S101 - handlers run only between start and stop
         return Api(self.channel, token)
 
-    def _session(self, request: web.Request) -> Session | None:
+    async def _session(self, request: web.Request) -> Session | None:
+        """The request's session, if it has a live one. Its token is asked about again (WhoAmI) when it was
+        last checked more than SESSION_RECHECK ago, so a token revoked or expired ends its sessions within
+        that time even where no RPC is made with it (`/metrics` is served from the session alone)."""
         sid = request.cookies.get(COOKIE, "")
         session = self.sessions.get(sid) if sid else None
         if session is None:
@@ -292,16 +297,42 @@ class WebApp:
             return None
         session.last_used = now
         self.sessions.move_to_end(sid)
+        if now - session.checked > SESSION_RECHECK:
+            session.checked = now  # before the await: concurrent requests do not ask too
+            try:
+                await self._api(session.token).whoami()
+            except grpc.RpcError as exc:
+                if _status(exc) in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    self.sessions.pop(sid, None)
+                    request["login_note"] = f"Your token no longer works: {_details(exc)}. Log in again."
+                    return None
+                session.checked = 0.0  # could not ask (the API busy, say): ask again next time
         return session
+
+    def _same_origin(self, request: web.Request) -> bool:
+        """Whether a form post came from a page of this site, by its Origin (else Referer) header: a foreign
+        one is refused (no login CSRF, no logging people out from elsewhere); a request with neither (not
+        from a browser that sends them) passes, as SameSite=Strict cookies already protect the rest."""
+        source = request.headers.get("Origin") or request.headers.get("Referer")
+        if not source:
+            return True
+        try:
+            netloc = urlsplit(source).netloc
+        except ValueError:
+            return False
+        hosts = {request.host, request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()}
+        return bool(netloc) and netloc.lower() in {x.lower() for x in hosts if x}
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
         """Pages need a session (else the login page); JSON answers 401; an RPC's error becomes its HTTP status."""
+        if request.method == "POST" and not self._same_origin(request):
+            return web.Response(status=403, text="refused: a form posted from another site\n")
         public = request.path in ("/login", "/logout", "/metrics", "/healthz")
         if not public:
-            session = self._session(request)
+            session = await self._session(request)
             if session is None:
-                return self._need_login(request, "")
+                return self._need_login(request, request.get("login_note", ""))
             request["session"] = session
         try:
             response: web.StreamResponse = await handler(request)
@@ -371,7 +402,10 @@ class WebApp:
             self.sessions.popitem(last=False)
         log.info("web_login", user=who.user, role=who.role)
         response = web.HTTPSeeOther(nxt)
-        response.set_cookie(COOKIE, sid, httponly=True, samesite="Strict", secure=self.secure, path="/")
+        # Secure also behind a proxy that ended HTTPS for us (trusting the header can only restrict the cookie).
+        forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+        secure = self.secure or request.secure or forwarded == "https"
+        response.set_cookie(COOKIE, sid, httponly=True, samesite="Strict", secure=secure, path="/")
         return response
 
     async def logout(self, request: web.Request) -> web.Response:
@@ -391,7 +425,7 @@ class WebApp:
     async def metrics(self, request: web.Request) -> web.Response:
         if self.registry is None:
             raise web.HTTPNotFound()
-        if not self.config.web_metrics_public and self._session(request) is None:
+        if not self.config.web_metrics_public and await self._session(request) is None:
             header = request.headers.get("Authorization", "")
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():

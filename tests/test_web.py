@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import grpc
 import grpc.aio
+from aiohttp.test_utils import make_mocked_request
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from simagents import Machine, SimAgents
@@ -29,7 +30,7 @@ from gridlab.common.config import SchedulerConfig
 from gridlab.scheduler import web as webmod
 from gridlab.scheduler.prommetrics import ClusterCollector, reason_word
 from gridlab.scheduler.webpages import line_chart, metric_series
-from gridlab.v1 import artifacts_pb2, types_pb2
+from gridlab.v1 import artifacts_pb2, scheduler_pb2, types_pb2
 
 A100_X2 = Machine("a100x2", (("A100", 80.0),) * 2, cpus=32, memory_gb=256)
 RTX_X4 = Machine("rtx3090x4", (("RTX3090", 24.0),) * 4, cpus=32, memory_gb=128)
@@ -64,6 +65,13 @@ class FakeApi(webmod.Api):
         found = [x for x in self.lines if x.cursor > after and (rank is None or x.rank == rank)]
         return found[:limit], len(found) > limit
 
+    revoked = False
+
+    async def whoami(self) -> scheduler_pb2.WhoAmIResponse:
+        if self.revoked:
+            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAUTHENTICATED, details="token revoked")
+        return scheduler_pb2.WhoAmIResponse(user="alice", role="user")
+
     def download(self, run_id: str, digest: str) -> FakeDownload:
         return FakeDownload(self.blob, self.break_after)
 
@@ -89,14 +97,13 @@ class FakeDownload:
 
 
 def fake_app(api: FakeApi) -> webmod.WebApp:
-    app = webmod.WebApp(SchedulerConfig(), "unix:/nonexistent")
+    app = webmod.WebApp(SchedulerConfig(), "unix:/nonexistent", CollectorRegistry())
     app._api_of = lambda request: api  # type: ignore[method-assign]
+    app._api = lambda token: api  # type: ignore[method-assign]
     return app
 
 
 def call(app: webmod.WebApp, handler: str, path: str, **match: str) -> dict:
-    from aiohttp.test_utils import make_mocked_request
-
     async def go() -> dict:
         reply = await getattr(app, handler)(make_mocked_request("GET", path, match_info=match))
         return json.loads(reply.body)
@@ -157,6 +164,52 @@ def test_a_download_that_breaks_off_is_short_never_corrupt() -> None:
     assert status == 504
     assert complete
     assert b"DEADLINE_EXCEEDED" in body
+
+
+def test_a_revoked_tokens_session_loses_metrics_within_a_minute() -> None:
+    api = FakeApi()
+    app = fake_app(api)
+    session = app.sessions["sid"] = webmod.Session("token", "alice", "user")
+
+    async def scrape() -> int:
+        request = make_mocked_request("GET", "/metrics", headers={"Cookie": f"{webmod.COOKIE}=sid"})
+        return (await app.metrics(request)).status
+
+    assert asyncio.run(scrape()) == 200
+    api.revoked = True
+    assert asyncio.run(scrape()) == 200  # checked a moment ago: not asked again yet
+    session.checked -= webmod.SESSION_RECHECK + 1
+    assert asyncio.run(scrape()) == 401
+    assert "sid" not in app.sessions
+
+
+def test_forms_posted_from_another_site_are_refused() -> None:
+    def client(base: str, cookie: str) -> list[tuple[int, str]]:
+        own = base  # http://127.0.0.1:PORT
+        web = Browser(base)
+        out = []
+        for headers in (
+            {"Origin": "http://evil.example"},
+            {"Origin": "null"},
+            {"Referer": "http://evil.example/page"},
+            {"Origin": own},
+            {"Referer": own + "/login"},
+            {},  # no browser: nothing to check
+            {"X-Forwarded-Proto": "https"},
+        ):
+            web.cookies.clear()
+            reply = web.post("/login", {"token": "t", "next": "/runs"}, headers=headers)
+            out.append((reply.status, reply.headers.get("Set-Cookie", "")))
+        logged_in = Browser(base, cookies={webmod.COOKIE: "sid"})
+        out.append((logged_in.post("/logout", {}, headers={"Origin": "http://evil.example"}).status, ""))
+        return out
+
+    api = FakeApi()
+    replies = served(api, client)
+    assert [status for status, _ in replies] == [403, 403, 403, 303, 303, 303, 303, 403]
+    assert not any(cookie for status, cookie in replies if status == 403)
+    assert "Secure" not in replies[3][1]
+    assert "Secure" in replies[6][1]  # HTTPS ended at a proxy in front
 
 
 def ending_run() -> FakeApi:

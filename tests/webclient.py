@@ -59,8 +59,8 @@ class Browser:
     def get(self, path: str, **kw: Any) -> Reply:
         return self.request("GET", path, **kw)
 
-    def post(self, path: str, form: dict[str, str]) -> Reply:
-        return self.request("POST", path, form=form)
+    def post(self, path: str, form: dict[str, str], headers: dict[str, str] | None = None) -> Reply:
+        return self.request("POST", path, form=form, headers=headers)
 
     def login(self, token: str) -> Reply:
         return self.post("/login", {"token": token, "next": "/cluster"})
