@@ -60,7 +60,13 @@ SESSION_RECHECK = 60.0  # seconds between asking whether a session's token still
 MAX_SESSIONS = 10_000
 RPC_TIMEOUT = 15.0
 LOG_PAGE = 2000  # lines per /api/runs/ID/logs answer, at most
-METRIC_RECORDS = 50_000  # metrics records read per chart, at most
+METRIC_KEEP = 2000  # metrics records kept per run: past that, the older ones are thinned (the newest stays)
+METRIC_READ = 20_000  # metrics lines per StreamLogs read
+METRIC_READS_PER_REQUEST = 25  # reads one request makes at most (a long run's charts catch up over polls)
+METRIC_CACHE_RUNS = 128  # runs whose records are kept between polls
+METRIC_CACHE_IDLE = 300.0  # seconds a run's records are kept unused
+METRIC_CONCURRENCY = 8  # metrics reads in flight at once, across every request
+SWEEP_POINTS = 20_000  # points of the chosen metric on a sweep's chart, over all its trials, at most
 MAX_CHARTS = 12
 METRICS_RANK = -2  # the LogLine rank of forwarded metrics records
 TERMINAL = frozenset({types_pb2.RUN_STATE_SUCCEEDED, types_pb2.RUN_STATE_FAILED, types_pb2.RUN_STATE_CANCELLED})
@@ -175,24 +181,76 @@ class Api:
             call.cancel()
         return lines, False
 
-    async def metrics(self, run_id: str) -> list[dict[str, Any]]:
-        lines, _ = await self.log_lines(run_id, 0, METRIC_RECORDS, rank=METRICS_RANK)
-        out = []
-        for line in lines:
-            if line.stream != types_pb2.LOG_STREAM_METRICS:
-                continue
-            with contextlib.suppress(ValueError):
-                record = json.loads(line.text)
-                if isinstance(record, dict):
-                    record.setdefault("attempt", line.attempt_number)
-                    out.append(record)
-        return out
-
     def download(self, run_id: str, digest: str) -> Any:
         """The blob's bytes in chunks (a stream call: iterate it, then cancel it)."""
         return self.arts.DownloadBlob(
             artifacts_pb2.DownloadBlobRequest(run_id=run_id, digest=digest), metadata=self.md, timeout=600
         )
+
+
+@dataclass
+class _RunMetrics:
+    cursor: int = 0  # the last metrics line read
+    records: list[dict[str, Any]] = field(default_factory=list)
+    used: float = field(default_factory=time.monotonic)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class MetricsCache:
+    """Each run's metrics records, read incrementally: a poll reads only the lines after the last one read,
+    never the whole run again. At most METRIC_KEEP records per run: past that the older ones are thinned
+    (every other one), the newest always kept, so a long run's chart spans its whole history and shows its
+    latest values. At most METRIC_CONCURRENCY reads are in flight, whatever the number of pages and trials.
+
+    Shared by users: callers read the run with their own token first (GetRun, or it came from their
+    ListRuns), and every read here is made with the caller's token too."""
+
+    def __init__(self) -> None:
+        self.runs: OrderedDict[str, _RunMetrics] = OrderedDict()
+        self.reads = asyncio.Semaphore(METRIC_CONCURRENCY)
+
+    def _entry(self, run_id: str) -> _RunMetrics:
+        now = time.monotonic()
+        while self.runs:
+            oldest_id, oldest = next(iter(self.runs.items()))
+            if len(self.runs) < METRIC_CACHE_RUNS and now - oldest.used < METRIC_CACHE_IDLE:
+                break
+            del self.runs[oldest_id]
+        entry = self.runs.get(run_id)
+        if entry is None:
+            entry = self.runs[run_id] = _RunMetrics()
+        entry.used = now
+        self.runs.move_to_end(run_id)
+        return entry
+
+    async def records(self, api: Api, run_id: str) -> tuple[list[dict[str, Any]], bool]:
+        """The run's records (thinned when long), and whether every line logged so far was read."""
+        entry = self._entry(run_id)
+        async with entry.lock, self.reads:
+            for _ in range(METRIC_READS_PER_REQUEST):
+                lines, more = await api.log_lines(run_id, entry.cursor, METRIC_READ, rank=METRICS_RANK)
+                for line in lines:
+                    entry.cursor = max(entry.cursor, line.cursor)
+                    if line.stream != types_pb2.LOG_STREAM_METRICS:
+                        continue
+                    with contextlib.suppress(ValueError):
+                        record = json.loads(line.text)
+                        if isinstance(record, dict):
+                            record.setdefault("attempt", line.attempt_number)
+                            entry.records.append(record)
+                    if len(entry.records) > METRIC_KEEP:
+                        entry.records = _thin(entry.records)
+                if not more:
+                    return list(entry.records), True
+            return list(entry.records), False
+
+
+def _thin(records: list[Any]) -> list[Any]:
+    """Every other one, and the last."""
+    kept = records[::2]
+    if kept[-1] is not records[-1]:
+        kept.append(records[-1])
+    return kept
 
 
 def _status(error: grpc.RpcError) -> grpc.StatusCode:
@@ -225,6 +283,7 @@ class WebApp:
         self.secure = secure
         self.sessions: OrderedDict[str, Session] = OrderedDict()
         self.channel: grpc.aio.Channel | None = None
+        self.metric_cache = MetricsCache()
         self.app = web.Application(middlewares=[self._guard], client_max_size=64 * 1024)
         self.app.on_response_prepare.append(self._headers)
         r = self.app.router
@@ -748,8 +807,13 @@ class WebApp:
         trials = sorted(await api.all_runs(pages=2, sweep=name), key=lambda r: r.spec.sweep.index)
         if not trials:
             return self._error(request, 404, f"no sweep {name!r} among the runs you may see")
-        records = await asyncio.gather(*(api.metrics(t.id) for t in trials))
-        series = [P.metric_series(r) for r in records]
+        per_trial = max(50, SWEEP_POINTS // len(trials))
+
+        async def series_of(run: types_pb2.Run) -> dict[str, list[tuple[float, float]]]:
+            records, _ = await self.metric_cache.records(api, run.id)  # at most METRIC_CONCURRENCY at once
+            return {k: P.thin(v, per_trial) for k, v in P.metric_series(records).items()}
+
+        series = await asyncio.gather(*(series_of(t) for t in trials))
         names = sorted({k for s in series for k in s})
         info = trials[0].spec.sweep
         metric = request.query.get("metric") or (info.metric if info.metric in names else (names[0] if names else ""))
@@ -875,7 +939,10 @@ class WebApp:
         )
 
     async def api_metrics(self, request: web.Request) -> web.Response:
-        records = await self._api_of(request).metrics(request.match_info["run_id"])
+        run_id = request.match_info["run_id"]
+        api = self._api_of(request)
+        await api.get_run(run_id)  # this user may see it (the cache is shared)
+        records, _ = await self.metric_cache.records(api, run_id)
         return web.json_response({"records": records})
 
     async def api_charts(self, request: web.Request) -> web.Response:
@@ -883,7 +950,7 @@ class WebApp:
         run_id = request.match_info["run_id"]
         api = self._api_of(request)
         run = await api.get_run(run_id)  # before the records, as in api_logs: "done" never hides the last ones
-        records = await api.metrics(run_id)
+        records, complete = await self.metric_cache.records(api, run_id)
         series = P.metric_series(records)
         charts = [
             P.line_chart(name, {name: pts}, chart_id=f"chart-{i}")
@@ -893,7 +960,7 @@ class WebApp:
             {
                 "html": "".join(charts) or '<span class="muted">no metrics yet</span>',
                 "points": {name: len(pts) for name, pts in series.items()},
-                "done": run.state in TERMINAL,
+                "done": run.state in TERMINAL and complete,
             }
         )
 

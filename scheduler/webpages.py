@@ -272,3 +272,12 @@ def metric_series(records: Iterable[Mapping[str, object]]) -> dict[str, list[tup
                 continue
             out.setdefault(str(key), []).append((x, float(value)))
     return out
+
+
+def thin(points: list[tuple[float, float]], most: int) -> list[tuple[float, float]]:
+    """At most about `most` of the points, evenly: every k-th, and the last."""
+    if len(points) <= most:
+        return points
+    step = math.ceil(len(points) / max(1, most))
+    shown = points[::step]
+    return shown if shown[-1] is points[-1] else [*shown, points[-1]]

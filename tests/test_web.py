@@ -46,6 +46,7 @@ class FakeApi(webmod.Api):
         self.state = types_pb2.RUN_STATE_RUNNING
         self.on_get_run: list = []
         self.reads = 0  # log_lines calls
+        self.afters, self.trials = [], []
 
     def add(self, text: str, *, metrics: bool = False) -> None:
         rank, stream = (
@@ -60,8 +61,20 @@ class FakeApi(webmod.Api):
             hook()
         return types_pb2.Run(id=run_id, state=self.state)
 
+    afters: list[int] = []  # noqa: RUF012 - each instance sets its own
+    in_flight = busiest = 0  # log_lines calls under way now, and the most at once
+    trials: list[types_pb2.Run] = []  # noqa: RUF012
+
+    async def all_runs(self, pages: int = 5, **kw: object) -> list[types_pb2.Run]:
+        return self.trials
+
     async def log_lines(self, run_id: str, after: int, limit: int, rank: int | None = None) -> tuple[list, bool]:
         self.reads += 1
+        self.afters.append(after)
+        self.in_flight += 1
+        self.busiest = max(self.busiest, self.in_flight)
+        await asyncio.sleep(0.001)
+        self.in_flight -= 1
         found = [x for x in self.lines if x.cursor > after and (rank is None or x.rank == rank)]
         return found[:limit], len(found) > limit
 
@@ -210,6 +223,45 @@ def test_forms_posted_from_another_site_are_refused() -> None:
     assert not any(cookie for status, cookie in replies if status == 403)
     assert "Secure" not in replies[3][1]
     assert "Secure" in replies[6][1]  # HTTPS ended at a proxy in front
+
+
+def test_a_long_runs_chart_is_bounded_shows_its_latest_values_and_polls_read_only_new_lines() -> None:
+    api = FakeApi()
+    for step in range(60_000):  # more than any one read, and than a chart keeps
+        api.add(json.dumps({"step": step, "loss": 1.0 / (step + 1)}), metrics=True)
+    app = fake_app(api)
+    first = call(app, "api_charts", "/api/runs/r1/charts", run_id="r1")
+    assert 1000 <= first["points"]["loss"] <= webmod.METRIC_KEEP + 1
+    assert 'data-points="{}"'.format(first["points"]["loss"]) in first["html"]
+    records = call(app, "api_metrics", "/api/runs/r1/metrics", run_id="r1")["records"]
+    assert records[0]["step"] == 0
+    assert records[-1]["step"] == 59_999  # the latest, not the first 50k frozen
+    api.add(json.dumps({"step": 60_000, "loss": 0.0}), metrics=True)
+    api.afters.clear()
+    records = call(app, "api_metrics", "/api/runs/r1/metrics", run_id="r1")["records"]
+    assert records[-1] == {"step": 60_000, "loss": 0.0, "attempt": 1}
+    assert api.afters == [60_000]  # only the lines after the last one read
+
+
+def test_a_big_sweep_reads_a_few_trials_at_a_time() -> None:
+    api = FakeApi()
+    for i in range(40):
+        api.trials.append(
+            types_pb2.Run(id=f"r{i}", spec=types_pb2.RunSpec(sweep=types_pb2.SweepTrial(name="s", index=i)))
+        )
+    for step in range(100):
+        api.add(json.dumps({"step": step, "loss": 1.0}), metrics=True)
+    app = fake_app(api)
+
+    async def page() -> str:
+        request = make_mocked_request("GET", "/sweeps/s", match_info={"name": "s"})
+        request["session"] = webmod.Session("token", "alice", "user")
+        return (await app.sweep_page(request)).text
+
+    html = asyncio.run(page())
+    assert api.reads >= 40
+    assert api.busiest <= webmod.METRIC_CONCURRENCY
+    assert 'data-points="4000"' in html  # 40 trials of 100 points
 
 
 def ending_run() -> FakeApi:
