@@ -531,7 +531,8 @@ def attempt_for_upload(store: Store, attempt_id: str, agent_name: str, now: floa
     row = store.one("SELECT * FROM attempts WHERE id = ?", (attempt_id,))
     if row is None:
         raise aborted(f"attempt {attempt_id!r} is unknown")
-    if not store.one("SELECT 1 FROM attempt_nodes WHERE attempt_id = ? AND agent_name = ?", (attempt_id, agent_name)):
+    # (+agent_name: by the attempt's primary key, not the agent's index and its whole history)
+    if not store.one("SELECT 1 FROM attempt_nodes WHERE attempt_id = ? AND +agent_name = ?", (attempt_id, agent_name)):
         raise aborted(f"attempt {attempt_id} has no node on agent {agent_name!r} (header.agent_name)")
     _check_recent(row, now)
     return row

@@ -570,8 +570,10 @@ class Engine:
             self._send_cancel(node["agent_name"], attempt_id, reason, final)
 
     def _set_node_state(self, conn: sqlite3.Connection, attempt_id: str, agent_name: str, state: AttemptState) -> None:
+        # `+agent_name`: look the node up by its attempt (the primary key), not by the agent's index, which
+        # SQLite would otherwise pick and walk through every node the agent ever ran.
         conn.execute(
-            "UPDATE attempt_nodes SET state = ? WHERE attempt_id = ? AND agent_name = ?",
+            "UPDATE attempt_nodes SET state = ? WHERE attempt_id = ? AND +agent_name = ?",
             (state.value, attempt_id, agent_name),
         )
 

@@ -26,7 +26,7 @@ from gridlab.v1 import types_pb2
 if TYPE_CHECKING:
     from .logstore import LogStore
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 
 def _migrate_1(db: sqlite_utils.Database) -> None:
@@ -312,6 +312,13 @@ def _migrate_11(db: sqlite_utils.Database) -> None:
     db.conn.execute("ALTER TABLE runs ADD COLUMN interruptions INTEGER NOT NULL DEFAULT 0")
 
 
+def _migrate_12(db: sqlite_utils.Database) -> None:
+    # An agent's live nodes by (agent_name, state), not by agent_name alone: that index made "what does this
+    # agent hold now" (every placement, every report) walk the agent's whole history of attempts.
+    db.conn.execute("CREATE INDEX attempt_nodes_agent_state ON attempt_nodes (agent_name, state)")
+    db.conn.execute("DROP INDEX IF EXISTS idx_attempt_nodes_agent_name")
+
+
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     1: _migrate_1,
     2: _migrate_2,
@@ -324,6 +331,7 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     9: _migrate_9,
     10: _migrate_10,
     11: _migrate_11,
+    12: _migrate_12,
 }
 
 
