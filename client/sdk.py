@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import random
@@ -50,6 +49,7 @@ from gridlab.client.errors import (
 from gridlab.client.resources import Resources, parse_resources
 from gridlab.common import auth, grpcopts, timeutil, tls
 from gridlab.common.config import ConfigError
+from gridlab.common.metricrecords import metric_record
 from gridlab.v1 import artifacts_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, types_pb2
 
 if TYPE_CHECKING:
@@ -1732,13 +1732,9 @@ class Client:
             TimeoutError: The records had not ended after `timeout` seconds.
         """
         for line in self.log_lines(run_id, follow=follow, rank=METRICS_RANK, timeout=timeout):
-            if line.stream != types_pb2.LOG_STREAM_METRICS:
-                continue
-            with contextlib.suppress(ValueError):
-                record = json.loads(line.text)
-                if isinstance(record, dict):
-                    record.setdefault("attempt", line.attempt_number)
-                    yield record
+            record = metric_record(line)
+            if record is not None:
+                yield record
 
     # -- cluster
 

@@ -46,6 +46,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from gridlab.common import auth as common_auth
 from gridlab.common.config import ConfigError, SchedulerConfig
+from gridlab.common.metricrecords import metric_record
 from gridlab.v1 import artifacts_pb2, artifacts_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, types_pb2
 
 from . import webpages as P
@@ -231,13 +232,9 @@ class MetricsCache:
                 lines, more = await api.log_lines(run_id, entry.cursor, METRIC_READ, rank=METRICS_RANK)
                 for line in lines:
                     entry.cursor = max(entry.cursor, line.cursor)
-                    if line.stream != types_pb2.LOG_STREAM_METRICS:
-                        continue
-                    with contextlib.suppress(ValueError):
-                        record = json.loads(line.text)
-                        if isinstance(record, dict):
-                            record.setdefault("attempt", line.attempt_number)
-                            entry.records.append(record)
+                    record = metric_record(line)
+                    if record is not None:
+                        entry.records.append(record)
                     if len(entry.records) > METRIC_KEEP:
                         entry.records = _thin(entry.records)
                 if not more:
