@@ -49,6 +49,9 @@ class Batcher:
         self.batches = 0  # for tests and benchmarks: transactions committed
         self.functions = 0  # and functions run in them
         self._last = 0  # functions in the last batch
+        # Run at the end of every batch, inside it (the engine's placement pass, when one is due): what the
+        # batch's functions changed is acted on in the same commit, without a batch of its own.
+        self.tail: Callable[[], None] | None = None
 
     def post(self, fn: Callable[[], object]) -> None:
         """Run `fn` in the next batch; nobody waits for it (it handles its own errors)."""
@@ -108,6 +111,13 @@ class Batcher:
                         continue
                     if future is not None:
                         outcomes.append((future, result, None))
+                if self.tail is not None:
+                    if not self.store.conn.in_transaction:
+                        raise GroupAborted("SQLite rolled the batch's transaction back")
+                    try:
+                        self.tail()
+                    except Exception:  # its own savepoints undid its writes; the batch's functions stand
+                        log.exception("batch_tail_failed")
         except BaseException as exc:
             log.exception("group_commit_failed", functions=len(batch))
             self.on_commit_failure()

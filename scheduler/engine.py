@@ -153,6 +153,9 @@ class Engine:
         self._timed_out: set[str] = set()  # attempts stopped at their run's time limit: they end for good
         self.usage: dict[str, Usage] = self._load_usage()
         self.batcher = Batcher(store, on_commit_failure=self._drop_sessions)  # group commit; `run()` it
+        self.batcher.tail = self._pass_if_due
+        self._pass_took = 0.0  # seconds the last placement pass took
+        self._pass_ended = 0.0  # time.perf_counter() when it ended
         self._restart_liveness()
 
     def _restart_liveness(self) -> None:
@@ -1383,27 +1386,39 @@ class Engine:
 
     # ---------------------------------------------------------------- loops
 
+    def _gap(self) -> float:
+        """The least time between passes: PASS_GAP, and at least as long as the last pass took, since a pass over a
+        deep queue (20,000 runs: 0.2-0.3 s) holds the event loop, and back-to-back passes would starve the
+        streams and every other call."""
+        return max(PASS_GAP, self._pass_took)
+
+    def _timed_pass(self) -> None:
+        self._kick.clear()
+        started = time.perf_counter()
+        try:
+            self.place_once()
+        finally:
+            self._pass_ended = time.perf_counter()
+            self._pass_took = self._pass_ended - started
+
+    def _pass_if_due(self) -> None:
+        """The batcher's tail: a pass at the end of a batch when a change asked for one and the gap has passed,
+        so a submit (or an end that frees GPUs) is placed in the commit that records it."""
+        if self._kick.is_set() and time.perf_counter() - self._pass_ended >= self._gap():
+            self._timed_pass()
+
     async def placement_loop(self) -> None:
-        """A pass on every change (a submit, an end, an agent), at most one per PASS_GAP: a burst of changes is
-        served by one pass, not one pass each. The pass runs in a group commit with whatever else is queued.
-        The gap is at least as long as the last pass took: a pass over a deep queue (20,000 runs: 0.2-0.3 s)
-        holds the event loop, and back-to-back passes would starve the streams and every other call."""
-        took = [0.0]
-
-        def timed_pass() -> None:
-            started = time.perf_counter()
-            try:
-                self.place_once()
-            finally:
-                took[0] = time.perf_counter() - started
-
+        """A pass on every change (a submit, an end, an agent), at most one per gap: a burst of changes is served
+        by one pass, not one pass each. Busy, the passes run as batches' tails (`_pass_if_due`); this loop
+        covers a change no batch follows soon, and the periodic pass every placement_interval."""
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), self.config.placement_interval)
-            await asyncio.sleep(max(PASS_GAP, took[0]))
-            self._kick.clear()
+            await asyncio.sleep(self._gap())
+            if not self._kick.is_set() and time.perf_counter() - self._pass_ended < self.config.placement_interval:
+                continue  # a batch's tail has served it meanwhile
             try:
-                await self.batcher.call(timed_pass)
+                await self.batcher.call(self._timed_pass)
             except Exception:  # a bug must not stop scheduling for everyone
                 log.exception("placement_failed")
 

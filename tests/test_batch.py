@@ -179,3 +179,33 @@ def test_a_caller_that_went_away_is_skipped_and_a_cancellation_fails_the_batch_l
     assert dropped == [True]
     assert keys(store.path) == {"kept"}
     assert runner_end
+
+
+def test_the_tail_runs_inside_every_batch_and_its_failure_is_its_own(store: Store) -> None:
+    """The engine's placement pass rides at the end of a batch: in its transaction (committed with it, seeing its
+    functions' writes), once per batch; a tail that fails undoes its own writes only."""
+
+    async def go() -> tuple[list[set[str]], int]:
+        batcher = Batcher(store)
+        seen: list[set[str]] = []
+        fail = [False]
+
+        def tail() -> None:
+            seen.append({r["key"] for r in store.all("SELECT key FROM meta")})
+            with store.transaction() as conn:
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('tail', ?)", (len(seen),))
+                if fail[0]:
+                    raise ZeroDivisionError
+
+        batcher.tail = tail
+        runner = asyncio.create_task(batcher.run())
+        await asyncio.gather(batcher.call(lambda: insert(store, "a", 1)), batcher.call(lambda: insert(store, "b", 2)))
+        fail[0] = True
+        await batcher.call(lambda: insert(store, "c", 3))
+        runner.cancel()
+        return seen, store.one("SELECT value FROM meta WHERE key = 'tail'")["value"]
+
+    seen, tail_value = asyncio.run(go())
+    assert seen == [{"a", "b"}, {"a", "b", "c", "tail"}]  # one tail per batch, after that batch's functions
+    assert keys(store.path) == {"a", "b", "c", "tail"}  # the failed tail's write undone, "c" committed
+    assert tail_value == 1
