@@ -658,7 +658,7 @@ class WebApp:
         facts = [
             [
                 "state",
-                P.state_span(state)
+                f'<span id="run-state">{P.state_span(state)}</span>'  # the log poll keeps it current
                 + (f" <span class='muted'>{h(run.pending_reason)}</span>" if run.pending_reason else ""),
             ],
             ["user", h(run.user) + (f" (team {h(run.team)})" if run.team else "")],
@@ -667,6 +667,8 @@ class WebApp:
             ["duration", h(P.duration(run))],
             ["retries used", str(run.retries_used)],
         ]
+        if run.interruptions:
+            facts.append(["interrupted", f"{run.interruptions} (spot reclaims; no retry spent)"])
         if run.message:
             facts.append(["message", h(run.message)])
         if state in ("SUCCEEDED", "FAILED"):
@@ -1035,6 +1037,8 @@ async function logs(){
       if (follow) el.scrollTop = el.scrollHeight;
     }
     cursor = j.cursor || cursor;
+    const s = document.querySelector('#run-state .state');
+    if (s && j.state) { s.textContent = j.state; s.className = 'state ' + j.state; }
     if (j.done) return;
     if (j.more) wait = 50;
   } catch (e) { wait = 3000; }

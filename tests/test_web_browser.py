@@ -185,6 +185,8 @@ def test_dashboard_in_chromium(make_cluster, browser, tmp_path: Path) -> None:  
         run.wait(timeout=60)
         poll(lambda: lines() >= 24, 20, "every line")
         poll(lambda: points() == 24, 20, "every point")
+        state = alice_page.locator("#run-state")
+        poll(lambda: state.inner_text().strip() == "SUCCEEDED", 20, "the state cell following the run to its end")
         shot(alice_page, tmp_path, "run-finished")
 
         # Runs: the table, filtered.
