@@ -755,37 +755,28 @@ class Attempt:
             return None
 
     def _read_output(self, r: _Rank) -> None:
-        if r.proc.stdout is not None:
-            pipe = r.transport.get_pipe_transport(1)
-            count = self._fence.add(r.proc.stdout, pipe)
-            r.readers.append(asyncio.create_task(self._pump(r.proc.stdout, r.rank, True, pipe, count)))
-        if r.proc.stderr is not None:
-            pipe = r.transport.get_pipe_transport(2)
-            count = self._fence.add(r.proc.stderr, pipe)
-            r.readers.append(asyncio.create_task(self._pump(r.proc.stderr, r.rank, False, pipe, count)))
+        for fd, reader, stream in (
+            (1, r.proc.stdout, types_pb2.LOG_STREAM_STDOUT),
+            (2, r.proc.stderr, types_pb2.LOG_STREAM_STDERR),
+        ):
+            if reader is not None:
+                position = self._fence.add(reader, r.transport.get_pipe_transport(fd))
+                r.readers.append(asyncio.create_task(self._pump(r.rank, stream, position)))
 
-    async def _pump(
-        self,
-        reader: asyncio.StreamReader,
-        rank: int,
-        stdout: bool,
-        pipe: asyncio.BaseTransport | None,
-        position: PipeCount,
-    ) -> None:
+    async def _pump(self, rank: int, stream: types_pb2.LogStream, position: PipeCount) -> None:
         """A rank's pipe to EOF: each read's complete lines go out as one batch (a LogLine with count); a
-        busy pipe is read every 2 ms, so a rank writing line by line still makes big batches."""
-        stream = types_pb2.LOG_STREAM_STDOUT if stdout else types_pb2.LOG_STREAM_STDERR
+        busy pipe is read every 2 ms, so a rank writing line by line still makes big batches. `position`
+        counts what was read, for the checkpoints' fence."""
 
         def emit(text: str, count: int) -> None:
             self._events.on_log(self._log.batch(rank, stream, text, count))
 
-        read_pipe = pipe if isinstance(pipe, asyncio.ReadTransport) else None
-
         def consumed(n: int) -> None:
             position.consumed += n
 
+        pipe = position.transport if isinstance(position.transport, asyncio.ReadTransport) else None
         try:
-            await pump_batches(reader, emit, gather=0.002, pipe=read_pipe, consumed=consumed)
+            await pump_batches(position.reader, emit, gather=0.002, pipe=pipe, consumed=consumed)
         finally:
             position.ended = True
 

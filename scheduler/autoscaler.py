@@ -348,7 +348,7 @@ class Autoscaler:
         queued = "SELECT id, user, team, pending_reason, interruptions FROM runs WHERE state = 'QUEUED'"
         for row in engine.store.all(queued):
             if is_demand(row["pending_reason"] or ""):
-                waiting.append(engine._request(row["id"], row["user"], row["team"] or "", row["interruptions"]))  # noqa: SLF001
+                waiting.append(engine.request_for(row["id"], row["user"], row["team"] or "", row["interruptions"]))
         vanished = [n for n, k in self.known.items() if n not in listed.get(k.pool, [])]
         if vanished:
             self._forget(vanished)

@@ -143,10 +143,8 @@ class Engine:
         self.unschedulable: set[str] = agentadmin.load_unschedulable(store)  # cordoned or draining: nothing new
         self._specs: dict[str, types_pb2.RunSpec] = {}  # run id -> spec, while queued or live
         self._requests: dict[str, placement.RunRequest] = {}  # run id -> what placement needs of it, likewise
-        self._views = snapshot.ViewCache(config.burst_pools)  # each agent's static view, rebuilt when it changes
-        self._views.spot_pools = frozenset(
-            name for name, table in config.pools.items() if isinstance(table, dict) and table.get("preemptible")
-        )
+        spot_pools = [name for name, t in config.pools.items() if isinstance(t, dict) and t.get("preemptible")]
+        self._views = snapshot.ViewCache(config.burst_pools, spot_pools)  # each agent's static view, rebuilt on change
         self._fit_index = placement.FitIndex()  # which agents fit which request shapes, kept across passes
         self.queue_positions: dict[str, int] = {}  # queued run -> its place in the last pass's order (1-based)
         self._stopping: dict[str, str] = {}  # attempt being preempted -> the run it makes room for
@@ -1167,7 +1165,7 @@ class Engine:
             spec = self._specs[run_id] = types_pb2.RunSpec.FromString(blob or b"")
         return spec
 
-    def _request(self, run_id: str, user: str, team: str, interruptions: int = 0) -> placement.RunRequest:
+    def request_for(self, run_id: str, user: str, team: str, interruptions: int = 0) -> placement.RunRequest:
         """A queued run's placement request, built once (a pass over 20,000 queued runs built them all anew)."""
         req = self._requests.get(run_id)
         if req is None or req.interruptions != interruptions:
@@ -1242,7 +1240,7 @@ class Engine:
         ordered = queue.order(entries, self._shares(now, live))
         specs = {e.run_id: self._spec(e.run_id) for e in ordered}
         requests = [
-            self._request(e.run_id, e.user, by_id[e.run_id]["team"] or "", by_id[e.run_id]["interruptions"])
+            self.request_for(e.run_id, e.user, by_id[e.run_id]["team"] or "", by_id[e.run_id]["interruptions"])
             for e in ordered
         ]
         plan = placement.plan(

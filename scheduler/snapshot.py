@@ -57,9 +57,9 @@ class ViewCache:
     """Each agent's view without what is used, rebuilt only when its inventory's static facts change (GPUs,
     topology, CPUs, memory), not on every heartbeat's utilization: a pass then only subtracts what is held."""
 
-    def __init__(self, burst_pools: Iterable[str]) -> None:
+    def __init__(self, burst_pools: Iterable[str], spot_pools: Iterable[str] = ()) -> None:
         self.burst_pools = frozenset(burst_pools)
-        self.spot_pools: frozenset[str] = frozenset()  # pools whose machines are all spot (the [pools] config)
+        self.spot_pools = frozenset(spot_pools)  # pools whose machines are all spot (the [pools] config)
         self._views: dict[str, tuple[tuple[object, ...], AgentView]] = {}
         self._seen: dict[str, types_pb2.Inventory] = {}  # the inventory object each view was last checked against
 

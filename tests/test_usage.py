@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_engine import inventory
+from test_engine import drain, inventory
 
 from gridlab.common.config import SchedulerConfig
 from gridlab.common.timeutil import FakeClock
@@ -29,15 +29,6 @@ CAROL = Principal("carol", "user")
 
 def hello(engine: Engine, name: str, pool: str, gpus: int = 2) -> AgentSession:
     return engine.agent_hello(agent_pb2.Hello(name=name, pool=pool, inventory=inventory(gpus)))
-
-
-def drain(session: AgentSession) -> list[agent_pb2.SchedulerMessage]:
-    out = []
-    while not session.outbox.empty():
-        msg = session.outbox.get_nowait()
-        if msg is not None:
-            out.append(msg)
-    return out
 
 
 def assigned(session: AgentSession) -> list[str]:
