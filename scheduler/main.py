@@ -27,7 +27,6 @@ from gridlab.common.config import ConfigError, SchedulerConfig, load
 from gridlab.common.grpcopts import SERVER_OPTIONS
 from gridlab.v1 import agent_pb2_grpc, artifacts_pb2_grpc, scheduler_pb2_grpc
 
-from . import prommetrics, web
 from .api import DecodeGuard, SchedulerService
 from .artifacts_api import ArtifactsService
 from .auth import AuthInterceptor
@@ -39,6 +38,7 @@ from .store import Store
 log = structlog.get_logger("gridlab.scheduler")
 ADDRESS_FILE = "scheduler.addr"
 AGENT_ADDRESS_FILE = "scheduler.agent_addr"  # the bound agent_listen address, when there is one
+WEB_ADDRESS_FILE = "scheduler.web_addr"  # the dashboard's bound address, with web_listen
 
 
 def _publish(path: Path, text: str) -> None:
@@ -75,10 +75,12 @@ async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> N
     interceptors: list[grpc.aio.ServerInterceptor] = [AuthInterceptor(engine.lookup_token), DecodeGuard()]
     registry, web_target = None, ""
     if config.web_listen:  # the dashboard: /metrics (RPCs counted from here on), and its channel to this API
+        from . import prommetrics, web  # aiohttp and prometheus-client: imported only when it is on (~0.2 s)
+
         registry, rpc_metrics = prommetrics.make_registry(engine)
         interceptors.insert(0, prommetrics.RpcMetricsInterceptor(rpc_metrics))
         web_target = web.internal_target(state_dir)
-    (state_dir / web.WEB_ADDRESS_FILE).unlink(missing_ok=True)
+    (state_dir / WEB_ADDRESS_FILE).unlink(missing_ok=True)
     server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(engine), server)
     agent_pb2_grpc.add_AgentGatewayServicer_to_server(AgentGatewayService(engine), server)
@@ -95,7 +97,8 @@ async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> N
         raise ConfigError(f"cannot listen on {web_target} (the web dashboard's channel to the API)")
     port = ports[0]
     await server.start()
-    web.secure_socket(web_target)
+    if web_target:
+        web.secure_socket(web_target)
     # Long-lived state is built by now: keep the collector from walking it again and again (full collections
     # of a scheduler holding thousands of agents took hundreds of ms), and collect young objects less often.
     gc.collect()

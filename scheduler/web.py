@@ -53,7 +53,6 @@ from . import webpages as P
 from .webpages import h
 
 log = structlog.get_logger("gridlab.scheduler.web")
-WEB_ADDRESS_FILE = "scheduler.web_addr"
 SOCKET_FILE = "scheduler.web.sock"
 COOKIE = "gridlab_session"
 SESSION_IDLE = 12 * 3600.0  # seconds a session lasts unused
@@ -1073,7 +1072,7 @@ async def serve_web(
     config: SchedulerConfig, target: str, registry: CollectorRegistry | None, state_dir: Path
 ) -> tuple[WebApp, str]:
     """Start the dashboard on `config.web_listen`, publish its address (scheduler.web_addr), return both."""
-    from .main import _publish  # the scheduler's atomic write; imported here to avoid an import cycle
+    from .main import WEB_ADDRESS_FILE, _publish  # the scheduler's; imported here to avoid an import cycle
 
     context = ssl_context(config)
     app = WebApp(config, target, registry, secure=context is not None)
