@@ -7,10 +7,11 @@ hash is needed against guessing); the scheduler stores only that hash.
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
+
+from gridlab.common.atomicfile import write_atomic
 
 METADATA_KEY = "authorization"
 PREFIX = "glt_"
@@ -42,14 +43,7 @@ def token_from_metadata(items: Iterable[tuple[str, str | bytes]] | None) -> str 
 
 def write_secret(path: Path, text: str) -> None:
     """Write `text` to a file only its owner can read, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, text + "\n", 0o600)
 
 
 def read_secret(path: str | Path) -> str:

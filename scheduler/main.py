@@ -23,6 +23,7 @@ import grpc
 import structlog
 
 from gridlab.common import logs, tls
+from gridlab.common.atomicfile import write_atomic
 from gridlab.common.config import ConfigError, SchedulerConfig, load
 from gridlab.common.grpcopts import SERVER_OPTIONS
 from gridlab.v1 import agent_pb2_grpc, artifacts_pb2_grpc, scheduler_pb2_grpc
@@ -39,14 +40,6 @@ log = structlog.get_logger("gridlab.scheduler")
 ADDRESS_FILE = "scheduler.addr"
 AGENT_ADDRESS_FILE = "scheduler.agent_addr"  # the bound agent_listen address, when there is one
 WEB_ADDRESS_FILE = "scheduler.web_addr"  # the dashboard's bound address, with web_listen
-
-
-def _publish(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically (temp file, then rename): a tool that polls for the file sees it
-    whole or not at all, never created but still empty."""
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text)
-    temp.replace(path)
 
 
 def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
@@ -109,18 +102,19 @@ async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> N
     agent_address = ""
     if config.agent_listen:
         agent_address = f"{config.agent_listen.rsplit(':', 1)[0]}:{ports[1]}"
-        _publish(state_dir / AGENT_ADDRESS_FILE, agent_address + "\n")
+        write_atomic(state_dir / AGENT_ADDRESS_FILE, agent_address + "\n")
     else:
         (state_dir / AGENT_ADDRESS_FILE).unlink(missing_ok=True)
-    _publish(state_dir / ADDRESS_FILE, address + "\n")
+    write_atomic(state_dir / ADDRESS_FILE, address + "\n")
     dashboard = None
     if config.web_listen:
         try:
-            dashboard, _ = await web.serve_web(config, web_target, registry, state_dir)
+            dashboard, web_address = await web.serve_web(config, web_target, registry)
         except ConfigError:
             await server.stop(grace=None)
             store.close()
             raise
+        write_atomic(state_dir / WEB_ADDRESS_FILE, web_address + "\n")
     security = "mtls for agents" if config.tls_client_ca else "tls" if creds is not None else "plaintext"
     log.info(
         "listening", address=address, agent_address=agent_address or None, security=security, state_dir=str(state_dir)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from gridlab.common.atomicfile import write_atomic
 from gridlab.common.auth import write_secret
 from gridlab.common.config import ConfigError
 
@@ -395,13 +396,7 @@ class CommandProvider:
             return {}
 
     def _save(self, machines: Mapping[str, Any]) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._ledger.with_name("machines.json.partial")
-        with tmp.open("w") as fh:
-            json.dump(machines, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self._ledger)
+        write_atomic(self._ledger, json.dumps(machines, indent=1, sort_keys=True))
 
     def _run(self, what: str, values: Mapping[str, str], quoted: Mapping[str, str] | None = None) -> str:
         """Run the `what` template with `values` shell-quoted (and `quoted`, already quoted, as they are)."""

@@ -1068,16 +1068,11 @@ def ssl_context(config: SchedulerConfig) -> ssl.SSLContext | None:
     return context
 
 
-async def serve_web(
-    config: SchedulerConfig, target: str, registry: CollectorRegistry | None, state_dir: Path
-) -> tuple[WebApp, str]:
-    """Start the dashboard on `config.web_listen`, publish its address (scheduler.web_addr), return both."""
-    from .main import WEB_ADDRESS_FILE, _publish  # the scheduler's; imported here to avoid an import cycle
-
+async def serve_web(config: SchedulerConfig, target: str, registry: CollectorRegistry | None) -> tuple[WebApp, str]:
+    """Start the dashboard on `config.web_listen`; return it and its bound address (the scheduler publishes it)."""
     context = ssl_context(config)
     app = WebApp(config, target, registry, secure=context is not None)
     address = await app.start(config.web_listen, context)
     scheme = "https" if context is not None else "http"
-    _publish(state_dir / WEB_ADDRESS_FILE, address + "\n")
     log.info("web_listening", url=f"{scheme}://{address}/", metrics_public=config.web_metrics_public)
     return app, address

@@ -50,7 +50,7 @@ def test_nothing_is_lost_when_the_scheduler_and_agents_are_killed_at_random(tmp_
 def test_the_scheduler_publishes_its_address_whole(tmp_path: Path) -> None:
     """Found by the chaos suite: a restarted scheduler's `scheduler.addr` was created before its address was
     written, so a tool polling for it (LocalCluster) could read "" and start an agent with no address."""
-    from gridlab.scheduler.main import _publish
+    from gridlab.common.atomicfile import write_atomic as _publish
 
     path = tmp_path / "scheduler.addr"
     _publish(path, "127.0.0.1:1\n")
