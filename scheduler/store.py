@@ -350,6 +350,10 @@ class Store:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=5000")
+        # Savepoint journals (every transaction inside a group() is a savepoint, `batch.py`) in memory, not
+        # in a temporary file: each page a savepoint changes is copied there first, which in a file is a
+        # pwrite system call per page on the event loop's thread.
+        conn.execute("PRAGMA temp_store=MEMORY")
         self._migrate()
 
     def _migrate(self) -> None:

@@ -209,3 +209,30 @@ def test_the_tail_runs_inside_every_batch_and_its_failure_is_its_own(store: Stor
     assert seen == [{"a", "b"}, {"a", "b", "c", "tail"}]  # one tail per batch, after that batch's functions
     assert keys(store.path) == {"a", "b", "c", "tail"}  # the failed tail's write undone, "c" committed
     assert tail_value == 1
+
+
+def test_savepoint_journals_stay_in_memory_and_still_roll_back(store: Store) -> None:
+    """Every function of a batch is a savepoint; the pages it changes are journaled for its rollback. Those
+    journals are kept in memory (temp_store=MEMORY), not spilled to a temporary file one pwrite per page."""
+
+    def temp_files() -> set[str]:
+        fds = Path("/proc/self/fd")
+        return {t for t in (str(p.readlink()) for p in fds.iterdir() if p.exists()) if "etilqs" in t}
+
+    before = temp_files()
+    big = "x" * 3000
+    with store.group():
+        with store.transaction() as conn:
+            conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [(f"k{i}{big}", i) for i in range(400)])
+        seen: list[set[str]] = []
+
+        def bump_then_fail() -> None:
+            with store.transaction() as conn:  # ~1.2 MB of pages journaled, then rolled back
+                conn.execute("UPDATE meta SET value = value + 1000")
+                seen.append(temp_files())
+                raise ZeroDivisionError
+
+        with pytest.raises(ZeroDivisionError):
+            bump_then_fail()
+    assert seen == [before]
+    assert store.one("SELECT SUM(value) FROM meta")[0] == sum(range(400))  # type: ignore[index]
