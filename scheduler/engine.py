@@ -542,7 +542,7 @@ class Engine:
         )
         self._event(conn, run["id"], attempt["id"], outcome.kind, outcome.state, outcome.message)
         self._account(run, attempt, now)
-        self._record_cost(conn, run, attempt["id"], now)
+        self._record_cost(conn, run, attempt, now)
         if outcome.state.terminal or interrupted:
             self.forget_spec(run["id"])  # (interrupted: its placement request changes)
         log.info(
@@ -605,10 +605,10 @@ class Engine:
                 used, now, self.config.fair_share_half_life
             )
 
-    def _record_cost(self, conn: sqlite3.Connection, run: sqlite3.Row, attempt_id: str, now: float) -> None:
+    def _record_cost(self, conn: sqlite3.Connection, run: sqlite3.Row, attempt: sqlite3.Row, now: float) -> None:
         """Cost accounting (scheduler/usage.py): each node of the ended attempt held its GPUs from the attempt's
         start to now (as fair share counts it), in the pool its agent is in now, at that pool's price."""
-        started = conn.execute("SELECT started_at FROM attempts WHERE id = ?", (attempt_id,)).fetchone()[0]
+        attempt_id, started = attempt["id"], attempt["started_at"]  # (read in the transaction that ends it)
         if not started:
             return
         gpus = self._spec(run["id"], run["spec"]).resources.gpus
@@ -769,7 +769,7 @@ class Engine:
                 "UPDATE attempt_nodes SET state = 'RUNNING' WHERE attempt_id = ? AND node_rank = ?",
                 (row["id"], row["node_rank"]),
             )
-            waiting = conn.execute(  # nodes still starting (one that already finished has started, too)
+            waiting = row["nodes"] > 1 and conn.execute(  # gang nodes still starting (a finished one has started)
                 f"SELECT COUNT(*) FROM attempt_nodes n WHERE attempt_id = ? AND {_HELD_SQL} AND state != 'RUNNING'",
                 (row["id"],),
             ).fetchone()[0]
@@ -1018,6 +1018,7 @@ class Engine:
         session.close()
         if self.sessions.get(session.name) is session:
             del self.sessions[session.name]
+            self._views.forget(session.name)
         log.info("agent_disconnected", agent=session.name)
 
     def list_agents(self, pool: str = "") -> list[types_pb2.Agent]:
@@ -1067,6 +1068,7 @@ class Engine:
             session = self.sessions.pop(name, None)
             if session is not None:
                 session.close()
+            self._views.forget(name)
             log.warning("agent_lost", agent=name)
         if lost:
             self.events_changed.notify()
@@ -1181,25 +1183,24 @@ class Engine:
         self._specs.pop(run_id, None)
         self._requests.pop(run_id, None)
 
-    def _snapshot(self, live: snapshot.Live) -> list[placement.AgentView]:
-        """The schedulable agents (connected, not draining or cordoned) with what their live nodes leave free."""
+    def _snapshot(self, live: snapshot.Live) -> tuple[list[placement.AgentView], list[placement.AgentView]]:
+        """The schedulable agents (connected, not draining or cordoned) with what their live nodes leave free;
+        and the parked ones (cordoned, draining), whole: they take nothing new, and count for pending reasons
+        only. One loop over the sessions, the cost of a pass that does not grow with the queue."""
         used: dict[str, list[placement.NodePlacement]] = {}
         for attempt in live.running:
             for node in attempt.nodes:
                 used.setdefault(node.agent_name, []).append(node)
-        return [
-            self._views.view(s.name, s.pool, s.labels, s.inventory, used.get(s.name, []), s.preemptible)
-            for s in self.sessions.values()
-            if not s.draining and s.name not in self.unschedulable
-        ]
-
-    def _parked(self) -> list[placement.AgentView]:
-        """Connected agents that take nothing new (cordoned, draining): for pending reasons only."""
-        return [
-            self._views.view(s.name, s.pool, s.labels, s.inventory, (), s.preemptible)
-            for s in self.sessions.values()
-            if s.draining or s.name in self.unschedulable
-        ]
+        view = self._views.view
+        unschedulable = self.unschedulable
+        free, parked = [], []
+        for s in self.sessions.values():
+            if s.draining or s.name in unschedulable:
+                parked.append(view(s.name, s.pool, s.labels, s.inventory, (), s.preemptible))
+            else:
+                nodes = used.get(s.name)
+                free.append(view(s.name, s.pool, s.labels, s.inventory, tuple(nodes) if nodes else (), s.preemptible))
+        return free, parked
 
     def _live(self) -> snapshot.Live:
         rows = self.store.all(
@@ -1243,15 +1244,16 @@ class Engine:
             self.request_for(e.run_id, e.user, by_id[e.run_id]["team"] or "", by_id[e.run_id]["interruptions"])
             for e in ordered
         ]
+        free, parked = self._snapshot(live)
         plan = placement.plan(
-            self._snapshot(live),
+            free,
             requests,
             running=live.running,
             now=now,
             quotas=self._quotas(),
             held=live.held,
             stopping=dict(self._stopping),
-            parked=self._parked(),
+            parked=parked,
             index=self._fit_index,
         )
         started = self._commit_all(plan.placements, specs)
@@ -1358,7 +1360,8 @@ class Engine:
                 user=run["user"],
                 wait_for_start=gang,
             )
-            self._add_resume(assignment)
+            if number > 1:  # (only the run's earlier attempts make checkpoints it resumes from)
+                self._add_resume(assignment)
             assignments.append(agent_pb2.SchedulerMessage(assign=assignment))
 
         def send() -> None:
