@@ -769,10 +769,13 @@ class Engine:
                 "UPDATE attempt_nodes SET state = 'RUNNING' WHERE attempt_id = ? AND node_rank = ?",
                 (row["id"], row["node_rank"]),
             )
-            waiting = row["nodes"] > 1 and conn.execute(  # gang nodes still starting (a finished one has started)
-                f"SELECT COUNT(*) FROM attempt_nodes n WHERE attempt_id = ? AND {_HELD_SQL} AND state != 'RUNNING'",
-                (row["id"],),
-            ).fetchone()[0]
+            waiting = (
+                row["nodes"] > 1
+                and conn.execute(  # gang nodes still starting (a finished one has started)
+                    f"SELECT COUNT(*) FROM attempt_nodes n WHERE attempt_id = ? AND {_HELD_SQL} AND state != 'RUNNING'",
+                    (row["id"],),
+                ).fetchone()[0]
+            )
             if waiting or row["state"] == AttemptState.RUNNING.value:
                 return
             check_attempt_transition(row["id"], AttemptState(row["state"]), AttemptState.RUNNING)
@@ -1185,22 +1188,13 @@ class Engine:
 
     def _snapshot(self, live: snapshot.Live) -> tuple[list[placement.AgentView], list[placement.AgentView]]:
         """The schedulable agents (connected, not draining or cordoned) with what their live nodes leave free;
-        and the parked ones (cordoned, draining), whole: they take nothing new, and count for pending reasons
-        only. One loop over the sessions, the cost of a pass that does not grow with the queue."""
+        and the parked ones (cordoned, draining), whole: they take nothing new, and count for pending reasons."""
         used: dict[str, list[placement.NodePlacement]] = {}
         for attempt in live.running:
             for node in attempt.nodes:
                 used.setdefault(node.agent_name, []).append(node)
-        view = self._views.view
-        unschedulable = self.unschedulable
-        free, parked = [], []
-        for s in self.sessions.values():
-            if s.draining or s.name in unschedulable:
-                parked.append(view(s.name, s.pool, s.labels, s.inventory, (), s.preemptible))
-            else:
-                nodes = used.get(s.name)
-                free.append(view(s.name, s.pool, s.labels, s.inventory, tuple(nodes) if nodes else (), s.preemptible))
-        return free, parked
+        held = {name: tuple(nodes) for name, nodes in used.items()}
+        return self._views.snapshot(self.sessions.values(), held, self.unschedulable)
 
     def _live(self) -> snapshot.Live:
         rows = self.store.all(

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from gridlab.v1 import types_pb2
 
@@ -53,28 +54,63 @@ def islands(gpus: Iterable[types_pb2.Gpu]) -> dict[str, str]:
     return {u: (min(members) if len(members) > 1 else "") for members in groups.values() for u in members}
 
 
+class Connected(Protocol):
+    """What the cache reads of a connected agent (the engine's AgentSession)."""
+
+    name: str
+    pool: str
+    labels: dict[str, str]
+    inventory: types_pb2.Inventory
+    draining: bool
+    preemptible: bool
+
+
 class ViewCache:
     """Each agent's view without what is used, rebuilt only when its inventory's static facts change (GPUs,
-    topology, CPUs, memory), not on every heartbeat's utilization; and the view less what is used, rebuilt
-    only when that changes. A pass over a thousand agents, most of them unchanged since the last, then gets
-    the very objects it got before (which `placement.FitIndex.sync` skips by identity)."""
+    topology, CPUs, memory), not on every heartbeat's utilization; and, for `snapshot`, the view less what is
+    used, rebuilt only when that changes: a pass over a thousand agents, most of them as they were in the pass
+    before, gets the very objects it got then (which `placement.FitIndex.sync` skips by identity)."""
 
     def __init__(self, burst_pools: Iterable[str], spot_pools: Iterable[str] = ()) -> None:
         self.burst_pools = frozenset(burst_pools)
         self.spot_pools = frozenset(spot_pools)  # pools whose machines are all spot (the [pools] config)
         self._views: dict[str, tuple[tuple[object, ...], AgentView]] = {}
         self._seen: dict[str, types_pb2.Inventory] = {}  # the inventory object each view was last checked against
-        self._free: dict[str, tuple[AgentView, tuple[NodePlacement, ...], AgentView]] = {}  # (view, used, less)
+        # name -> (the agent's session and inventory objects, what its live nodes held, the view less that)
+        self._last: dict[str, tuple[Connected, types_pb2.Inventory, tuple[NodePlacement, ...], AgentView]] = {}
+
+    def snapshot(
+        self,
+        agents: Iterable[Connected],
+        used: Mapping[str, tuple[NodePlacement, ...]],
+        unschedulable: Container[str],
+    ) -> tuple[list[AgentView], list[AgentView]]:
+        """The schedulable agents less what their live nodes (`used`) hold; and the parked ones (draining, or
+        named in `unschedulable`: cordoned, or being scaled in), whole. One plain loop: with no function call
+        for an agent that did not change, it is the part of a pass that grows with the cluster, not the queue."""
+        free: list[AgentView] = []
+        parked: list[AgentView] = []
+        last = self._last
+        for agent in agents:
+            name = agent.name
+            park = agent.draining or name in unschedulable
+            nodes = () if park else used.get(name, ())
+            hit = last.get(name)
+            if hit is not None and hit[0] is agent and hit[1] is agent.inventory and hit[2] == nodes:
+                view = hit[3]
+            else:
+                if hit is None or hit[0] is not agent:  # a new session (a Hello): its pool and labels may be new
+                    self._seen.pop(name, None)
+                whole = self.view(name, agent.pool, agent.labels, agent.inventory, agent.preemptible)
+                view = _minus(whole, nodes)
+                last[name] = (agent, agent.inventory, nodes, view)
+            (parked if park else free).append(view)
+        return free, parked
 
     def view(
-        self,
-        name: str,
-        pool: str,
-        labels: Mapping[str, str],
-        inventory: types_pb2.Inventory,
-        used: tuple[NodePlacement, ...] = (),
-        spot: bool = False,
+        self, name: str, pool: str, labels: Mapping[str, str], inventory: types_pb2.Inventory, spot: bool = False
     ) -> AgentView:
+        """The agent's view, all of it free."""
         cached = self._views.get(name)
         if cached is None or self._seen.get(name) is not inventory:  # a new Hello or heartbeat: compare facts
             spot = spot or pool in self.spot_pools
@@ -87,19 +123,13 @@ class ViewCache:
                 cached = (key, agent_view(name, pool, labels, inventory, self.burst_pools, spot))
                 self._views[name] = cached
             self._seen[name] = inventory
-        whole = cached[1]
-        last = self._free.get(name)
-        if last is not None and last[0] is whole and last[1] == used:
-            return last[2]
-        less = _minus(whole, used)
-        self._free[name] = (whole, used, less)
-        return less
+        return cached[1]
 
     def forget(self, name: str) -> None:
         """The agent is gone (its session ended): its views go with it."""
         self._views.pop(name, None)
         self._seen.pop(name, None)
-        self._free.pop(name, None)
+        self._last.pop(name, None)
 
 
 def _minus(view: AgentView, used: Iterable[NodePlacement]) -> AgentView:

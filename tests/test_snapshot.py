@@ -3,6 +3,8 @@ over a thousand mostly idle agents hands placement the same objects as the pass 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from gridlab.scheduler.placement import NodePlacement
 from gridlab.scheduler.snapshot import ViewCache
 from gridlab.v1 import types_pb2
@@ -15,31 +17,58 @@ def inventory(gpus: int, memory_gb: int = 24) -> types_pb2.Inventory:
     return inv
 
 
+@dataclass
+class Agent:
+    name: str
+    inventory: types_pb2.Inventory
+    pool: str = "onprem"
+    labels: dict[str, str] = field(default_factory=dict)
+    draining: bool = False
+    preemptible: bool = False
+
+
 def test_an_unchanged_agent_gets_the_same_view_and_a_change_gets_a_new_one() -> None:
     cache = ViewCache(burst_pools=["cloud"])
-    inv = inventory(4)
-    idle = cache.view("a", "onprem", {}, inv)
-    assert idle.free_gpus == {"GPU-0", "GPU-1", "GPU-2", "GPU-3"}
-    assert cache.view("a", "onprem", {}, inv) is idle
+    a, b = Agent("a", inventory(4)), Agent("b", inventory(2))
     node = NodePlacement("a", ("GPU-1",), 2.0, 1 << 30)
-    busy = cache.view("a", "onprem", {}, inv, (node,))
+    (busy, idle), parked = cache.snapshot([a, b], {"a": (node,)}, set())
+    assert parked == []
     assert busy.free_gpus == {"GPU-0", "GPU-2", "GPU-3"}
     assert busy.cpus_free == 14.0
-    assert cache.view("a", "onprem", {}, inv, (NodePlacement("a", ("GPU-1",), 2.0, 1 << 30),)) is busy  # equal: kept
-    assert cache.view("a", "onprem", {}, inv, ()).free_gpus == idle.free_gpus
-    beat = inventory(4)  # a heartbeat's inventory: new object, same facts
-    assert cache.view("a", "onprem", {}, beat, (node,)) == busy
-    bigger = cache.view("a", "onprem", {}, inventory(4, memory_gb=48), (node,))  # new facts: rebuilt
+    assert idle.free_gpus == {"GPU-0", "GPU-1"}
+    again, _ = cache.snapshot([a, b], {"a": (NodePlacement("a", ("GPU-1",), 2.0, 1 << 30),)}, set())
+    assert again[0] is busy  # the same nodes (equal, not the same objects: a pass reads them anew)
+    assert again[1] is idle
+    ended, _ = cache.snapshot([a, b], {}, set())
+    assert ended[0].free_gpus == {"GPU-0", "GPU-1", "GPU-2", "GPU-3"}
+    assert ended[1] is idle
+    a.inventory = inventory(4)  # a heartbeat's inventory: a new object with the same facts
+    assert cache.snapshot([a], {"a": (node,)}, set())[0] == [busy]
+    a.inventory = inventory(4, memory_gb=48)  # new facts: rebuilt
+    (bigger,), _ = cache.snapshot([a], {"a": (node,)}, set())
     assert {g.memory_bytes for g in bigger.gpus} == {48 << 30}
     assert bigger.free_gpus == busy.free_gpus
 
 
-def test_a_forgotten_agent_is_rebuilt_from_its_next_inventory() -> None:
+def test_parked_agents_are_whole_and_apart() -> None:
+    cache = ViewCache(burst_pools=[])
+    a, b = Agent("a", inventory(2)), Agent("b", inventory(2), draining=True)
+    node = NodePlacement("a", ("GPU-0",), 1.0, 0)
+    free, parked = cache.snapshot([a, b], {"a": (node,)}, {"a"})  # a cordoned
+    assert free == []
+    assert [v.name for v in parked] == ["a", "b"]
+    assert parked[0].free_gpus == {"GPU-0", "GPU-1"}
+    (back,), _ = cache.snapshot([a], {"a": (node,)}, set())  # uncordoned: less what it holds again
+    assert back.free_gpus == {"GPU-1"}
+
+
+def test_a_reconnected_or_forgotten_agent_is_built_anew() -> None:
     cache = ViewCache(burst_pools=["cloud"])
     inv = inventory(2)
-    first = cache.view("a", "onprem", {}, inv)
+    (first,), _ = cache.snapshot([Agent("a", inv)], {}, set())
+    (hello,), _ = cache.snapshot([Agent("a", inv, pool="cloud")], {}, set())  # a new session: its facts read again
+    assert hello.tier == 1
     cache.forget("a")
-    again = cache.view("a", "cloud", {"zone": "b"}, inv)  # (a reconnect with the same object cannot happen; still)
+    (again,), _ = cache.snapshot([Agent("a", inv, labels={"zone": "b"})], {}, set())
     assert again is not first
-    assert again.tier == 1
     assert again.labels == (("zone", "b"),)
