@@ -35,7 +35,7 @@ from gridlab.v1 import types_pb2
 
 from .auth import Principal
 from .errors import denied, invalid, not_found
-from .state import LIVE_ATTEMPT_STATES, AttemptState, RunState
+from .state import LIVE_STATES_SQL, AttemptState, RunState
 
 if TYPE_CHECKING:
     from .engine import AgentSession, Engine
@@ -48,7 +48,6 @@ ACTIONS = (CORDON, DRAIN, UNCORDON)
 CORDONED, DRAINING = "CORDONED", "DRAINING"  # admin_state values (NULL: normal)
 MAX_DEADLINE = 365 * 86_400.0  # seconds a drain may wait before it preempts, at most
 MAX_REASON = 1024
-_LIVE_SQL = "(" + ",".join(f"'{s.value}'" for s in sorted(LIVE_ATTEMPT_STATES)) + ")"
 
 
 @dataclass
@@ -210,7 +209,7 @@ def check_drains(engine: Engine) -> list[str]:
             continue
         rows = engine.store.all(
             f"SELECT a.id, a.run_id FROM attempts a JOIN attempt_nodes n ON n.attempt_id = a.id "
-            f"WHERE n.agent_name = ? AND a.state IN {_LIVE_SQL} AND n.state IN {_LIVE_SQL}",
+            f"WHERE n.agent_name = ? AND a.state IN {LIVE_STATES_SQL} AND n.state IN {LIVE_STATES_SQL}",
             (name,),
         )
         live = {r["id"] for r in rows}

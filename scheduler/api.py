@@ -18,7 +18,7 @@ from .batch import Batcher
 from .convert import event_pb, single_lines
 from .engine import Engine
 from .errors import ApiError, invalid
-from .state import LIVE_ATTEMPT_STATES, RunState
+from .state import LIVE_STATES_SQL, RunState
 
 T = TypeVar("T")
 _POLL = 1.0  # seconds between checks when nothing woke a waiting stream
@@ -26,7 +26,6 @@ _LOG_BATCH = 500  # single lines per StreamLogs message, at most
 _LOG_BYTES = 1024 * 1024  # and about this much text
 MAX_WATCHED = 1000  # run ids per WatchRuns stream
 MAX_GRACE = 86_400  # seconds between SIGTERM and SIGKILL, at most
-_LIVE_NODE_STATES = ",".join(f"'{s.value}'" for s in sorted(LIVE_ATTEMPT_STATES))
 
 
 async def call(
@@ -155,7 +154,7 @@ def _logs_done(engine: Engine, run_id: str) -> bool:
     (a gang's other nodes may still be stopping after the run ended, and ship their last lines)."""
     row = engine.store.one(
         f"SELECT r.state, EXISTS (SELECT 1 FROM attempts a JOIN attempt_nodes n ON n.attempt_id = a.id "
-        f"WHERE a.run_id = r.id AND n.state IN ({_LIVE_NODE_STATES})) AS live FROM runs r WHERE r.id = ?",
+        f"WHERE a.run_id = r.id AND n.state IN {LIVE_STATES_SQL}) AS live FROM runs r WHERE r.id = ?",
         (run_id,),
     )
     return row is not None and RunState(row["state"]).terminal and not row["live"]

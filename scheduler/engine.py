@@ -38,7 +38,7 @@ from .errors import ApiError, denied, exhausted, invalid, not_found, preconditio
 from .gang import GangTracker, gang_end
 from .queue import Quotas, Usage
 from .state import (
-    LIVE_ATTEMPT_STATES,
+    LIVE_STATES_SQL,
     AttemptState,
     RunState,
     RunView,
@@ -52,9 +52,8 @@ from .watchdog import Watchdog
 
 log = structlog.get_logger("gridlab.scheduler")
 
-_LIVE_SQL = "(" + ",".join(f"'{s.value}'" for s in LIVE_ATTEMPT_STATES) + ")"
 # A node of an attempt that still holds its share of the agent (GPUs, CPUs, memory).
-_HELD_SQL = f"n.state IN {_LIVE_SQL}"
+_HELD_SQL = f"n.state IN {LIVE_STATES_SQL}"
 PASS_GAP = 0.005  # seconds the placement loop lets changes gather before a pass
 MAX_TOKEN_TTL = 10 * 366 * 86400.0  # seconds: a longer-lived token is better made with no expiry
 ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 - a file name
@@ -460,7 +459,7 @@ class Engine:
             self.events_changed.notify()
         for attempt in self.store.all(
             f"SELECT a.id, n.agent_name FROM attempts a JOIN attempt_nodes n ON n.attempt_id = a.id "
-            f"WHERE a.run_id = ? AND a.state IN {_LIVE_SQL}",
+            f"WHERE a.run_id = ? AND a.state IN {LIVE_STATES_SQL}",
             (run_id,),
         ):
             self._send_cancel(attempt["agent_name"], attempt["id"], message, AttemptState.CANCELLED, grace)
@@ -665,7 +664,7 @@ class Engine:
         still run elsewhere)."""
         return self.store.all(
             f"SELECT a.* FROM attempts a JOIN attempt_nodes n ON n.attempt_id = a.id "
-            f"WHERE n.agent_name = ? AND a.state IN {_LIVE_SQL} AND {_HELD_SQL}",
+            f"WHERE n.agent_name = ? AND a.state IN {LIVE_STATES_SQL} AND {_HELD_SQL}",
             (agent_name,),
         )
 

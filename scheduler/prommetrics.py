@@ -29,9 +29,8 @@ from prometheus_client.registry import Collector
 from gridlab.v1 import types_pb2
 
 from .engine import Engine
-from .state import LIVE_ATTEMPT_STATES, RunState
+from .state import LIVE_STATES_SQL, RunState
 
-_LIVE_SQL = ", ".join(f"'{s.value}'" for s in sorted(LIVE_ATTEMPT_STATES))
 CONNECTED_AGENT_STATES = frozenset({"AGENT_STATE_READY", "AGENT_STATE_DRAINING", "AGENT_STATE_CORDONED"})
 PLACEMENT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60, 600)
@@ -293,7 +292,7 @@ class ClusterCollector(Collector):
     def _held_gpus(self) -> set[str]:
         """UUIDs of GPUs held by live attempts."""
         held: set[str] = set()
-        for row in self._engine.store.all(f"SELECT gpu_uuids FROM attempt_nodes WHERE state IN ({_LIVE_SQL})"):
+        for row in self._engine.store.all(f"SELECT gpu_uuids FROM attempt_nodes WHERE state IN {LIVE_STATES_SQL}"):
             held.update(json.loads(row["gpu_uuids"] or "[]"))
         return held
 

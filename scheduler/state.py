@@ -49,6 +49,9 @@ class AttemptState(str, enum.Enum):
 
 TERMINAL_RUN_STATES = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED})
 LIVE_ATTEMPT_STATES = frozenset({AttemptState.ASSIGNED, AttemptState.PREPARING, AttemptState.RUNNING})
+# The live states as an SQL list, in one spelling everywhere: SQLite uses the partial index of live nodes
+# (attempt_nodes_held, store.py) only for a query whose `state IN` list is written exactly as the index's.
+LIVE_STATES_SQL = "(" + ",".join(f"'{s.value}'" for s in sorted(LIVE_ATTEMPT_STATES, key=lambda s: s.value)) + ")"
 
 _R = RunState
 RUN_TRANSITIONS: frozenset[tuple[RunState, RunState]] = frozenset(
