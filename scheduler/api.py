@@ -176,7 +176,9 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
 
         def submit() -> scheduler_pb2.SubmitRunResponse:
             run_id, existed = self.engine.submit(who, request.spec, request.idempotency_key)
-            return scheduler_pb2.SubmitRunResponse(run=self.engine.run_message(run_id), existed=existed)
+            # (a run queued just now has no attempts to read)
+            run = self.engine.run_message(run_id, with_attempts=existed)
+            return scheduler_pb2.SubmitRunResponse(run=run, existed=existed)
 
         return await call(context, submit, batcher=self.engine.batcher)
 

@@ -78,7 +78,9 @@ class Notifier:
 
 @dataclass(eq=False)
 class AgentSession:
-    """One connected Connect stream. Messages for the agent go through `outbox`."""
+    """One connected Connect stream. Messages for the agent go through `outbox`. What placement reads of it
+    (inventory, draining; and the sessions table itself) changes only with a `ViewCache.touch` of its name, so
+    that the next pass sees it (`snapshot.ViewCache.snapshot`)."""
 
     name: str
     agent_id: str
@@ -284,10 +286,10 @@ class Engine:
             raise denied(f"run {run_id} is {row['user']}'s: only its owner or an admin may {doing} it")
         return row
 
-    def run_message(self, run_id: str) -> types_pb2.Run:
+    def run_message(self, run_id: str, *, with_attempts: bool = True) -> types_pb2.Run:
         row = self._run_row(run_id)
         assert row is not None  # noqa: S101 - callers pass ids they just read
-        return self._with_position(run_pb(self.store, row))
+        return self._with_position(run_pb(self.store, row, with_attempts=with_attempts))
 
     def _with_position(self, run: types_pb2.Run) -> types_pb2.Run:
         if run.state == types_pb2.RUN_STATE_QUEUED:
@@ -926,6 +928,7 @@ class Engine:
             preemptible=hello.preemptible,
         )
         self.sessions[name] = session
+        self._views.touch(name)
         self.last_seen[name] = self.clock.monotonic()
         try:
             self._reconcile_hello(session, hello)
@@ -1002,9 +1005,12 @@ class Engine:
             self._apply_status(session, status, hello=False)
         if beat.HasField("inventory"):
             session.inventory = beat.inventory
-        if beat.draining and not session.draining:
-            log.info("agent_draining", agent=session.name)
-        session.draining = beat.draining
+            self._views.touch(session.name)
+        if beat.draining != session.draining:
+            if beat.draining:
+                log.info("agent_draining", agent=session.name)
+            session.draining = beat.draining
+            self._views.touch(session.name)
 
     def _drop_sessions(self) -> None:
         """A group commit failed: every agent reconnects and reconciles with what the store holds, and
@@ -1013,6 +1019,7 @@ class Engine:
         for session in list(self.sessions.values()):
             session.abort()
         self.sessions.clear()
+        self._views.touch_all()
 
     def agent_disconnected(self, session: AgentSession) -> None:
         """The stream ended. Liveness is the heartbeat's call, not the socket's: the agent
@@ -1193,7 +1200,7 @@ class Engine:
             for node in attempt.nodes:
                 used.setdefault(node.agent_name, []).append(node)
         held = {name: tuple(nodes) for name, nodes in used.items()}
-        return self._views.snapshot(self.sessions.values(), held, self.unschedulable)
+        return self._views.snapshot(self.sessions, held, self.unschedulable)
 
     def _live(self) -> snapshot.Live:
         rows = self.store.all(

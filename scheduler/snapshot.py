@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -68,44 +68,65 @@ class Connected(Protocol):
 class ViewCache:
     """Each agent's view without what is used, rebuilt only when its inventory's static facts change (GPUs,
     topology, CPUs, memory), not on every heartbeat's utilization; and, for `snapshot`, the view less what is
-    used, rebuilt only when that changes: a pass over a thousand agents, most of them as they were in the pass
-    before, gets the very objects it got then (which `placement.FitIndex.sync` skips by identity)."""
+    used, kept from one pass to the next and rebuilt only for the agents that changed: those `touch`ed (a Hello,
+    a new inventory, draining, gone) and those whose live nodes or cordon changed. A pass over a thousand
+    agents, most of them as they were in the pass before, then costs work for the few that are not, and hands
+    placement the same objects as before for the rest (which `placement.FitIndex.sync` skips by identity)."""
 
     def __init__(self, burst_pools: Iterable[str], spot_pools: Iterable[str] = ()) -> None:
         self.burst_pools = frozenset(burst_pools)
         self.spot_pools = frozenset(spot_pools)  # pools whose machines are all spot (the [pools] config)
         self._views: dict[str, tuple[tuple[object, ...], AgentView]] = {}
         self._seen: dict[str, types_pb2.Inventory] = {}  # the inventory object each view was last checked against
-        # name -> (the agent's session and inventory objects, what its live nodes held, the view less that)
-        self._last: dict[str, tuple[Connected, types_pb2.Inventory, tuple[NodePlacement, ...], AgentView]] = {}
+        # The last snapshot: schedulable agents less what they hold, parked ones whole; what was held and
+        # cordoned then; and the agents changed since (None: all of them).
+        self._free: dict[str, AgentView] = {}
+        self._parked: dict[str, AgentView] = {}
+        self._held: Mapping[str, tuple[NodePlacement, ...]] = {}
+        self._cordoned: frozenset[str] = frozenset()
+        self._dirty: set[str] | None = None
+
+    def touch(self, name: str) -> None:
+        """The agent's session changed (a Hello, a new inventory, draining) or ended: see it anew next pass."""
+        if self._dirty is not None:
+            self._dirty.add(name)
+        self._seen.pop(name, None)  # (a new session may bring new pool, labels or spot with the same inventory)
+
+    def touch_all(self) -> None:
+        self._dirty = None
+        self._seen.clear()
 
     def snapshot(
         self,
-        agents: Iterable[Connected],
+        agents: Mapping[str, Connected],
         used: Mapping[str, tuple[NodePlacement, ...]],
-        unschedulable: Container[str],
+        unschedulable: Iterable[str],
     ) -> tuple[list[AgentView], list[AgentView]]:
         """The schedulable agents less what their live nodes (`used`) hold; and the parked ones (draining, or
-        named in `unschedulable`: cordoned, or being scaled in), whole. One plain loop: with no function call
-        for an agent that did not change, it is the part of a pass that grows with the cluster, not the queue."""
-        free: list[AgentView] = []
-        parked: list[AgentView] = []
-        last = self._last
-        for agent in agents:
-            name = agent.name
-            park = agent.draining or name in unschedulable
-            nodes = () if park else used.get(name, ())
-            hit = last.get(name)
-            if hit is not None and hit[0] is agent and hit[1] is agent.inventory and hit[2] == nodes:
-                view = hit[3]
+        named in `unschedulable`: cordoned, or being scaled in), whole. `agents` are the connected ones by name."""
+        cordoned = frozenset(unschedulable)
+        dirty = self._dirty
+        if dirty is None:
+            self._free.clear()
+            self._parked.clear()
+            dirty = set(agents)
+        dirty.update(cordoned ^ self._cordoned)
+        for name in self._held.keys() | used.keys():
+            if self._held.get(name) != used.get(name):
+                dirty.add(name)
+        for name in sorted(dirty):  # (in a repeatable order: ties between equal agents go by it)
+            self._free.pop(name, None)
+            self._parked.pop(name, None)
+            agent = agents.get(name)
+            if agent is None:
+                continue
+            whole = self.view(name, agent.pool, agent.labels, agent.inventory, agent.preemptible)
+            if agent.draining or name in cordoned:
+                self._parked[name] = whole
             else:
-                if hit is None or hit[0] is not agent:  # a new session (a Hello): its pool and labels may be new
-                    self._seen.pop(name, None)
-                whole = self.view(name, agent.pool, agent.labels, agent.inventory, agent.preemptible)
-                view = _minus(whole, nodes)
-                last[name] = (agent, agent.inventory, nodes, view)
-            (parked if park else free).append(view)
-        return free, parked
+                self._free[name] = _minus(whole, used.get(name, ()))
+        self._held, self._cordoned, self._dirty = dict(used), cordoned, set()
+        return list(self._free.values()), list(self._parked.values())
 
     def view(
         self, name: str, pool: str, labels: Mapping[str, str], inventory: types_pb2.Inventory, spot: bool = False
@@ -127,9 +148,8 @@ class ViewCache:
 
     def forget(self, name: str) -> None:
         """The agent is gone (its session ended): its views go with it."""
+        self.touch(name)
         self._views.pop(name, None)
-        self._seen.pop(name, None)
-        self._last.pop(name, None)
 
 
 def _minus(view: AgentView, used: Iterable[NodePlacement]) -> AgentView:
