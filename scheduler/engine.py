@@ -351,7 +351,7 @@ class Engine:
                 ),
             )
             self._event(conn, run_id, "", "submitted", RunState.QUEUED, f"submitted by {who.user}")
-        log.info("run_submitted", run_id=run_id, gpus=spec.resources.gpus, command=spec.command[0])
+        log.debug("run_submitted", run_id=run_id, gpus=spec.resources.gpus, command=spec.command[0])
         self.events_changed.notify()
         self.kick()
         return run_id, False
@@ -680,9 +680,9 @@ class Engine:
         release = agent_pb2.SchedulerMessage(release=agent_pb2.ReleaseAttempt(attempt_id=status.attempt_id))
         reported_end = not reported.live
         row = self.store.one(
-            "SELECT a.*, n.agent_name, n.node_rank, n.state AS node_state, "
+            "SELECT a.*, n.agent_name, n.node_rank, n.state AS node_state, r.state AS run_state, "
             "(SELECT COUNT(*) FROM attempt_nodes WHERE attempt_id = a.id) AS nodes "
-            "FROM attempts a JOIN attempt_nodes n ON n.attempt_id = a.id "
+            "FROM attempts a JOIN attempt_nodes n ON n.attempt_id = a.id JOIN runs r ON r.id = a.run_id "
             "WHERE a.id = ? AND n.attempt_id = ? AND n.agent_name = ?",
             (status.attempt_id, status.attempt_id, session.name),
         )
@@ -782,8 +782,7 @@ class Engine:
             check_attempt_transition(row["id"], AttemptState(row["state"]), AttemptState.RUNNING)
             now = self.clock.time()
             conn.execute("UPDATE attempts SET state = 'RUNNING', started_at = ? WHERE id = ?", (now, row["id"]))
-            run = conn.execute("SELECT state FROM runs WHERE id = ?", (row["run_id"],)).fetchone()
-            if run["state"] == RunState.STARTING.value:
+            if row["run_state"] == RunState.STARTING.value:  # (read with the row, in this transaction)
                 check_run_transition(row["run_id"], RunState.STARTING, RunState.RUNNING)
                 conn.execute(
                     # An earlier attempt's requeue reason ("preempted: ...") no longer describes the run.
@@ -1192,7 +1191,7 @@ class Engine:
         self._specs.pop(run_id, None)
         self._requests.pop(run_id, None)
 
-    def _snapshot(self, live: snapshot.Live) -> tuple[list[placement.AgentView], list[placement.AgentView]]:
+    def _snapshot(self, live: snapshot.Live) -> tuple[dict[str, placement.AgentView], list[placement.AgentView]]:
         """The schedulable agents (connected, not draining or cordoned) with what their live nodes leave free;
         and the parked ones (cordoned, draining), whole: they take nothing new, and count for pending reasons."""
         used: dict[str, list[placement.NodePlacement]] = {}
@@ -1371,7 +1370,7 @@ class Engine:
             for session, message in zip(sessions, assignments, strict=True):
                 assert session is not None  # noqa: S101 - checked above
                 session.send(message)
-            log.info("run_placed", run_id=p.run_id, attempt_id=attempt_id, agents=sorted(names))
+            log.debug("run_placed", run_id=p.run_id, attempt_id=attempt_id, agents=sorted(names))
 
         return send
 

@@ -489,7 +489,7 @@ def choose_victims(
 
 
 def plan(
-    agents: list[AgentView],
+    agents: list[AgentView] | Mapping[str, AgentView],
     queue: list[RunRequest],
     *,
     running: Iterable[Running] = (),
@@ -512,7 +512,11 @@ def plan(
     out = Plan()
     quotas = quotas or Quotas()
     held = held or Held()
-    current = {a.name: a for a in agents}
+    if isinstance(agents, Mapping):  # by name already: copied in C, not rebuilt an agent at a time
+        current = dict(agents)
+        agents = list(current.values())
+    else:
+        current = {a.name: a for a in agents}
     stopping = stopping or {}
     running = [r for r in running]
     live = [r for r in running if r.attempt_id not in stopping]

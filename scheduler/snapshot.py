@@ -101,9 +101,10 @@ class ViewCache:
         agents: Mapping[str, Connected],
         used: Mapping[str, tuple[NodePlacement, ...]],
         unschedulable: Iterable[str],
-    ) -> tuple[list[AgentView], list[AgentView]]:
-        """The schedulable agents less what their live nodes (`used`) hold; and the parked ones (draining, or
-        named in `unschedulable`: cordoned, or being scaled in), whole. `agents` are the connected ones by name."""
+    ) -> tuple[dict[str, AgentView], list[AgentView]]:
+        """The schedulable agents less what their live nodes (`used`) hold, by name; and the parked ones
+        (draining, or named in `unschedulable`: cordoned, or being scaled in), whole. `agents` are the connected
+        ones by name."""
         cordoned = frozenset(unschedulable)
         dirty = self._dirty
         if dirty is None:
@@ -126,7 +127,7 @@ class ViewCache:
             else:
                 self._free[name] = _minus(whole, used.get(name, ()))
         self._held, self._cordoned, self._dirty = dict(used), cordoned, set()
-        return list(self._free.values()), list(self._parked.values())
+        return dict(self._free), list(self._parked.values())
 
     def view(
         self, name: str, pool: str, labels: Mapping[str, str], inventory: types_pb2.Inventory, spot: bool = False

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from gridlab.scheduler.placement import NodePlacement
+from gridlab.scheduler.placement import AgentView, NodePlacement
 from gridlab.scheduler.snapshot import ViewCache
 from gridlab.v1 import types_pb2
 
@@ -16,6 +16,14 @@ def inventory(gpus: int, memory_gb: int = 24) -> types_pb2.Inventory:
     for i in range(gpus):
         inv.gpus.add(uuid=f"GPU-{i}", model="RTX3090", memory_total_bytes=memory_gb << 30)
     return inv
+
+
+def snap(
+    cache: ViewCache, agents: dict[str, Agent], used: dict[str, tuple[NodePlacement, ...]], cordoned: set[str]
+) -> tuple[list[AgentView], list[AgentView]]:
+    free, parked = cache.snapshot(agents, used, cordoned)
+    assert list(free) == [v.name for v in free.values()]
+    return list(free.values()), parked
 
 
 @dataclass
@@ -32,24 +40,24 @@ def test_an_unchanged_agent_gets_the_same_view_and_a_change_gets_a_new_one() -> 
     cache = ViewCache(burst_pools=["cloud"])
     a, b = Agent("a", inventory(4)), Agent("b", inventory(2))
     node = NodePlacement("a", ("GPU-1",), 2.0, 1 << 30)
-    (busy, idle), parked = cache.snapshot({"a": a, "b": b}, {"a": (node,)}, set())
+    (busy, idle), parked = snap(cache, {"a": a, "b": b}, {"a": (node,)}, set())
     assert parked == []
     assert busy.free_gpus == {"GPU-0", "GPU-2", "GPU-3"}
     assert busy.cpus_free == 14.0
     assert idle.free_gpus == {"GPU-0", "GPU-1"}
-    again, _ = cache.snapshot({"a": a, "b": b}, {"a": (NodePlacement("a", ("GPU-1",), 2.0, 1 << 30),)}, set())
+    again, _ = snap(cache, {"a": a, "b": b}, {"a": (NodePlacement("a", ("GPU-1",), 2.0, 1 << 30),)}, set())
     assert again[0] is busy  # the same nodes (equal, not the same objects: a pass reads them anew)
     assert again[1] is idle
-    ended, _ = cache.snapshot({"a": a, "b": b}, {}, set())
+    ended, _ = snap(cache, {"a": a, "b": b}, {}, set())
     ended_a = next(v for v in ended if v.name == "a")
     assert ended_a.free_gpus == {"GPU-0", "GPU-1", "GPU-2", "GPU-3"}
     assert next(v for v in ended if v.name == "b") is idle
     a.inventory = inventory(4)  # a heartbeat's inventory: a new object with the same facts
     cache.touch("a")
-    assert cache.snapshot({"a": a, "b": b}, {"a": (node,)}, set())[0] == [idle, busy]  # (changed ones last)
+    assert snap(cache, {"a": a, "b": b}, {"a": (node,)}, set())[0] == [idle, busy]  # (changed ones last)
     a.inventory = inventory(4, memory_gb=48)  # new facts: rebuilt
     cache.touch("a")
-    (_, bigger), _ = cache.snapshot({"a": a, "b": b}, {"a": (node,)}, set())
+    (_, bigger), _ = snap(cache, {"a": a, "b": b}, {"a": (node,)}, set())
     assert {g.memory_bytes for g in bigger.gpus} == {48 << 30}
     assert bigger.free_gpus == busy.free_gpus
 
@@ -58,24 +66,24 @@ def test_parked_agents_are_whole_and_apart() -> None:
     cache = ViewCache(burst_pools=[])
     a, b = Agent("a", inventory(2)), Agent("b", inventory(2), draining=True)
     node = NodePlacement("a", ("GPU-0",), 1.0, 0)
-    free, parked = cache.snapshot({"a": a, "b": b}, {"a": (node,)}, {"a"})  # a cordoned
+    free, parked = snap(cache, {"a": a, "b": b}, {"a": (node,)}, {"a"})  # a cordoned
     assert free == []
     assert [v.name for v in parked] == ["a", "b"]
     assert parked[0].free_gpus == {"GPU-0", "GPU-1"}
     cache.forget("b")
-    (back,), _ = cache.snapshot({"a": a}, {"a": (node,)}, set())  # uncordoned: less what it holds again
+    (back,), _ = snap(cache, {"a": a}, {"a": (node,)}, set())  # uncordoned: less what it holds again
     assert back.free_gpus == {"GPU-1"}
 
 
 def test_a_reconnected_or_forgotten_agent_is_built_anew() -> None:
     cache = ViewCache(burst_pools=["cloud"])
     inv = inventory(2)
-    (first,), _ = cache.snapshot({"a": Agent("a", inv)}, {}, set())
+    (first,), _ = snap(cache, {"a": Agent("a", inv)}, {}, set())
     cache.touch("a")  # a new session (a Hello): its facts are read again
-    (hello,), _ = cache.snapshot({"a": Agent("a", inv, pool="cloud")}, {}, set())
+    (hello,), _ = snap(cache, {"a": Agent("a", inv, pool="cloud")}, {}, set())
     assert hello.tier == 1
     cache.forget("a")
-    (again,), _ = cache.snapshot({"a": Agent("a", inv, labels={"zone": "b"})}, {}, set())
+    (again,), _ = snap(cache, {"a": Agent("a", inv, labels={"zone": "b"})}, {}, set())
     assert again is not first
     assert again.labels == (("zone", "b"),)
 
@@ -110,9 +118,9 @@ def test_kept_from_pass_to_pass_it_equals_a_snapshot_built_afresh() -> None:
             used[name] = (NodePlacement(name, taken, 1.0, 1 << 30),) if taken else ()
             if not taken:
                 del used[name]
-        free, parked = kept.snapshot(agents, dict(used), cordoned)
-        fresh_free, fresh_parked = ViewCache(burst_pools=["cloud"], spot_pools=["spot"]).snapshot(
-            agents, dict(used), cordoned
+        free, parked = snap(kept, agents, dict(used), cordoned)
+        fresh_free, fresh_parked = snap(
+            ViewCache(burst_pools=["cloud"], spot_pools=["spot"]), agents, dict(used), cordoned
         )
         assert sorted(free, key=lambda v: v.name) == sorted(fresh_free, key=lambda v: v.name)
         assert sorted(parked, key=lambda v: v.name) == sorted(fresh_parked, key=lambda v: v.name)
