@@ -898,6 +898,7 @@ class Engine:
         old = self.sessions.pop(name, None)
         if old is not None:
             old.close()
+            self._views.touch(name)  # (gone from placement's view even if what follows fails)
         row = self.store.one("SELECT id FROM agents WHERE name = ?", (name,))
         agent_id = row["id"] if row else new_id("agent")
         now = self.clock.time()

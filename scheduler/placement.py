@@ -391,7 +391,8 @@ def _pending_reason(agents: list[AgentView], current: Mapping[str, AgentView], r
                 f"Unsatisfiable: no agent has {req.gpus} suitable GPUs (the most on one agent is {most}); "
                 f"the biggest machine offers {_offer(agents)}"
             )
-        return "Unsatisfiable: " + "; ".join(f"{a.name}: {r}" for a, r in zip(agents, reasons, strict=True))
+        why = sorted((a.name, r) for a, r in zip(agents, reasons, strict=True))  # the same text from pass to pass
+        return "Unsatisfiable: " + "; ".join(f"{name}: {r}" for name, r in why)
     if fitting < req.nodes:
         return f"Unsatisfiable: a gang of {req.nodes} nodes needs {req.nodes} agents that fit; {fitting} connected do"
     now = sum(1 for a in current.values() if static_reason(a, req) is None and pick_gpus(a, req) is not None)

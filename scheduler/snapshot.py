@@ -115,16 +115,18 @@ class ViewCache:
         for name in self._held.keys() | used.keys():
             if self._held.get(name) != used.get(name):
                 dirty.add(name)
-        for name in sorted(dirty):  # (in a repeatable order: ties between equal agents go by it)
-            self._free.pop(name, None)
-            self._parked.pop(name, None)
+        for name in sorted(dirty):  # an agent keeps its place in the order while it stays free (or parked)
             agent = agents.get(name)
             if agent is None:
+                self._free.pop(name, None)
+                self._parked.pop(name, None)
                 continue
             whole = self.view(name, agent.pool, agent.labels, agent.inventory, agent.preemptible)
             if agent.draining or name in cordoned:
+                self._free.pop(name, None)
                 self._parked[name] = whole
             else:
+                self._parked.pop(name, None)
                 self._free[name] = _minus(whole, used.get(name, ()))
         self._held, self._cordoned, self._dirty = dict(used), cordoned, set()
         return dict(self._free), list(self._parked.values())

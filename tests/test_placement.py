@@ -94,3 +94,20 @@ def test_gang_nodes_are_not_given_twice_within_one_plan() -> None:
     out = plan(agents, [RunRequest("g1", 1, 1, nodes=2), RunRequest("g2", 1, 1, nodes=2)])
     assert [p.run_id for p in out.placements] == ["g1"]
     assert out.pending["g2"].startswith("Resources")
+
+
+def test_plans_and_reasons_do_not_depend_on_the_order_of_the_agents() -> None:
+    """The engine's snapshot keeps agents in no particular order (it changes as they report): a plan, and the
+    text of a pending reason, must not change with it (the reason is rewritten in the store when it does)."""
+    a, b, c = agent("a", [("A100", 80)] * 2), agent("b", [("RTX3090", 24)] * 4), agent("c", [("A100", 80)] * 2)
+    queue = [
+        RunRequest("labelled", gpus=1, cpus=1, labels=(("zone", "x"),)),
+        RunRequest("fits", gpus=2, cpus=1, gpu_types=("A100",)),
+        RunRequest("any", gpus=1, cpus=1),
+    ]
+    first = plan([a, b, c], queue)
+    assert first.pending["labelled"].startswith("Unsatisfiable: a: label zone=x missing; b:")
+    for order in ([c, b, a], [b, a, c], {"c": c, "a": a, "b": b}):
+        again = plan(order, queue)
+        assert again.pending == first.pending
+        assert again.placements == first.placements

@@ -54,10 +54,10 @@ def test_an_unchanged_agent_gets_the_same_view_and_a_change_gets_a_new_one() -> 
     assert next(v for v in ended if v.name == "b") is idle
     a.inventory = inventory(4)  # a heartbeat's inventory: a new object with the same facts
     cache.touch("a")
-    assert snap(cache, {"a": a, "b": b}, {"a": (node,)}, set())[0] == [idle, busy]  # (changed ones last)
+    assert snap(cache, {"a": a, "b": b}, {"a": (node,)}, set())[0] == [busy, idle]  # (each keeps its place)
     a.inventory = inventory(4, memory_gb=48)  # new facts: rebuilt
     cache.touch("a")
-    (_, bigger), _ = snap(cache, {"a": a, "b": b}, {"a": (node,)}, set())
+    (bigger, _), _ = snap(cache, {"a": a, "b": b}, {"a": (node,)}, set())
     assert {g.memory_bytes for g in bigger.gpus} == {48 << 30}
     assert bigger.free_gpus == busy.free_gpus
 
