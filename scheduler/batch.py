@@ -60,6 +60,11 @@ class Batcher:
         if len(self._queue) >= MAX_QUEUED:
             self._room.clear()
 
+    @property
+    def has_room(self) -> bool:
+        """Whether `post_when_room` would post at once."""
+        return self._room.is_set()
+
     async def post_when_room(self, fn: Callable[[], object]) -> None:
         """`post`, after waiting while the queue is full: a fast producer slows down instead of growing it."""
         await self._room.wait()

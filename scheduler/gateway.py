@@ -36,6 +36,13 @@ class _Window:
         self.held = 0
         self._room = asyncio.Event()
 
+    def try_take(self, size: int) -> bool:
+        """`take` without waiting, when there is room (the common case: no coroutine to run per message)."""
+        if self.held and self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
     async def take(self, size: int) -> None:
         while self.held and self.held + size > self.limit:
             self._room.clear()
@@ -53,11 +60,17 @@ class AgentGatewayService(agent_pb2_grpc.AgentGatewayServicer):
 
     async def _read(self, session: AgentSession, requests: AsyncIterator[agent_pb2.AgentMessage]) -> None:
         window = _Window()
+        batcher = self.engine.batcher
         try:
             async for msg in requests:  # handled in the next group commit, in the order they came
                 size = msg.ByteSize() + MESSAGE_OVERHEAD
-                await window.take(size)
-                await self.engine.batcher.post_when_room(functools.partial(self._handle, session, msg, window, size))
+                if not window.try_take(size):
+                    await window.take(size)
+                handle = functools.partial(self._handle, session, msg, window, size)
+                if batcher.has_room:
+                    batcher.post(handle)
+                else:
+                    await batcher.post_when_room(handle)
         except (asyncio.CancelledError, grpc.aio.AioRpcError, grpc.aio.AbortError):  # AbortError: a message
             pass  # that did not parse (api.DecodeGuard aborted the call)
         finally:
