@@ -276,19 +276,19 @@ class FitIndex:
         # shape -> (a request of that shape, its heap, how much of the change log the heap has seen)
         self._heaps: dict[tuple[object, ...], tuple[RunRequest, list[tuple[Candidate, int]], int]] = {}
 
-    def sync(self, agents: Iterable[AgentView]) -> None:
-        """Take a pass's snapshot: agents that changed or appeared get fresh entries; gone ones are dropped."""
-        seen = set()
-        for view in agents:
-            seen.add(view.name)
-            old = self._views.get(view.name)
-            if old is view or old == view:
-                self._views[view.name] = view
-                continue
-            self.update(view)
-        for name in [n for n in self._views if n not in seen]:
-            del self._views[name]
+    def sync(self, agents: Mapping[str, AgentView]) -> None:
+        """Take a pass's snapshot (agents by name): agents that changed or appeared get fresh entries; gone ones
+        are dropped. The engine's snapshot hands over the same objects for agents that did not change, so
+        finding the others is one comprehension over identities."""
+        known = self._views
+        for name in known.keys() - agents.keys():
+            del known[name]
             del self._version[name]  # its entries are stale: no tick matches a missing agent, or a new one
+        for view in [v for n, v in agents.items() if known.get(n) is not v]:
+            if known.get(view.name) == view:  # equal, a new object: the entries stand
+                known[view.name] = view
+            else:
+                self.update(view)
         if len(self._changes) > 4 * len(self._views) + 1024:  # cheaper to rebuild a heap than to replay
             self._changes.clear()
             self._heaps.clear()
@@ -526,7 +526,7 @@ def plan(
     # later run of the same shape meets the same: thousands of queued runs cost a few placement searches.
     failed: dict[tuple[object, ...], str] = {}
     index = index or FitIndex()
-    index.sync(agents)
+    index.sync(current)
     for req in queue:
         if why := over_quota(quotas, held, req.user, req.team, req.gpus * req.nodes):
             out.pending[req.run_id] = why
