@@ -27,6 +27,10 @@ def test_the_partial_index_of_live_nodes_matches_the_live_states(tmp_path: Path)
         f"SELECT a.* FROM attempts a JOIN attempt_nodes n ON n.attempt_id = a.id WHERE n.agent_name = ? AND {held}",
     ):
         assert "attempt_nodes_held (agent_name=?)" in plan(store, query)
+    every = plan(store, engine.LIVE_NODES_SQL)  # each pass: the live nodes, not a walk over all there ever were
+    assert "SCAN n USING INDEX attempt_nodes_held" in every
+    assert "sqlite_autoindex_attempt_nodes" not in every
+    assert store.one("SELECT 1 FROM sqlite_master WHERE name = 'idx_attempt_nodes_state'") is None
     store.close()
 
 
