@@ -332,6 +332,9 @@ def _migrate_13(db: sqlite_utils.Database) -> None:
     # Every query of nodes by state asks for live ones, which the partial index holds (all of them, in a scan
     # of it): the index on state alone only cost a write on every change of a node's state.
     db.conn.execute("DROP INDEX IF EXISTS idx_attempt_nodes_state")
+    # Likewise attempts by state: the one query by it (time limits) asks for running ones.
+    db.conn.execute("CREATE INDEX attempts_running ON attempts (started_at) WHERE state = 'RUNNING'")
+    db.conn.execute("DROP INDEX IF EXISTS idx_attempts_state")
 
 
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {

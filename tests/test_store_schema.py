@@ -31,6 +31,8 @@ def test_the_partial_index_of_live_nodes_matches_the_live_states(tmp_path: Path)
     assert "SCAN n USING INDEX attempt_nodes_held" in every
     assert "sqlite_autoindex_attempt_nodes" not in every
     assert store.one("SELECT 1 FROM sqlite_master WHERE name = 'idx_attempt_nodes_state'") is None
+    limits = "SELECT a.id FROM attempts a WHERE a.state = 'RUNNING' AND a.started_at IS NOT NULL"
+    assert "attempts_running" in plan(store, limits)  # (Engine.check_time_limits)
     store.close()
 
 
