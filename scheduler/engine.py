@@ -790,7 +790,7 @@ class Engine:
             check_attempt_transition(row["id"], AttemptState(row["state"]), AttemptState.RUNNING)
             now = self.clock.time()
             conn.execute("UPDATE attempts SET state = 'RUNNING', started_at = ? WHERE id = ?", (now, row["id"]))
-            if row["run_state"] == RunState.STARTING.value:  # (read with the row, in this transaction)
+            if row["run_state"] == RunState.STARTING.value:  # (read with the row, in this batch's transaction)
                 check_run_transition(row["run_id"], RunState.STARTING, RunState.RUNNING)
                 conn.execute(
                     # An earlier attempt's requeue reason ("preempted: ...") no longer describes the run.
