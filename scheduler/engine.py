@@ -906,7 +906,7 @@ class Engine:
         old = self.sessions.pop(name, None)
         if old is not None:
             old.close()
-            self._views.touch(name)  # (gone from placement's view even if what follows fails)
+        self._views.touch(name)  # the old session leaves placement's view now, even if what follows fails
         row = self.store.one("SELECT id FROM agents WHERE name = ?", (name,))
         agent_id = row["id"] if row else new_id("agent")
         now = self.clock.time()
@@ -936,7 +936,6 @@ class Engine:
             preemptible=hello.preemptible,
         )
         self.sessions[name] = session
-        self._views.touch(name)
         self.last_seen[name] = self.clock.monotonic()
         try:
             self._reconcile_hello(session, hello)

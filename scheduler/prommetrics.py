@@ -16,9 +16,10 @@ Two are measured as they happen:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -91,6 +92,19 @@ def _code_of(context: Any, error: BaseException | None) -> grpc.StatusCode:
     return grpc.StatusCode.CANCELLED if isinstance(error, asyncio.CancelledError) else grpc.StatusCode.UNKNOWN
 
 
+@contextlib.contextmanager
+def _observed(observe: Callable[[str, grpc.StatusCode, float], None], method: str, context: Any) -> Iterator[None]:
+    """Time what runs inside and record it with the call's status (its error's, if one escapes)."""
+    start, error = time.perf_counter(), None
+    try:
+        yield
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        observe(method, _code_of(context, error), time.perf_counter() - start)
+
+
 class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
     """Counts and times every call (first in the interceptor list, so refusals by the others count too)."""
 
@@ -115,29 +129,17 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
             inner_u: Callable[..., Awaitable[Any]] = handler.unary_unary or handler.stream_unary
 
             async def unary(request: Any, context: Any) -> Any:
-                start, error = time.perf_counter(), None
-                try:
+                with _observed(observe, method, context):
                     return await inner_u(request, context)
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    observe(method, _code_of(context, error), time.perf_counter() - start)
 
             make = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
             return make(unary, **kw)
         inner_s: Callable[..., AsyncIterator[Any]] = handler.unary_stream or handler.stream_stream
 
         async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
-            start, error = time.perf_counter(), None
-            try:
+            with _observed(observe, method, context):
                 async for item in inner_s(request, context):
                     yield item
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                observe(method, _code_of(context, error), time.perf_counter() - start)
 
         make_s = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
         return make_s(streaming, **kw)

@@ -322,8 +322,8 @@ def _migrate_12(db: sqlite_utils.Database) -> None:
 def _migrate_13(db: sqlite_utils.Database) -> None:
     # An agent's live nodes from a partial index that holds live nodes only: the (agent_name, state) index held
     # every node ever, so each placement and each state change wrote to a page picked by the agent's name, a
-    # different one for nearly every run (~30 of a batch's ~35 WAL pages at 1,000 agents). The list must be
-    # spelled as state.LIVE_STATES_SQL is (tests/test_store_schema.py checks it).
+    # different one for nearly every run, and it grew with history. The list must be spelled as
+    # state.LIVE_STATES_SQL is (tests/test_store_schema.py checks it).
     db.conn.execute(
         "CREATE INDEX attempt_nodes_held ON attempt_nodes (agent_name) "
         "WHERE state IN ('ASSIGNED','PREPARING','RUNNING')"
